@@ -1,0 +1,41 @@
+"""dscaledgd: distributed scaled gradient methods for low-rank recovery.
+
+ScaledGD and its family on Dask, with observations and factors in Zarr.
+See the README for a tour and ``docs/design.md`` for the architecture.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import datasets
+from ._version import __version__
+from .api import complete
+from .estimators import MatrixCompletion
+from .exceptions import (
+    ConvergenceWarning,
+    DataWarning,
+    DivergenceError,
+    InputDataError,
+    InvalidParameterError,
+)
+from .result import IterationState, SolveResult, load_result
+from .storage.observations import Observations
+
+logging.getLogger("dscaledgd").addHandler(logging.NullHandler())
+
+__all__ = [
+    "__version__",
+    "Observations",
+    "complete",
+    "MatrixCompletion",
+    "SolveResult",
+    "IterationState",
+    "load_result",
+    "datasets",
+    "InvalidParameterError",
+    "InputDataError",
+    "ConvergenceWarning",
+    "DataWarning",
+    "DivergenceError",
+]

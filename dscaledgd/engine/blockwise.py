@@ -1,0 +1,352 @@
+"""Matrix completion on tiles: the engine behind :func:`dscaledgd.complete`.
+
+One data pass (:meth:`CompletionEngine.pass_`) submits, per tile, the fused
+kernel of :mod:`dscaledgd.problems.completion` on the tile's factor blocks;
+each task returns its partial ``∇_L`` rows, partial ``∇_R`` rows and two
+partial sums. Partials are tree-summed per row and per column block (fixed
+order, so any scheduler gives the same bits), and per factor block a small
+task computes ``FᵀF``, ``FᵀG`` and ``GᵀG``. All of these small results, and
+nothing else, reach the client in **one** gather (:meth:`scalars`).
+
+Tiles are placed once, by the cache policy:
+
+``"memory"``
+    tiles live on the workers for the whole run (scattered from memory, or
+    loaded from Zarr by a task);
+``"stream"``
+    every pass re-reads the tile from Zarr in sub-chunks of ``sub_chunk``
+    entries, so a task's memory is bounded whatever the tile size;
+``"auto"`` (default)
+    ``"memory"`` when the tiles fit in half the cluster's memory, else
+    ``"stream"``. In-memory observations are always scattered.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..problems import completion as cp
+from ..storage.layout import CHUNK
+from .factors import Blocked, combine, getitem, sum_small, tree_sum
+
+__all__ = ["CompletionEngine", "PassStats", "TileRef", "CACHE_POLICIES"]
+
+CACHE_POLICIES = ("auto", "memory", "stream")
+
+
+@dataclass(frozen=True)
+class TileRef:
+    """A tile read from a Zarr store by the task that uses it."""
+
+    path: str
+    lo: int
+    hi: int
+    sub: int
+
+
+@functools.lru_cache(maxsize=8)
+def _open_arrays(path: str):
+    import zarr
+
+    g = zarr.open_group(path, mode="r")
+    return g["rows"], g["cols"], g["values"]
+
+
+def _read_range(path, s, e):
+    rows, cols, vals = _open_arrays(path)
+    return (
+        np.asarray(rows[s:e], dtype=np.int32),
+        np.asarray(cols[s:e], dtype=np.int32),
+        np.asarray(vals[s:e], dtype=np.float64),
+    )
+
+
+def _load_tile(path, lo, hi):
+    return _read_range(path, lo, hi)
+
+
+def _chunks(tile):
+    """Yield ``(rows, cols, values)`` pieces of a tile (one piece if resident)."""
+    if isinstance(tile, TileRef):
+        for s in range(tile.lo, tile.hi, tile.sub):
+            yield _read_range(tile.path, s, min(tile.hi, s + tile.sub))
+    else:
+        yield tile
+
+
+# ------------------------------------------------------------------ tasks
+def _tile_grad(tile, L, R, loss, kernel):
+    gL = np.zeros_like(L)
+    gR = np.zeros_like(R)
+    acc = np.zeros(2)
+    for rows, cols, vals in _chunks(tile):
+        if kernel == "reference":
+            (v, sq), pl, pr = cp.reference_pass(rows, cols, vals, L, R, loss)
+            gL += pl
+            gR += pr
+        else:
+            v, sq = cp.fused_pass(rows, cols, vals, L, R, gL, gR, loss)
+        acc += (v, sq)
+    return gL, gR, acc
+
+
+def _tile_spmm(tile, V, m, transpose):
+    out = np.zeros((m, V.shape[1]))
+    for rows, cols, vals in _chunks(tile):
+        if transpose:
+            cp.spmm(cols, rows, vals, V, out)
+        else:
+            cp.spmm(rows, cols, vals, V, out)
+    return out
+
+
+def _tile_residual(tile, L, R):
+    return sum(cp.residual_sumsq(r, c, v, L, R) for r, c, v in _chunks(tile))
+
+
+# ------------------------------------------------------------------ engine
+@dataclass
+class PassStats:
+    """The small results of one data pass (all NumPy, on the client)."""
+
+    loss: float
+    residual: float
+    sumsq: float
+    FF: list
+    FG: list
+    GG: list
+    H: list
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class CompletionPass:
+    G: list
+    small: list
+
+
+def _machine_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8 << 30
+
+
+class CompletionEngine:
+    """Completion data passes over an :class:`~dscaledgd.Observations` on an executor.
+
+    Parameters
+    ----------
+    obs : Observations
+    ex : Executor
+    symmetric : bool
+        Fit ``X = L Lᵀ`` (square observations): one factor.
+    loss : {"l2", "l1"}
+    cache : {"auto", "memory", "stream"}
+    kernel : {"fused", "reference"}
+        ``"reference"`` runs the plain NumPy oracle instead of the Numba
+        kernel (tests only).
+    sub_chunk : int
+        Entries per streamed read.
+    """
+
+    def __init__(
+        self,
+        obs,
+        ex,
+        *,
+        symmetric: bool = False,
+        loss: str = "l2",
+        cache: str = "auto",
+        kernel: str = "fused",
+        sub_chunk: int = CHUNK,
+    ):
+        self.obs = obs
+        self.ex = ex
+        self.symmetric = symmetric
+        self.loss = loss
+        self.kernel = kernel
+        self.p = obs.density
+        self.value_norm2 = obs.value_norm2
+        self.grid = obs.tiles
+        rb, cb = obs.row_bounds, obs.col_bounds
+        self.factor_bounds = [rb] if symmetric else [rb, cb]
+        self.n_factors = len(self.factor_bounds)
+        self.cache = self._resolve_cache(cache)
+        self._tiles = self._place_tiles(sub_chunk)
+        # loss and gradient scaling (see problems/completion.py)
+        self.grad_scale = 1.0 / (2 * self.p) if symmetric else 1.0 / self.p
+        self.loss_scale = self.grad_scale / 2 if loss == "l2" else self.grad_scale
+
+    # -------------------------------------------------------------- placement
+    def _resolve_cache(self, cache: str) -> str:
+        if self.obs.path is None:
+            return "memory"
+        if cache != "auto":
+            return cache
+        ex = self.ex
+        if ex.kind == "distributed" and ex.memory_limit:
+            budget = 0.5 * ex.memory_limit * max(1, len(ex.client.scheduler_info()["workers"]))
+        else:
+            budget = 0.5 * _machine_memory()
+        return "memory" if self.obs.nbytes <= budget else "stream"
+
+    def _place_tiles(self, sub_chunk: int) -> list:
+        obs = self.obs
+        T = obs.n_tiles
+        if obs.path is None:
+            return self.ex.scatter([obs.read_tile(t) for t in range(T)])
+        ptr = obs.tile_ptr
+        if self.cache == "memory":
+            return [
+                self.ex.submit(_load_tile, obs.path, int(ptr[t]), int(ptr[t + 1]), name="load")
+                for t in range(T)
+            ]
+        return [TileRef(obs.path, int(ptr[t]), int(ptr[t + 1]), int(sub_chunk)) for t in range(T)]
+
+    def _tiles_iter(self):
+        a, b = self.grid
+        for t in range(a * b):
+            ia, ib = divmod(t, b)
+            yield t, ia, ib
+
+    # -------------------------------------------------- operator (spectral)
+    def matmat(self, V: Blocked) -> Blocked:
+        """``(Y / p) V`` for ``V`` blocked like the columns."""
+        return self._spmm(V, transpose=False)
+
+    def rmatmat(self, U: Blocked) -> Blocked:
+        """``(Y / p)ᵀ U`` for ``U`` blocked like the rows."""
+        return self._spmm(U, transpose=True)
+
+    def symmat(self, V: Blocked) -> Blocked:
+        """``((Y + Yᵀ) / 2p) V`` (square observations)."""
+        a, _ = self.grid
+        parts = [[] for _ in range(a)]
+        rb = self.obs.row_bounds
+        for t, ia, ib in self._tiles_iter():
+            m_a = int(rb[ia + 1] - rb[ia])
+            m_b = int(rb[ib + 1] - rb[ib])
+            parts[ia].append(
+                self.ex.submit(_tile_spmm, self._tiles[t], V.blocks[ib], m_a, False, name="spmm")
+            )
+            parts[ib].append(
+                self.ex.submit(_tile_spmm, self._tiles[t], V.blocks[ia], m_b, True, name="spmm")
+            )
+        blocks = [tree_sum(self.ex, p, 0.5 / self.p) for p in parts]
+        return Blocked(self.ex, rb, V.ncols, blocks)
+
+    def _spmm(self, V: Blocked, transpose: bool) -> Blocked:
+        a, b = self.grid
+        out_bounds = self.obs.col_bounds if transpose else self.obs.row_bounds
+        parts = [[] for _ in range(b if transpose else a)]
+        for t, ia, ib in self._tiles_iter():
+            src, dst = (ia, ib) if transpose else (ib, ia)
+            m = int(out_bounds[dst + 1] - out_bounds[dst])
+            parts[dst].append(
+                self.ex.submit(
+                    _tile_spmm, self._tiles[t], V.blocks[src], m, transpose, name="spmm"
+                )
+            )
+        blocks = [tree_sum(self.ex, p, 1.0 / self.p) for p in parts]
+        return Blocked(self.ex, out_bounds, V.ncols, blocks)
+
+    # ----------------------------------------------------------- protocol
+    def pass_(self, state: list) -> CompletionPass:
+        """Submit one data pass at ``state``; nothing is gathered."""
+        ex = self.ex
+        L = state[0]
+        R = L if self.symmetric else state[1]
+        parts = [[[] for _ in range(len(Fb) - 1)] for Fb in self.factor_bounds]
+        values = []
+        for t, ia, ib in self._tiles_iter():
+            g = ex.submit(
+                _tile_grad, self._tiles[t], L.blocks[ia], R.blocks[ib], self.loss, self.kernel,
+                name="grad",
+            )
+            parts[0][ia].append(getitem(ex, g, 0))
+            parts[-1][ib].append(getitem(ex, g, 1))
+            values.append(getitem(ex, g, 2))
+        G = [
+            Blocked(ex, Fb, state[k].ncols, [tree_sum(ex, p, self.grad_scale) for p in parts[k]])
+            for k, Fb in enumerate(self.factor_bounds)
+        ]
+        small = [state[k].stats_parts(G[k]) for k in range(self.n_factors)]
+        return CompletionPass(G=G, small=[small, values])
+
+    def scalars(self, pas: CompletionPass) -> PassStats:
+        """The one gather of an iteration: losses and r×r Grams."""
+        stats, values = self.ex.gather(pas.small)
+        value, sumsq = sum_small(values)
+        FF, FG, GG = [], [], []
+        for per_block in stats:
+            FF.append(sum_small([s[0] for s in per_block]))
+            FG.append(sum_small([s[1] for s in per_block]))
+            GG.append(sum_small([s[2] for s in per_block]))
+        return PassStats(
+            loss=float(value * self.loss_scale),
+            residual=float(np.sqrt(max(sumsq, 0.0) / self.value_norm2)),
+            sumsq=float(sumsq),
+            FF=FF,
+            FG=FG,
+            GG=GG,
+            H=self.preconditioner_grams(FF),
+        )
+
+    def preconditioner_grams(self, FF: list) -> list:
+        """The Gram that preconditions each factor: ``RᵀR`` for ``L``, ``LᵀL`` for ``R``."""
+        return [FF[0]] if self.symmetric else [FF[1], FF[0]]
+
+    def step(self, state: list, pas: CompletionPass, A: list, B: list) -> list:
+        """New factors ``F_k A_k + G_k B_k``, block by block."""
+        return [combine(F, A[k], pas.G[k], B[k]) for k, F in enumerate(state)]
+
+    def release_pass(self, pas: CompletionPass) -> None:
+        for G in pas.G:
+            G.release()
+
+    def release_state(self, state: list) -> None:
+        for F in state:
+            F.release()
+
+    def residual_sumsq(self, state: list) -> float:
+        """``‖P_Ω(L Rᵀ) − Y‖²`` (one pass, no gradients)."""
+        L = state[0]
+        R = L if self.symmetric else state[1]
+        parts = [
+            self.ex.submit(_tile_residual, self._tiles[t], L.blocks[ia], R.blocks[ib], name="resid")
+            for t, ia, ib in self._tiles_iter()
+        ]
+        return float(sum(self.ex.gather(parts)))
+
+    def close(self) -> None:
+        self.ex.release(*[t for t in self._tiles if not isinstance(t, TileRef)])
+
+    # ----------------------------------------------------- initialisation
+    def spectral(self, rank: int, *, seed: int, n_power: int = 4):
+        """Top-``rank`` spectral pairs of ``Y/p``: ``([U, V], s)`` or ``([U], w)`` when symmetric."""
+        from .spectral import randomized_eigh, randomized_svd
+
+        if self.symmetric:
+            U, w = randomized_eigh(self, rank, seed=seed, n_power=n_power)
+            return [U], w
+        U, s, V = randomized_svd(self, rank, seed=seed, n_power=n_power)
+        return [U, V], s
+
+    def random_factors(self, rank: int, *, seed: int, scale: float) -> list:
+        """Gaussian factors with i.i.d. ``N(0, scale² / n_k)`` entries."""
+        from .factors import random_blocked
+
+        out = []
+        for k, Fb in enumerate(self.factor_bounds):
+            n = int(Fb[-1])
+            out.append(random_blocked(self.ex, Fb, rank, seed + k, scale / np.sqrt(n)))
+        return out
+
+    def transform(self, state: list, A: list) -> list:
+        """``F_k A_k`` for every factor."""
+        return [combine(F, A[k], None, None, name="scale") for k, F in enumerate(state)]

@@ -1,0 +1,260 @@
+"""Where tasks run: an embedded LocalCluster, a user's client, or a thread pool.
+
+:func:`executor_for` returns an :class:`Executor`, a four-verb interface
+(``submit``, ``scatter``, ``gather``, ``release``) that every chunk-aware
+routine uses. Two implementations:
+
+* :class:`DistributedExecutor` wraps a ``distributed.Client``. Tasks are
+  futures with readable keys (``dscaledgd-<name>-<run>-<seq>``) so the
+  dashboard groups them by name; state stays on the workers.
+* :class:`ThreadExecutor` runs the same task functions on a local thread
+  pool (``scheduler="threads"``), or inline (``scheduler="sync"``). It is the
+  cheapest choice on one node and the mode the tests use most.
+
+Client resolution (:func:`executor_for`): an explicit ``client``; else a
+connection to ``address``; else the active default client; else an embedded
+``LocalCluster`` on 127.0.0.1 sized to the machine, whose dashboard link is
+logged and which is closed when the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ..exceptions import InvalidParameterError
+
+__all__ = ["Executor", "DistributedExecutor", "ThreadExecutor", "executor_for", "SCHEDULERS"]
+
+logger = logging.getLogger("dscaledgd")
+
+SCHEDULERS = ("distributed", "threads", "sync")
+
+
+class Executor:
+    """Interface of the task runners (see module docstring)."""
+
+    kind: str = "abstract"
+    nthreads: int = 1
+    #: Memory limit per worker in bytes, or ``None`` when unknown/unlimited.
+    memory_limit: int | None = None
+
+    def submit(self, fn, *args, name: str, **kwargs) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def scatter(self, data: Sequence[Any]) -> list:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def gather(self, handles) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def release(self, *handles) -> None:
+        """Drop references to task results (futures are released on the cluster)."""
+
+    def span(self, name: str):
+        return contextlib.nullcontext()
+
+
+def _resolve(x):
+    if isinstance(x, Future):
+        return x.result()
+    if isinstance(x, list | tuple) and any(isinstance(e, Future) for e in x):
+        return type(x)(e.result() if isinstance(e, Future) else e for e in x)
+    return x
+
+
+def _call(fn, args, kwargs):
+    return fn(*[_resolve(a) for a in args], **{k: _resolve(v) for k, v in kwargs.items()})
+
+
+class ThreadExecutor(Executor):
+    """Run tasks on a local thread pool; ``nthreads=0`` runs them inline.
+
+    Deadlock-free: tasks are submitted after their dependencies and the pool
+    is FIFO, so a task only waits on tasks already taken by other threads.
+    """
+
+    def __init__(self, nthreads: int | None = None):
+        n = (os.cpu_count() or 1) if nthreads is None else nthreads
+        self.kind = "sync" if n == 0 else "threads"
+        self.nthreads = max(1, n)
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="dscaledgd") if n else None
+
+    def submit(self, fn, *args, name: str, **kwargs):
+        if self._pool is None:
+            f: Future = Future()
+            f.set_result(_call(fn, args, kwargs))
+            return f
+        return self._pool.submit(_call, fn, args, kwargs)
+
+    def scatter(self, data):
+        out = []
+        for d in data:
+            f: Future = Future()
+            f.set_result(d)
+            out.append(f)
+        return out
+
+    def gather(self, handles):
+        if isinstance(handles, Future):
+            return handles.result()
+        return [h.result() if isinstance(h, Future) else self.gather(h) for h in handles]
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class DistributedExecutor(Executor):
+    """Submit tasks as futures on a ``distributed.Client``."""
+
+    kind = "distributed"
+    #: True when this run started the client (it is closed at the end)
+    owned = False
+
+    def __init__(self, client):
+        self.client = client
+        self._run = uuid.uuid4().hex[:8]
+        self._seq = itertools.count()
+        workers = client.scheduler_info().get("workers", {})
+        self.nthreads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
+        limits = [w.get("memory_limit") or 0 for w in workers.values()]
+        self.memory_limit = min(limits) if limits and min(limits) > 0 else None
+
+    def key(self, name: str) -> str:
+        return f"dscaledgd-{name}-{self._run}-{next(self._seq)}"
+
+    def submit(self, fn, *args, name: str, **kwargs):
+        return self.client.submit(fn, *args, key=self.key(name), pure=False, **kwargs)
+
+    def scatter(self, data):
+        return self.client.scatter(list(data), hash=False)
+
+    def gather(self, handles):
+        return self.client.gather(handles)
+
+    def release(self, *handles):
+        for h in handles:
+            if isinstance(h, list | tuple):
+                self.release(*h)
+            elif hasattr(h, "release"):
+                h.release()
+
+    def span(self, name: str):
+        try:
+            from distributed import span
+        except ImportError:  # pragma: no cover - old distributed
+            return contextlib.nullcontext()
+        return span(name)
+
+
+def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, memory_limit):
+    from distributed import Client, LocalCluster
+
+    ncpu = os.cpu_count() or 1
+    if n_workers is None:
+        n_workers = min(ncpu, 4)
+    if threads_per_worker is None:
+        threads_per_worker = max(1, ncpu // n_workers)
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        memory_limit=memory_limit if memory_limit is not None else "auto",
+    )
+    client = Client(cluster)
+    logger.info("dscaledgd: started an embedded LocalCluster; dashboard at %s", cluster.dashboard_link)
+    return cluster, client
+
+
+@contextlib.contextmanager
+def executor_for(
+    client=None,
+    *,
+    address: str | None = None,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit=None,
+) -> Iterator[Executor]:
+    """Yield the executor a run should use, and clean up what it started.
+
+    Parameters
+    ----------
+    client : distributed.Client, optional
+        Use this client. Nothing is closed afterwards.
+    address : str, optional
+        Connect to a running scheduler (e.g. ``"tcp://127.0.0.1:8786"``); the
+        connection is closed afterwards, the cluster is not.
+    scheduler : {"distributed", "threads", "sync"}, optional
+        ``"threads"`` runs on a local thread pool without distributed;
+        ``"sync"`` runs inline (debugging). ``None`` or ``"distributed"``
+        resolves a client as described in the module docstring.
+    n_workers, threads_per_worker, memory_limit
+        Sizing of an embedded LocalCluster, if one is started.
+    """
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise InvalidParameterError(
+            f"The 'scheduler' parameter must be one of {{{', '.join(map(repr, SCHEDULERS))}}} "
+            f"or None. Got {scheduler!r}."
+        )
+    if scheduler in ("threads", "sync"):
+        if client is not None or address is not None:
+            raise InvalidParameterError(
+                f"scheduler={scheduler!r} runs without distributed; do not also pass "
+                "'client' or 'address'."
+            )
+        ex = ThreadExecutor(0 if scheduler == "sync" else threads_per_worker)
+        try:
+            yield ex
+        finally:
+            ex.close()
+        return
+    if client is not None:
+        if address is not None:
+            raise InvalidParameterError("Pass either 'client' or 'address', not both.")
+        yield DistributedExecutor(client)
+        return
+    if address is not None:
+        from distributed import Client
+
+        try:
+            c = Client(address, timeout="10s")
+        except OSError as exc:
+            raise ConnectionError(
+                f"Could not connect to the Dask scheduler at {address!r} ({exc}). Check that "
+                "`dask scheduler` is running there, or omit the address to use an embedded "
+                "LocalCluster."
+            ) from None
+        ex = DistributedExecutor(c)
+        ex.owned = True
+        try:
+            yield ex
+        finally:
+            c.close()
+        return
+    try:
+        from distributed import get_client
+
+        active = get_client()
+    except (ValueError, ImportError):
+        active = None
+    if active is not None:
+        yield DistributedExecutor(active)
+        return
+    cluster, c = _embedded_cluster(n_workers, threads_per_worker, memory_limit)
+    ex = DistributedExecutor(c)
+    ex.owned = True
+    try:
+        yield ex
+    finally:
+        c.close()
+        cluster.close()

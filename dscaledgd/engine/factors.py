@@ -1,0 +1,196 @@
+"""Row-blocked tall matrices (factors, gradients, subspaces) held by an executor.
+
+A :class:`Blocked` matrix is ``n × k`` cut into row blocks at ``bounds``;
+each block is a task result on the workers (a future) or, for the thread
+executor, in local memory. Only ``k × k`` matrices travel to the client.
+
+Block operations are plain module-level functions so that they pickle by
+reference; they are the only code that touches block data.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Blocked", "combine", "random_blocked", "zeros_blocked", "tree_sum", "sum_small"]
+
+#: Rows per independently seeded chunk of a random matrix: makes random
+#: blocks identical whatever the partition.
+_RANDOM_CHUNK = 4096
+
+
+# ------------------------------------------------------------ block kernels
+def _gram(X):
+    return X.T @ X
+
+
+def _cross(X, Y):
+    return X.T @ Y
+
+
+def _stats(F, G):
+    return F.T @ F, F.T @ G, G.T @ G
+
+
+def _combine(X, A, G, B):
+    out = X @ A if A is not None else 0.0
+    if G is not None:
+        out = out + G @ B
+    return np.ascontiguousarray(out)
+
+
+def _scale_rows(X, w):
+    return X * w[:, None]
+
+
+def _random_block(seed, r0, r1, k, scale):
+    c0, c1 = r0 // _RANDOM_CHUNK, (r1 - 1) // _RANDOM_CHUNK
+    parts = []
+    for c in range(c0, c1 + 1):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(c,)))
+        parts.append(rng.standard_normal((_RANDOM_CHUNK, k)))
+    full = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    off = c0 * _RANDOM_CHUNK
+    return np.ascontiguousarray(full[r0 - off : r1 - off] * scale)
+
+
+def _zeros(m, k):
+    return np.zeros((m, k))
+
+
+def _sum(parts, scale):
+    out = parts[0].copy() if scale == 1.0 else parts[0] * scale
+    if scale == 1.0:
+        for p in parts[1:]:
+            out += p
+    else:
+        for p in parts[1:]:
+            out += p * scale
+    return out
+
+
+def _concat(parts):
+    return np.concatenate(parts)
+
+
+# ------------------------------------------------------------------ class
+@dataclass(eq=False)
+class Blocked:
+    """An ``n × k`` matrix as row blocks ``[bounds[a], bounds[a+1])``."""
+
+    ex: object
+    bounds: np.ndarray
+    ncols: int
+    blocks: list
+
+    @property
+    def n(self) -> int:
+        return int(self.bounds[-1])
+
+    @property
+    def nblocks(self) -> int:
+        return len(self.blocks)
+
+    def block_shape(self, a: int) -> tuple[int, int]:
+        return int(self.bounds[a + 1] - self.bounds[a]), self.ncols
+
+    # reductions return handles; gather them with the iteration's other small results
+    def gram_parts(self, name="gram") -> list:
+        return [self.ex.submit(_gram, b, name=name) for b in self.blocks]
+
+    def cross_parts(self, other: Blocked, name="cross") -> list:
+        return [self.ex.submit(_cross, a, b, name=name) for a, b in zip(self.blocks, other.blocks)]
+
+    def stats_parts(self, grad: Blocked, name="stats") -> list:
+        return [self.ex.submit(_stats, f, g, name=name) for f, g in zip(self.blocks, grad.blocks)]
+
+    def scale_rows(self, weights: np.ndarray, name="rowscale") -> Blocked:
+        blocks = [
+            self.ex.submit(_scale_rows, b, weights[self.bounds[a] : self.bounds[a + 1]], name=name)
+            for a, b in enumerate(self.blocks)
+        ]
+        return Blocked(self.ex, self.bounds, self.ncols, blocks)
+
+    def gather(self) -> np.ndarray:
+        """The whole matrix as one NumPy array on the client."""
+        parts = self.ex.gather(list(self.blocks))
+        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+
+    def to_dask(self):
+        """A dask array over the blocks (futures stay where they are)."""
+        import dask.array as da
+
+        if self.ex.kind != "distributed":
+            return da.from_array(self.gather(), chunks=(tuple(np.diff(self.bounds)), self.ncols))
+        parts = [
+            da.from_delayed(b, shape=self.block_shape(a), dtype=np.float64)
+            for a, b in enumerate(self.blocks)
+        ]
+        return da.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def release(self) -> None:
+        self.ex.release(*self.blocks)
+
+
+def combine(X: Blocked, A, G: Blocked | None, B, name="update") -> Blocked:
+    """Blockwise ``X A + G B`` (``A`` or ``B`` r×r NumPy, or ``None`` to omit)."""
+    blocks = []
+    for a, xb in enumerate(X.blocks):
+        gb = G.blocks[a] if G is not None else None
+        blocks.append(X.ex.submit(_combine, xb, A, gb, B, name=name))
+    ncols = X.ncols if A is None else np.shape(A)[1]
+    return Blocked(X.ex, X.bounds, ncols, blocks)
+
+
+def random_blocked(ex, bounds, k: int, seed: int, scale: float = 1.0, name="random") -> Blocked:
+    """Gaussian ``n × k`` matrix, identical for any ``bounds`` given the seed."""
+    blocks = [
+        ex.submit(_random_block, seed, int(bounds[a]), int(bounds[a + 1]), k, scale, name=name)
+        for a in range(len(bounds) - 1)
+    ]
+    return Blocked(ex, np.asarray(bounds), k, blocks)
+
+
+def zeros_blocked(ex, bounds, k: int, name="zeros") -> Blocked:
+    blocks = [
+        ex.submit(_zeros, int(bounds[a + 1] - bounds[a]), k, name=name)
+        for a in range(len(bounds) - 1)
+    ]
+    return Blocked(ex, np.asarray(bounds), k, blocks)
+
+
+def tree_sum(ex, parts: list, scale: float = 1.0, fan_in: int = 4, name="sum"):
+    """Sum task results in a fixed-order tree of fan-in ``fan_in``; scale at the root.
+
+    The order is by position, so the result is reproducible on any scheduler.
+    """
+    if len(parts) == 1 and scale == 1.0:
+        return parts[0]
+    level = list(parts)
+    while len(level) > fan_in:
+        level = [
+            ex.submit(_sum, level[i : i + fan_in], 1.0, name=name)
+            for i in range(0, len(level), fan_in)
+        ]
+    return ex.submit(_sum, level, scale, name=name)
+
+
+def getitem(ex, handle, index, name="part"):
+    """A task selecting ``handle[index]`` (keeps the other parts where they are)."""
+    return ex.submit(operator.getitem, handle, index, name=name)
+
+
+def sum_small(values) -> np.ndarray:
+    """Client-side sum of gathered small arrays, in order."""
+    out = np.array(values[0], dtype=np.float64, copy=True)
+    for v in values[1:]:
+        out += v
+    return out
+
+
+def concat(ex, X: Blocked, name="concat"):
+    """One task holding the whole matrix (for a factor block used by every tile)."""
+    return ex.submit(_concat, list(X.blocks), name=name)

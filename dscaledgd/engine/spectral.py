@@ -1,0 +1,91 @@
+"""Randomized SVD / eigensolver on implicit operators.
+
+The operator is anything with ``matmat``/``rmatmat`` (or ``symmat``) on
+:class:`~dscaledgd.engine.factors.Blocked` matrices, e.g. the tiles of
+``P_Ω(Y)/p``. No dense ``n1 × n2`` array is ever formed: each product is one
+pass over the data, and orthonormalisation is CholeskyQR2 on ``k × k`` Gram
+reductions (Halko, Martinsson and Tropp 2011, Alg. 4.4).
+
+Cost: ``2 · (n_power + 1)`` data passes for the SVD, ``n_power + 2`` for the
+symmetric eigensolver; memory ``O((n1 + n2) k)`` on the workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+
+from .factors import Blocked, combine, random_blocked, sum_small
+
+__all__ = ["orthonormalize", "randomized_svd", "randomized_eigh"]
+
+
+def _chol_upper(G: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor of an SPD Gram, with a growing ridge as fallback."""
+    G = 0.5 * (G + G.T)
+    scale = max(np.trace(G) / max(len(G), 1), np.finfo(float).tiny)
+    ridge = 0.0
+    for _ in range(12):
+        try:
+            return sla.cholesky(G + ridge * np.eye(len(G)), lower=False)
+        except np.linalg.LinAlgError:
+            ridge = scale * 1e-14 if ridge == 0.0 else ridge * 100
+    raise np.linalg.LinAlgError("Gram matrix is not positive definite even with a ridge")
+
+
+def orthonormalize(X: Blocked, return_r: bool = False):
+    """CholeskyQR2: ``X = Q R`` with ``Q`` blocked like ``X``.
+
+    Two rounds of ``G = XᵀX``, ``C = chol(G)``, ``X ← X C⁻¹`` (a triangular
+    solve on ``k × k``) restore orthogonality to machine precision.
+    """
+    eye = np.eye(X.ncols)
+    Rtot = eye
+    for _ in range(2):
+        G = sum_small(X.ex.gather(X.gram_parts()))
+        C = _chol_upper(G)
+        X = combine(X, sla.solve_triangular(C, eye, lower=False), None, None, name="orth")
+        Rtot = C @ Rtot
+    return (X, Rtot) if return_r else X
+
+
+def randomized_svd(op, rank: int, *, seed: int, oversample: int = 10, n_power: int = 4):
+    """Top-``rank`` singular triplets of ``op``.
+
+    Returns
+    -------
+    U : Blocked (n1 × rank), s : ndarray (rank,), V : Blocked (n2 × rank)
+    """
+    n1 = int(op.obs.row_bounds[-1])
+    n2 = int(op.obs.col_bounds[-1])
+    k = min(rank + oversample, n1, n2)
+    Om = random_blocked(op.ex, op.obs.col_bounds, k, seed)
+    Q = orthonormalize(op.matmat(Om))
+    for _ in range(n_power):
+        Z = orthonormalize(op.rmatmat(Q))
+        Q = orthonormalize(op.matmat(Z))
+    Qz, Rz = orthonormalize(op.rmatmat(Q), return_r=True)  # Aᵀ Q = Qz Rz, so Qᵀ A = Rzᵀ Qzᵀ
+    Ub, s, Vbt = np.linalg.svd(Rz.T)
+    U = combine(Q, np.ascontiguousarray(Ub[:, :rank]), None, None, name="svd")
+    V = combine(Qz, np.ascontiguousarray(Vbt[:rank].T), None, None, name="svd")
+    return U, s[:rank], V
+
+
+def randomized_eigh(op, rank: int, *, seed: int, oversample: int = 10, n_power: int = 4):
+    """Top-``rank`` *algebraic* eigenpairs of the symmetric ``op.symmat``.
+
+    Returns
+    -------
+    U : Blocked (n × rank), w : ndarray (rank,), largest first
+    """
+    n = int(op.obs.row_bounds[-1])
+    k = min(rank + oversample, n)
+    Q = orthonormalize(op.symmat(random_blocked(op.ex, op.obs.row_bounds, k, seed)))
+    for _ in range(n_power):
+        Q = orthonormalize(op.symmat(Q))
+    W = op.symmat(Q)
+    T = sum_small(op.ex.gather(Q.cross_parts(W)))
+    w, Vt = np.linalg.eigh(0.5 * (T + T.T))
+    top = np.argsort(w)[::-1][:rank]
+    U = combine(Q, np.ascontiguousarray(Vt[:, top]), None, None, name="eig")
+    return U, w[top]

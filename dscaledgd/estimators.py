@@ -1,0 +1,132 @@
+"""scikit-learn-style estimators: thin wrappers over :mod:`dscaledgd.api`.
+
+``__init__`` only stores parameters; ``fit`` calls the function and sets the
+fitted attributes (ending in ``_``). Every constructor parameter is forwarded
+to the function (a test checks this).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from . import api
+
+__all__ = ["MatrixCompletion"]
+
+
+class _Estimator:
+    _func = None  # the api function wrapped
+    _positional = ()  # data arguments of the function, not parameters
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def set_params(self, **params):
+        valid = set(self._param_names())
+        for k, v in params.items():
+            if k not in valid:
+                raise ValueError(
+                    f"Invalid parameter {k!r} for {type(self).__name__}. Valid: {sorted(valid)}."
+                )
+            setattr(self, k, v)
+        return self
+
+    @classmethod
+    def _param_names(cls) -> list:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def _fit_result(self, res):
+        self.result_ = res
+        self.factors_ = res.factors
+        self.n_iter_ = res.n_iter
+        self.history_ = res.history
+        self.converged_ = res.converged
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class MatrixCompletion(_Estimator):
+    """Low-rank matrix completion with ScaledGD (see :func:`dscaledgd.complete`).
+
+    Parameters are those of :func:`dscaledgd.complete`.
+
+    Attributes
+    ----------
+    L_, R_ : dask.array.Array
+        Fitted factors (``R_`` is ``L_`` when symmetric).
+    factors_ : tuple
+    n_iter_ : int
+    history_ : dict of ndarray
+    converged_ : bool
+    result_ : SolveResult
+
+    Examples
+    --------
+    >>> import dscaledgd as dsg
+    >>> obs, _ = dsg.datasets.make_completion((60, 50), rank=2, p=0.5, random_state=0)
+    >>> est = dsg.MatrixCompletion(rank=2, scheduler="sync", random_state=0).fit(obs)
+    >>> est.converged_
+    True
+    """
+
+    def __init__(
+        self,
+        rank: int = 10,
+        *,
+        method: str = "scaledgd",
+        loss: str = "l2",
+        symmetric: bool = False,
+        damping: float = 0.0,
+        init: str = "spectral",
+        step_size=None,
+        max_iter: int = 500,
+        tol: float = 1e-10,
+        stall_tol: float = 1e-8,
+        patience: int = 10,
+        random_state=None,
+        client=None,
+        address=None,
+        scheduler=None,
+        cache: str = "auto",
+        init_power_iter: int = 4,
+        callback=None,
+        progress=None,
+    ):
+        self.rank = rank
+        self.method = method
+        self.loss = loss
+        self.symmetric = symmetric
+        self.damping = damping
+        self.init = init
+        self.step_size = step_size
+        self.max_iter = max_iter
+        self.tol = tol
+        self.stall_tol = stall_tol
+        self.patience = patience
+        self.random_state = random_state
+        self.client = client
+        self.address = address
+        self.scheduler = scheduler
+        self.cache = cache
+        self.init_power_iter = init_power_iter
+        self.callback = callback
+        self.progress = progress
+
+    def fit(self, obs, y=None):
+        """Fit to ``obs`` (Observations or a store path). ``y`` is ignored."""
+        self._fit_result(api.complete(obs, **self.get_params()))
+        self.L_ = self.result_.L
+        self.R_ = self.result_.R
+        return self
+
+    def predict(self, rows, cols):
+        """Fitted entries at ``(rows, cols)``."""
+        return self.result_.predict(rows, cols)
+
+    def score(self, obs) -> float:
+        """Negative RMSE on ``obs`` (greater is better, scikit-learn convention)."""
+        return -self.result_.rmse(obs)

@@ -1,0 +1,42 @@
+"""Exceptions and warnings raised by dscaledgd.
+
+Every error message says which parameter or datum is wrong, what was seen,
+and how to fix it (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidParameterError",
+    "InputDataError",
+    "ConvergenceWarning",
+    "DataWarning",
+    "DivergenceError",
+]
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A function or estimator parameter has an invalid type or value.
+
+    Inherits from both ``ValueError`` and ``TypeError`` so that callers who
+    catch either (scikit-learn convention) keep working.
+    """
+
+
+class InputDataError(ValueError):
+    """The data (observations, a store, a file) is malformed or inconsistent."""
+
+
+class DivergenceError(RuntimeError):
+    """The iteration diverged and could not be recovered by the step safeguard."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A solver stopped before meeting its tolerance (``max_iter``, divergence)."""
+
+
+class DataWarning(UserWarning):
+    """The data is valid but has a property that changes the result.
+
+    For example, rows or columns with no observations.
+    """

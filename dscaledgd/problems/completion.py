@@ -1,0 +1,216 @@
+"""Matrix completion: what is minimised, per tile.
+
+The observed-entry loss of the factor model ``X = L Rᵀ`` is
+
+.. math::
+
+    f(L, R) = \\frac{1}{2p} \\sum_{(i,j) \\in \\Omega} (\\langle L_i, R_j \\rangle - y_{ij})^2
+
+with ``p = |Ω| / (n1 n2)``, and its gradients are ``∇_L f = Z R / p`` and
+``∇_R f = Zᵀ L / p`` where ``Z`` is the sparse residual on Ω. ``L Rᵀ`` is
+never formed.
+
+This module holds
+
+* the fused Numba kernel (:func:`fused_pass`): one sweep over a tile's
+  entries computes the residual, both partial gradients and the partial loss;
+* the sparse helpers used by the spectral initialisation and prediction
+  (:func:`spmm`, :func:`sddmm`);
+* a plain NumPy reference (:func:`reference_pass`), the test oracle.
+
+All kernels work on *tile-local* indices: ``rows`` index into the tile's
+row block of ``L`` and ``cols`` into its column block of ``R``. Entries are
+expected in the blocked order written by :mod:`dscaledgd.storage`, which
+keeps the touched rows of ``L`` and ``R`` cache-resident; any order gives
+the same result up to floating-point summation order.
+
+No dask import here (DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "LOSSES",
+    "loss_code",
+    "fused_pass",
+    "residual_sumsq",
+    "sddmm",
+    "spmm",
+    "reference_pass",
+]
+
+#: Loss names understood by the kernels, mapped to the kernel's loss code.
+LOSSES = {"l2": 0, "l1": 1}
+
+#: Largest rank with a compile-time specialised kernel.
+_MAX_LITERAL_RANK = 32
+
+
+def loss_code(loss: str) -> int:
+    return LOSSES[loss]
+
+
+def _fused_body(r_const, code_const):
+    """Build the fused kernel with the rank and loss as compile-time constants.
+
+    Constant ``r`` lets LLVM unroll and vectorise the inner loops; measured
+    1.1-1.4x faster than a run-time ``r`` at r = 10. Numba caches each
+    specialisation on disk (keyed by the closure constants).
+    """
+
+    @njit(nogil=True, cache=True, fastmath=True)
+    def kernel(rows, cols, vals, L, R, gL, gR):  # pragma: no cover - jitted
+        r = r_const if r_const > 0 else L.shape[1]
+        s = 0.0
+        sq = 0.0
+        acc = np.zeros(r)
+        cur = -1
+        for k in range(vals.shape[0]):
+            i = rows[k]
+            j = cols[k]
+            if i != cur:
+                if cur >= 0:
+                    for q in range(r):
+                        gL[cur, q] += acc[q]
+                        acc[q] = 0.0
+                cur = i
+            z = -vals[k]
+            for q in range(r):
+                z += L[i, q] * R[j, q]
+            sq += z * z
+            if code_const == 0:
+                g = z
+            else:
+                s += abs(z)
+                g = 1.0 if z > 0.0 else (-1.0 if z < 0.0 else 0.0)
+            for q in range(r):
+                acc[q] += g * R[j, q]
+                gR[j, q] += g * L[i, q]
+        if cur >= 0:
+            for q in range(r):
+                gL[cur, q] += acc[q]
+        if code_const == 0:
+            s = sq
+        return s, sq
+
+    return kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_kernel(r: int, code: int):
+    return _fused_body(r if r <= _MAX_LITERAL_RANK else 0, code)
+
+
+def fused_pass(rows, cols, vals, L, R, gL, gR, loss: str = "l2") -> tuple[float, float]:
+    """Accumulate one tile's residual, partial gradients and partial loss.
+
+    For every entry ``k``: ``z = <L[rows[k]], R[cols[k]]> - vals[k]``, then
+    ``gL[rows[k]] += g(z) R[cols[k]]`` and ``gR[cols[k]] += g(z) L[rows[k]]``
+    with ``g(z) = z`` (l2) or ``sign(z)`` (l1).
+
+    Parameters
+    ----------
+    rows, cols : ndarray of int32, shape (nnz,)
+        Tile-local indices.
+    vals : ndarray of float64, shape (nnz,)
+    L : ndarray, shape (m, r)
+        The tile's row block of the left factor. C-contiguous float64.
+    R : ndarray, shape (n, r)
+        The tile's column block of the right factor.
+    gL, gR : ndarray, shapes (m, r) and (n, r)
+        Accumulators, updated in place (not scaled by ``1/p``).
+    loss : {"l2", "l1"}
+
+    Returns
+    -------
+    value, sumsq : float
+        The unscaled loss sum (``Σ z²`` for l2, ``Σ |z|`` for l1) and ``Σ z²``.
+
+    Notes
+    -----
+    One sweep over the entries; memory is the four factor blocks only.
+    """
+    r = L.shape[1]
+    kernel = _fused_kernel(r if r <= _MAX_LITERAL_RANK else 0, LOSSES[loss])
+    return kernel(rows, cols, vals, L, R, gL, gR)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _residual_sumsq(rows, cols, vals, L, R):  # pragma: no cover - jitted
+    r = L.shape[1]
+    s = 0.0
+    for k in range(vals.shape[0]):
+        i = rows[k]
+        j = cols[k]
+        z = -vals[k]
+        for q in range(r):
+            z += L[i, q] * R[j, q]
+        s += z * z
+    return s
+
+
+def residual_sumsq(rows, cols, vals, L, R) -> float:
+    """``Σ_k (<L[rows[k]], R[cols[k]]> - vals[k])²`` without gradients."""
+    return float(_residual_sumsq(rows, cols, vals, L, R))
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _sddmm(rows, cols, L, R, out):  # pragma: no cover - jitted
+    r = L.shape[1]
+    for k in range(rows.shape[0]):
+        i = rows[k]
+        j = cols[k]
+        z = 0.0
+        for q in range(r):
+            z += L[i, q] * R[j, q]
+        out[k] = z
+    return out
+
+
+def sddmm(rows, cols, L, R) -> np.ndarray:
+    """Entries ``<L[rows[k]], R[cols[k]]>`` of ``L Rᵀ`` at the given positions."""
+    out = np.empty(len(rows), dtype=np.float64)
+    return _sddmm(rows, cols, L, R, out)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _spmm(rows, cols, vals, V, out):  # pragma: no cover - jitted
+    k_ = V.shape[1]
+    for k in range(vals.shape[0]):
+        i = rows[k]
+        j = cols[k]
+        v = vals[k]
+        for q in range(k_):
+            out[i, q] += v * V[j, q]
+    return out
+
+
+def spmm(rows, cols, vals, V, out) -> np.ndarray:
+    """``out += Y V`` for the sparse tile ``Y = sparse(rows, cols, vals)``.
+
+    Call with ``rows`` and ``cols`` swapped for ``out += Yᵀ U``.
+    """
+    return _spmm(rows, cols, vals, V, out)
+
+
+def reference_pass(rows, cols, vals, L, R, loss: str = "l2"):
+    """Plain NumPy reference of :func:`fused_pass` on global indices (the oracle).
+
+    Returns ``((value, sumsq), gL, gR)`` with the same (unscaled) conventions.
+    """
+    z = np.einsum("kr,kr->k", L[rows], R[cols]) - vals
+    if loss == "l2":
+        value, g = float(z @ z), z
+    else:
+        value, g = float(np.abs(z).sum()), np.sign(z)
+    sumsq = float(z @ z)
+    gL = np.zeros_like(L)
+    gR = np.zeros_like(R)
+    np.add.at(gL, rows, g[:, None] * R[cols])
+    np.add.at(gR, cols, g[:, None] * L[rows])
+    return (value, sumsq), gL, gR

@@ -1,0 +1,260 @@
+"""One result type for every solver: :class:`SolveResult`, and :class:`IterationState`.
+
+A :class:`SolveResult` is frozen and its shape does not depend on flags.
+``factors`` holds Dask arrays; ``history`` maps names to 1-D NumPy arrays of
+length ``n_iter + 1`` (entry 0 is the initial point).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .exceptions import InputDataError
+
+__all__ = ["SolveResult", "IterationState", "load_result", "STATUSES"]
+
+#: Every value ``SolveResult.status`` can take.
+STATUSES = ("converged", "stalled", "max_iter", "callback", "diverged")
+
+#: History arrays recorded by the solver loop.
+HISTORY_KEYS = ("loss", "residual", "step_size", "damping", "time", "passes")
+
+
+@dataclass(frozen=True)
+class IterationState:
+    """What a ``callback`` sees after each accepted iteration.
+
+    Every field is already computed: reading them costs nothing. Only
+    :meth:`factors` triggers a computation (it gathers the factors).
+
+    Attributes
+    ----------
+    iteration : int
+        Number of updates applied so far (0 is the initial point).
+    loss, residual : float
+        Objective and relative residual ``‖P_Ω(X) − Y‖ / ‖Y‖`` at this iterate.
+    step_size, damping : float
+        Step and damping used to reach this iterate (NaN at iteration 0).
+    time : float
+        Seconds since the solver started.
+    passes : int
+        Data passes spent so far (spectral initialisation excluded).
+    validation : float or None
+        Held-out error, when validation data was given.
+    """
+
+    iteration: int
+    loss: float
+    residual: float
+    step_size: float
+    damping: float
+    time: float
+    passes: int
+    validation: float | None = None
+    _gather: Callable[[], tuple] | None = field(default=None, repr=False, compare=False)
+
+    def factors(self) -> tuple:
+        """Gather the current factors as NumPy arrays (costs one transfer)."""
+        if self._gather is None:  # pragma: no cover - always set by the loop
+            raise RuntimeError("factors are not available for this state")
+        return self._gather()
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """The outcome of a solve.
+
+    Attributes
+    ----------
+    factors : tuple of dask.array.Array
+        ``(L, R)``, or ``(L,)`` for a symmetric (PSD) fit ``X = L Lᵀ``.
+    status : str
+        One of ``"converged"`` (``tol`` met), ``"stalled"`` (loss stopped
+        changing: the normal stop on noisy data), ``"max_iter"``,
+        ``"callback"`` (the callback raised ``StopIteration``) or
+        ``"diverged"`` (the step safeguard gave up; the factors are the best
+        iterate seen).
+    n_iter : int
+        Updates applied.
+    converged : bool
+        ``status in ("converged", "stalled")``.
+    message : str
+    history : dict of str to ndarray
+        ``loss``, ``residual``, ``step_size``, ``damping``, ``time`` (seconds
+        since start) and ``passes`` (cumulative data passes), each of length
+        ``n_iter + 1``; plus ``validation`` when held-out data was given.
+    params : dict
+        The parameters of the run (JSON-serialisable).
+    info : dict
+        Diagnostics: initial singular values, safeguard events, passes spent
+        on initialisation.
+    """
+
+    factors: tuple
+    status: str
+    n_iter: int
+    converged: bool
+    message: str
+    history: dict
+    params: dict
+    info: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------- access
+    @property
+    def L(self):
+        """Left factor, shape ``(n1, rank)`` (dask array)."""
+        return self.factors[0]
+
+    @property
+    def R(self):
+        """Right factor, shape ``(n2, rank)``; the same array as ``L`` when symmetric."""
+        return self.factors[-1]
+
+    @property
+    def symmetric(self) -> bool:
+        return len(self.factors) == 1
+
+    def _numpy_factors(self):
+        L = np.asarray(self.L.compute() if hasattr(self.L, "compute") else self.L)
+        R = L if self.symmetric else np.asarray(
+            self.R.compute() if hasattr(self.R, "compute") else self.R
+        )
+        return np.ascontiguousarray(L), np.ascontiguousarray(R)
+
+    def predict(self, rows, cols) -> np.ndarray:
+        """Entries ``X[rows[k], cols[k]]`` of the fitted ``X = L Rᵀ``.
+
+        Gathers the factors to the client (``(n1 + n2) · rank · 8`` bytes).
+        """
+        from .problems.completion import sddmm
+
+        L, R = self._numpy_factors()
+        rows = np.asarray(rows)
+        cols = np.asarray(cols)
+        if rows.shape != cols.shape or rows.ndim != 1:
+            raise InputDataError(
+                f"predict needs 1-D rows and cols of equal length; got shapes {rows.shape} "
+                f"and {cols.shape}."
+            )
+        for name, idx, n in (("rows", rows, L.shape[0]), ("cols", cols, R.shape[0])):
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise InputDataError(
+                    f"predict: '{name}' has indices outside [0, {n}); got range "
+                    f"[{idx.min()}, {idx.max()}]."
+                )
+        return sddmm(rows.astype(np.int64), cols.astype(np.int64), L, R)
+
+    def rmse(self, obs) -> float:
+        """Root-mean-square error of the fit on the entries of ``obs``."""
+        from .problems.completion import residual_sumsq
+
+        L, R = self._numpy_factors()
+        if obs.shape != (L.shape[0], R.shape[0]):
+            raise InputDataError(
+                f"rmse: observations of shape {obs.shape} do not match the fitted matrix "
+                f"({L.shape[0]}, {R.shape[0]})."
+            )
+        total = 0.0
+        for t in range(obs.n_tiles):
+            r0, r1, c0, c1 = obs.tile_bounds(t)
+            rows, cols, vals = obs.read_tile(t)
+            total += residual_sumsq(rows, cols, vals, L[r0:r1], R[c0:c1])
+        return float(np.sqrt(total / obs.nnz))
+
+    # -------------------------------------------------------------- store
+    def to_zarr(self, path: str | os.PathLike, overwrite: bool = False) -> str:
+        """Write factors, history and metadata to a Zarr v3 group (atomic publish)."""
+        import dask.array as da
+        import zarr
+
+        from .storage.layout import atomic_dir
+
+        path = os.fspath(path)
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            g = zarr.open_group(tmp, mode="w")
+            names = ("L",) if self.symmetric else ("L", "R")
+            for name, F in zip(names, self.factors):
+                F = F if hasattr(F, "chunks") else da.from_array(np.asarray(F))
+                arr = g.create_array(
+                    name,
+                    shape=F.shape,
+                    chunks=(max(1, min(F.shape[0], 1 << 18)), F.shape[1]),
+                    dtype="float64",
+                    compressors=None,
+                    config={"write_empty_chunks": True},
+                )
+                da.store(F.rechunk({0: arr.chunks[0]}), arr, lock=False)
+            h = g.create_group("history")
+            for k, v in self.history.items():
+                h.create_array(k, data=np.asarray(v, dtype=np.float64), compressors=None)
+            g.attrs["dscaledgd"] = {
+                "type": "result",
+                "format_version": 1,
+                "library_version": __version__,
+                "status": self.status,
+                "n_iter": self.n_iter,
+                "converged": self.converged,
+                "message": self.message,
+                "params": _jsonable(self.params),
+                "info": _jsonable(self.info),
+                "factors": list(names),
+            }
+        return path
+
+
+def load_result(path: str | os.PathLike) -> SolveResult:
+    """Open a result written by :meth:`SolveResult.to_zarr` (factors stay lazy)."""
+    import dask.array as da
+    import zarr
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No result store at {path!r}.")
+    try:
+        g = zarr.open_group(path, mode="r")
+        meta = dict(g.attrs).get("dscaledgd")
+    except Exception:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("type") != "result":
+        raise InputDataError(
+            f"{path!r} is not a dscaledgd result store (attrs lack dscaledgd.type == "
+            "'result'). Write one with SolveResult.to_zarr or `dscaledgd complete`."
+        )
+    factors = tuple(da.from_zarr(g[name]) for name in meta["factors"])
+    history = {k: np.asarray(g["history"][k][:]) for k in g["history"].array_keys()}
+    return SolveResult(
+        factors=factors,
+        status=meta["status"],
+        n_iter=int(meta["n_iter"]),
+        converged=bool(meta["converged"]),
+        message=meta["message"],
+        history=history,
+        params=meta["params"],
+        info=meta.get("info", {}),
+    )
+
+
+def _jsonable(obj: Any) -> Any:
+    """Recursively convert NumPy scalars/arrays for JSON attrs (checked by json.dumps)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    try:
+        json.dumps(obj)
+        return obj
+    except TypeError:
+        return repr(obj)

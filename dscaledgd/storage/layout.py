@@ -1,0 +1,176 @@
+"""The tile layout of COO observations and its Zarr encoding.
+
+Layout (DESIGN.md §2, recorded in docs/design.md):
+
+* the matrix is cut into a grid of ``a × b`` tiles by ``row_bounds`` and
+  ``col_bounds``; the bounds balance the number of observations per stripe;
+* all entries of tile ``t = ia * b + ib`` are one contiguous range
+  ``[tile_ptr[t], tile_ptr[t + 1])`` of the 1-D arrays ``rows``, ``cols``
+  (int32, *tile-local*) and ``values`` (float64);
+* inside a tile, entries are in **blocked order**: sorted by
+  ``(i // B, j // B, i, j)`` with cache block ``B = CACHE_BLOCK``, which keeps
+  the touched rows of both factor blocks resident in L2 while the fused
+  kernel sweeps the entries.
+
+Zarr group (format version 1)::
+
+    OBS.zarr/
+      zarr.json        attrs["dscaledgd"] = {"type": "observations", ...}
+      rows, cols       int32 (nnz,)   uncompressed, chunks of CHUNK entries
+      values           float64 (nnz,)
+      tile_ptr         int64 (a*b + 1,)
+      row_counts       int64 (n1,)    observations per row
+      col_counts       int64 (n2,)
+
+Writes go to a temporary sibling directory that is renamed into place only
+when complete (:func:`atomic_dir`), so a crash never leaves a half-written
+store under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+
+__all__ = [
+    "CACHE_BLOCK",
+    "CHUNK",
+    "FORMAT_VERSION",
+    "balanced_bounds",
+    "default_tiles",
+    "tile_of",
+    "blocked_order",
+    "atomic_dir",
+    "check_output_path",
+]
+
+#: Cache block (rows and columns) of the blocked order inside a tile.
+CACHE_BLOCK = 8192
+#: Entries per Zarr chunk of the 1-D arrays (16 MB of float64 values).
+CHUNK = 1 << 21
+FORMAT_VERSION = 1
+
+#: Fewest observations per tile before the default grid stops splitting.
+_MIN_TILE_NNZ = 200_000
+
+
+def default_tiles(shape: tuple[int, int], nnz: int, nthreads: int | None = None) -> tuple[int, int]:
+    """A tile grid sized to the parallelism: about two tiles per thread.
+
+    Small data sets get fewer tiles (at least ``_MIN_TILE_NNZ`` entries each),
+    and the grid's aspect follows the matrix's so that the partial gradients
+    exchanged per iteration (``b·n1·r + a·n2·r`` numbers) stay small.
+    """
+    n1, n2 = shape
+    nthreads = nthreads or os.cpu_count() or 1
+    t = max(1, min(2 * nthreads, nnz // _MIN_TILE_NNZ))
+    a = int(np.clip(round(np.sqrt(t * n1 / max(n2, 1))), 1, t))
+    b = max(1, t // a)
+    return min(a, n1), min(b, n2)
+
+
+def balanced_bounds(counts: np.ndarray, nblocks: int) -> np.ndarray:
+    """Block boundaries over ``len(counts)`` rows that balance ``counts``.
+
+    Every block is non-empty (at least one row). Returns ``nblocks + 1``
+    increasing integers from 0 to ``len(counts)``.
+    """
+    n = len(counts)
+    nblocks = max(1, min(nblocks, n))
+    total = counts.sum()
+    if total == 0:
+        return np.linspace(0, n, nblocks + 1).astype(np.int64)
+    cum = np.cumsum(counts)
+    targets = total * np.arange(1, nblocks) / nblocks
+    cuts = np.searchsorted(cum, targets, side="left") + 1
+    bounds = np.concatenate([[0], cuts, [n]]).astype(np.int64)
+    # force strictly increasing bounds (non-empty blocks)
+    for k in range(1, nblocks):
+        bounds[k] = min(max(bounds[k], bounds[k - 1] + 1), n - (nblocks - k))
+    return bounds
+
+
+def tile_of(rows: np.ndarray, cols: np.ndarray, row_bounds, col_bounds):
+    """Tile id and tile-local indices of global ``(rows, cols)``."""
+    ia = np.searchsorted(row_bounds, rows, side="right") - 1
+    ib = np.searchsorted(col_bounds, cols, side="right") - 1
+    b = len(col_bounds) - 1
+    tile = ia * b + ib
+    lr = (rows - row_bounds[ia]).astype(np.int32)
+    lc = (cols - col_bounds[ib]).astype(np.int32)
+    return tile, lr, lc
+
+
+def blocked_order(tile: np.ndarray, lr: np.ndarray, lc: np.ndarray, max_width: int) -> np.ndarray:
+    """Stable permutation sorting entries by ``(tile, i//B, j//B, i, j)``.
+
+    Equal ``(tile, i, j)`` keys stay in input order, which the ``"last"``
+    duplicate policy relies on.
+    """
+    B = CACHE_BLOCK
+    nbc = (max_width + B - 1) // B
+    i64 = np.int64
+    lr64 = lr.astype(i64)
+    lc64 = lc.astype(i64)
+    local = ((lr64 // B) * nbc + lc64 // B) * (B * B) + (lr64 % B) * B + lc64 % B
+    span = int(local.max()) + 1 if len(local) else 1
+    ntiles = int(tile.max()) + 1 if len(tile) else 1
+    if ntiles * span < 2**62:
+        return np.argsort(tile.astype(i64) * span + local, kind="stable")
+    return np.lexsort((local, tile))
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "output") -> str:
+    """Refuse an existing path (unless ``overwrite``) or an unwritable parent."""
+    path = os.fspath(path)
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(
+            f"The {what} path {path!r} already exists. Pass overwrite=True to replace it, "
+            "or choose another path."
+        )
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(
+            f"Cannot write the {what} {path!r}: the parent directory {parent!r} does not "
+            "exist. Create it first."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Cannot write the {what} {path!r}: the directory {parent!r} is not writable. "
+            "Choose a writable location."
+        )
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
+    """Yield a temporary sibling directory; publish it at ``path`` on success.
+
+    On any exception the temporary directory is removed and ``path`` is left
+    untouched. With ``overwrite=True`` an existing ``path`` is replaced only
+    after the new one is complete.
+    """
+    path = check_output_path(path, overwrite)
+    parent = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(os.path.abspath(path))
+    tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.lexists(path):
+        old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.remove(old)

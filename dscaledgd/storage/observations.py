@@ -1,0 +1,617 @@
+"""Observations: a partially observed matrix as COO tiles, in memory or in Zarr.
+
+See :mod:`dscaledgd.storage.layout` for the tile layout and the store format.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from typing import Any
+
+import numpy as np
+
+from .._validation import Interval, Options, check_param, resolve_rng, RANDOM_STATE
+from .._version import __version__
+from ..exceptions import InputDataError, InvalidParameterError
+from . import layout
+from .layout import CHUNK, FORMAT_VERSION
+
+__all__ = ["Observations"]
+
+DUPLICATE_POLICIES = ("error", "sum", "mean", "last")
+_ARRAYS = ("rows", "cols", "values", "tile_ptr", "row_counts", "col_counts")
+
+
+def _is_dask(x: Any) -> bool:
+    return type(x).__module__.startswith("dask.")
+
+
+class Observations:
+    """The observed entries of an ``n1 × n2`` matrix, stored as a grid of COO tiles.
+
+    Build one with :meth:`from_coo`, :meth:`from_dense` or :meth:`open_zarr`;
+    the constructor is internal.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(n1, n2)``.
+    nnz : int
+        Number of observed entries ``|Ω|``.
+    tiles : tuple of int
+        The tile grid ``(a, b)``; tile ``t = ia * b + ib``.
+    row_bounds, col_bounds : ndarray of int64
+        Tile boundaries, ``a + 1`` and ``b + 1`` increasing integers.
+    path : str or None
+        The Zarr store backing the data, or ``None`` when held in memory.
+
+    Notes
+    -----
+    Memory: an in-memory instance holds ``16 · nnz`` bytes (int32 rows and
+    cols, float64 values) plus ``8 · (n1 + n2)`` bytes of counts. A
+    store-backed instance holds only the counts; tiles are read on demand,
+    in sub-chunks, by the workers.
+    """
+
+    def __init__(
+        self,
+        *,
+        shape,
+        row_bounds,
+        col_bounds,
+        tile_ptr,
+        rows,
+        cols,
+        values,
+        row_counts,
+        col_counts,
+        value_norm2: float,
+        path: str | None = None,
+        attrs: dict | None = None,
+    ):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.row_bounds = np.asarray(row_bounds, dtype=np.int64)
+        self.col_bounds = np.asarray(col_bounds, dtype=np.int64)
+        self.tile_ptr = np.asarray(tile_ptr, dtype=np.int64)
+        self._rows, self._cols, self._values = rows, cols, values
+        self.row_counts = np.asarray(row_counts, dtype=np.int64)
+        self.col_counts = np.asarray(col_counts, dtype=np.int64)
+        self.value_norm2 = float(value_norm2)
+        self.path = path
+        self.attrs = dict(attrs or {})
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def nnz(self) -> int:
+        return int(self.tile_ptr[-1])
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        return len(self.row_bounds) - 1, len(self.col_bounds) - 1
+
+    @property
+    def n_tiles(self) -> int:
+        a, b = self.tiles
+        return a * b
+
+    @property
+    def density(self) -> float:
+        """``p = |Ω| / (n1 n2)``."""
+        return self.nnz / (self.shape[0] * self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tile data (indices and values)."""
+        return 16 * self.nnz
+
+    def tile_bounds(self, t: int) -> tuple[int, int, int, int]:
+        """``(row0, row1, col0, col1)`` of tile ``t``."""
+        a, b = self.tiles
+        ia, ib = divmod(t, b)
+        return (
+            int(self.row_bounds[ia]),
+            int(self.row_bounds[ia + 1]),
+            int(self.col_bounds[ib]),
+            int(self.col_bounds[ib + 1]),
+        )
+
+    def tile_nnz(self, t: int) -> int:
+        return int(self.tile_ptr[t + 1] - self.tile_ptr[t])
+
+    def read_tile(self, t: int, start: int = 0, stop: int | None = None):
+        """Entries ``start:stop`` of tile ``t`` as ``(rows, cols, values)`` (tile-local)."""
+        lo = int(self.tile_ptr[t])
+        hi = int(self.tile_ptr[t + 1])
+        s = lo + start
+        e = hi if stop is None else min(hi, lo + stop)
+        return (
+            np.asarray(self._rows[s:e], dtype=np.int32),
+            np.asarray(self._cols[s:e], dtype=np.int32),
+            np.asarray(self._values[s:e], dtype=np.float64),
+        )
+
+    def to_coo(self):
+        """All entries as global ``(rows, cols, values)`` (int64, int64, float64).
+
+        Loads everything into memory.
+        """
+        parts = []
+        for t in range(self.n_tiles):
+            r0, _, c0, _ = self.tile_bounds(t)
+            lr, lc, v = self.read_tile(t)
+            parts.append((lr.astype(np.int64) + r0, lc.astype(np.int64) + c0, v))
+        if not parts:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+        return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+    def __repr__(self) -> str:
+        where = f"store={self.path!r}" if self.path else "in memory"
+        return (
+            f"Observations(shape={self.shape}, nnz={self.nnz}, density={self.density:.3g}, "
+            f"tiles={self.tiles}, {where})"
+        )
+
+    # ------------------------------------------------------------ constructors
+    @classmethod
+    def from_coo(
+        cls,
+        rows,
+        cols,
+        values,
+        shape=None,
+        tiles=None,
+        *,
+        duplicates: str = "error",
+        path: str | os.PathLike | None = None,
+        overwrite: bool = False,
+    ) -> Observations:
+        """Observations from COO triplets.
+
+        Parameters
+        ----------
+        rows, cols : array-like of int, shape (nnz,)
+            Global row and column indices. NumPy or Dask arrays.
+        values : array-like of float, shape (nnz,)
+            Observed values; must be finite.
+        shape : tuple of int, optional
+            ``(n1, n2)``. Defaults to ``(rows.max() + 1, cols.max() + 1)``.
+        tiles : tuple of int, optional
+            Tile grid ``(a, b)``. Defaults to about two tiles per CPU thread
+            (:func:`~dscaledgd.storage.layout.default_tiles`).
+        duplicates : {"error", "sum", "mean", "last"}, default "error"
+            What to do with repeated ``(i, j)`` pairs. ``"error"`` names the
+            first duplicate; ``"last"`` keeps the value that comes last in
+            input order.
+        path : str, optional
+            Write the result to this Zarr store and return the store-backed
+            observations. Required to keep Dask input out of core; Dask input
+            without a path is written to a temporary directory.
+        overwrite : bool, default False
+            Replace an existing ``path``.
+
+        Returns
+        -------
+        Observations
+
+        Raises
+        ------
+        InputDataError
+            Non-finite values, negative or out-of-range indices, duplicate
+            pairs (with ``duplicates="error"``) or no entries at all.
+        """
+        check_param("from_coo", "duplicates", duplicates, [Options(DUPLICATE_POLICIES)])
+        if any(_is_dask(x) for x in (rows, cols, values)):
+            from ..engine.ingest import coo_from_dask
+
+            return coo_from_dask(
+                rows,
+                cols,
+                values,
+                shape=shape,
+                tiles=tiles,
+                duplicates=duplicates,
+                path=path,
+                overwrite=overwrite,
+            )
+        obs = _build_in_memory(rows, cols, values, shape, tiles, duplicates)
+        if path is not None:
+            obs.to_zarr(path, overwrite=overwrite)
+            return cls.open_zarr(path)
+        return obs
+
+    @classmethod
+    def from_dense(cls, M, mask=None, tiles=None, **kwargs) -> Observations:
+        """Observations from a dense matrix; NaN marks a missing entry.
+
+        Parameters
+        ----------
+        M : array-like, shape (n1, n2)
+            NumPy or Dask array.
+        mask : array-like of bool, shape (n1, n2), optional
+            ``True`` where observed. When given, NaN inside the mask is an
+            error; entries outside the mask are ignored.
+        tiles, **kwargs
+            Passed to :meth:`from_coo`.
+        """
+        if _is_dask(M) or _is_dask(mask):
+            from ..engine.ingest import dense_to_coo_dask
+
+            r, c, v = dense_to_coo_dask(M, mask)
+            return cls.from_coo(r, c, v, shape=M.shape, tiles=tiles, **kwargs)
+        M = np.asarray(M)
+        if M.ndim != 2:
+            raise InputDataError(
+                f"from_dense needs a 2-D matrix; got an array with shape {M.shape}. "
+                "Reshape it, or use tucker_complete for tensors."
+            )
+        if mask is None:
+            obs_mask = ~np.isnan(M.astype(np.float64, copy=False))
+            bad = np.isinf(M) & obs_mask
+        else:
+            obs_mask = np.asarray(mask, dtype=bool)
+            if obs_mask.shape != M.shape:
+                raise InputDataError(
+                    f"The mask has shape {obs_mask.shape} but M has shape {M.shape}; they "
+                    "must match."
+                )
+            bad = ~np.isfinite(M) & obs_mask
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InputDataError(
+                f"M[{i}, {j}] = {M[i, j]!r} is not finite inside the observed set. Mark it "
+                "missing (NaN without a mask, or False in the mask) or replace it."
+            )
+        r, c = np.nonzero(obs_mask)
+        return cls.from_coo(r, c, M[r, c], shape=M.shape, tiles=tiles, **kwargs)
+
+    # ------------------------------------------------------------------ zarr
+    def to_zarr(self, path: str | os.PathLike, overwrite: bool = False) -> str:
+        """Write to a Zarr v3 store at ``path`` (atomic publish).
+
+        Refuses an existing ``path`` unless ``overwrite=True``. Returns the path.
+        """
+        import zarr
+
+        path = os.fspath(path)
+        with layout.atomic_dir(path, overwrite=overwrite) as tmp:
+            g = zarr.open_group(tmp, mode="w")
+            nnz = self.nnz
+            chunk = max(1, min(CHUNK, nnz))
+            arrs = {}
+            for name, dtype in (("rows", "int32"), ("cols", "int32"), ("values", "float64")):
+                arrs[name] = g.create_array(
+                    name,
+                    shape=(nnz,),
+                    chunks=(chunk,),
+                    dtype=dtype,
+                    compressors=None,
+                    fill_value=0,
+                    config={"write_empty_chunks": True},
+                )
+            for start in range(0, nnz, chunk):
+                stop = min(nnz, start + chunk)
+                arrs["rows"][start:stop] = np.asarray(self._rows[start:stop])
+                arrs["cols"][start:stop] = np.asarray(self._cols[start:stop])
+                arrs["values"][start:stop] = np.asarray(self._values[start:stop])
+            for name in ("tile_ptr", "row_counts", "col_counts"):
+                data = getattr(self, name)
+                g.create_array(
+                    name,
+                    data=data.astype(np.int64),
+                    chunks=(max(1, min(len(data), 1 << 22)),),
+                    compressors=None,
+                    config={"write_empty_chunks": True},
+                )
+            g.attrs.update(self._store_attrs())
+        return path
+
+    def _store_attrs(self) -> dict:
+        return {
+            "dscaledgd": {
+                "type": "observations",
+                "format_version": FORMAT_VERSION,
+                "library_version": __version__,
+                "shape": list(self.shape),
+                "nnz": self.nnz,
+                "row_bounds": self.row_bounds.tolist(),
+                "col_bounds": self.col_bounds.tolist(),
+                "cache_block": layout.CACHE_BLOCK,
+                "value_norm2": self.value_norm2,
+                **{k: v for k, v in self.attrs.items() if k not in ("type",)},
+            }
+        }
+
+    @classmethod
+    def open_zarr(cls, path: str | os.PathLike) -> Observations:
+        """Open a store written by :meth:`to_zarr`; validates it is complete."""
+        import zarr
+
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No Observations store at {path!r}: the path does not exist.")
+        try:
+            g = zarr.open_group(path, mode="r")
+        except Exception as exc:  # not a zarr group at all
+            raise InputDataError(
+                f"{path!r} is not a dscaledgd Observations store (it is not a Zarr v3 group: "
+                f"{exc}). Create one with Observations.to_zarr or `dscaledgd import`."
+            ) from None
+        meta = dict(g.attrs).get("dscaledgd")
+        if not isinstance(meta, dict) or meta.get("type") != "observations":
+            raise InputDataError(
+                f"{path!r} is not a dscaledgd Observations store: its attrs lack "
+                "dscaledgd.type == 'observations'. Create one with Observations.to_zarr or "
+                "`dscaledgd import`."
+            )
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise InputDataError(
+                f"{path!r} has format version {meta.get('format_version')}, newer than this "
+                f"library's {FORMAT_VERSION}. Upgrade dscaledgd."
+            )
+        present = set(g.array_keys())
+        missing = [a for a in _ARRAYS if a not in present]
+        if missing:
+            raise InputDataError(
+                f"The Observations store {path!r} is truncated: arrays {missing} are missing. "
+                "Re-create it."
+            )
+        arr = {a: g[a] for a in _ARRAYS}
+        nnz = int(meta["nnz"])
+        shape = tuple(meta["shape"])
+        for a in _ARRAYS:
+            if arr[a].nchunks_initialized != arr[a].nchunks:
+                raise InputDataError(
+                    f"The Observations store {path!r} is truncated: array {a!r} has "
+                    f"{arr[a].nchunks_initialized} of {arr[a].nchunks} chunks. Re-create it."
+                )
+        tile_ptr = arr["tile_ptr"][:]
+        rb, cb = np.asarray(meta["row_bounds"]), np.asarray(meta["col_bounds"])
+        expect = {
+            "rows": (nnz,),
+            "cols": (nnz,),
+            "values": (nnz,),
+            "tile_ptr": ((len(rb) - 1) * (len(cb) - 1) + 1,),
+            "row_counts": (shape[0],),
+            "col_counts": (shape[1],),
+        }
+        for a, shp in expect.items():
+            if tuple(arr[a].shape) != shp:
+                raise InputDataError(
+                    f"The Observations store {path!r} is inconsistent: array {a!r} has shape "
+                    f"{tuple(arr[a].shape)}, expected {shp}. Re-create it."
+                )
+        if tile_ptr[0] != 0 or tile_ptr[-1] != nnz or np.any(np.diff(tile_ptr) < 0):
+            raise InputDataError(
+                f"The Observations store {path!r} is inconsistent: tile_ptr does not run from "
+                f"0 to nnz={nnz}. Re-create it."
+            )
+        extra = {k: v for k, v in meta.items() if k not in _CORE_META}
+        return cls(
+            shape=shape,
+            row_bounds=rb,
+            col_bounds=cb,
+            tile_ptr=tile_ptr,
+            rows=arr["rows"],
+            cols=arr["cols"],
+            values=arr["values"],
+            row_counts=arr["row_counts"][:],
+            col_counts=arr["col_counts"][:],
+            value_norm2=float(meta["value_norm2"]),
+            path=os.path.abspath(path),
+            attrs=extra,
+        )
+
+    # ------------------------------------------------------------------ split
+    def split(self, test_fraction: float = 0.1, random_state=None):
+        """Random train/test split of the observed entries.
+
+        Exactly ``round(test_fraction · nnz)`` entries go to the test set,
+        chosen uniformly at random. Both parts keep this tile grid, so they
+        line up with the same factor blocks.
+
+        Returns
+        -------
+        train, test : Observations
+            In memory.
+        """
+        check_param("split", "test_fraction", test_fraction, [Interval("real", 0, 1, "neither")])
+        check_param("split", "random_state", random_state, RANDOM_STATE)
+        rng = resolve_rng(random_state)
+        n_test = int(round(test_fraction * self.nnz))
+        if n_test == 0 or n_test == self.nnz:
+            raise InvalidParameterError(
+                f"The 'test_fraction' parameter of split gives {n_test} test entries out of "
+                f"{self.nnz}; both parts must be non-empty. Use a fraction between "
+                f"{1 / self.nnz:.3g} and {1 - 1 / self.nnz:.3g}."
+            )
+        is_test = np.zeros(self.nnz, dtype=bool)
+        is_test[rng.choice(self.nnz, size=n_test, replace=False)] = True
+        rows = np.asarray(self._rows[:])
+        cols = np.asarray(self._cols[:])
+        vals = np.asarray(self._values[:])
+        return tuple(self._subset(rows, cols, vals, sel) for sel in (~is_test, is_test))
+
+    def _subset(self, rows, cols, vals, sel) -> Observations:
+        tile_id = np.repeat(np.arange(self.n_tiles), np.diff(self.tile_ptr))[sel]
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(tile_id, minlength=self.n_tiles))])
+        r, c, v = rows[sel], cols[sel], vals[sel]
+        a, b = self.tiles
+        gr = r.astype(np.int64) + self.row_bounds[tile_id // b]
+        gc = c.astype(np.int64) + self.col_bounds[tile_id % b]
+        return Observations(
+            shape=self.shape,
+            row_bounds=self.row_bounds,
+            col_bounds=self.col_bounds,
+            tile_ptr=ptr,
+            rows=r,
+            cols=c,
+            values=v,
+            row_counts=np.bincount(gr, minlength=self.shape[0]),
+            col_counts=np.bincount(gc, minlength=self.shape[1]),
+            value_norm2=float(v @ v),
+            attrs=self.attrs,
+        )
+
+
+_CORE_META = {
+    "type",
+    "format_version",
+    "library_version",
+    "shape",
+    "nnz",
+    "row_bounds",
+    "col_bounds",
+    "cache_block",
+    "value_norm2",
+}
+
+
+# ---------------------------------------------------------------- validation
+def _as_index(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise InputDataError(f"'{name}' must be 1-D; got shape {x.shape}. Flatten it with .ravel().")
+    if x.size and not np.issubdtype(x.dtype, np.integer):
+        raise InputDataError(
+            f"'{name}' must hold integers; got dtype {x.dtype}. Cast with .astype(np.int64) "
+            "after checking the values are whole numbers."
+        )
+    return x.astype(np.int64, copy=False)
+
+
+def check_shape(shape, rows, cols) -> tuple[int, int]:
+    """Validate or infer ``shape`` from the index arrays' extent."""
+    rmax = int(rows.max()) if rows.size else -1
+    cmax = int(cols.max()) if cols.size else -1
+    if shape is None:
+        return rmax + 1, cmax + 1
+    if (
+        not isinstance(shape, tuple | list)
+        or len(shape) != 2
+        or not all(isinstance(s, numbers.Integral) and s >= 1 for s in shape)
+    ):
+        raise InvalidParameterError(
+            f"The 'shape' parameter of from_coo must be a pair of positive ints (n1, n2). "
+            f"Got {shape!r}."
+        )
+    n1, n2 = int(shape[0]), int(shape[1])
+    if rmax >= n1:
+        k = int(np.argmax(rows >= n1))
+        raise InputDataError(
+            f"Observation row index {int(rows[k])} (entry {k}) is out of range for shape "
+            f"({n1}, {n2}). Pass a larger shape, or drop the entry."
+        )
+    if cmax >= n2:
+        k = int(np.argmax(cols >= n2))
+        raise InputDataError(
+            f"Observation column index {int(cols[k])} (entry {k}) is out of range for shape "
+            f"({n1}, {n2}). Pass a larger shape, or drop the entry."
+        )
+    return n1, n2
+
+
+def check_tiles(tiles, shape, nnz) -> tuple[int, int]:
+    if tiles is None:
+        return layout.default_tiles(shape, nnz)
+    n1, n2 = shape
+    ok = (
+        isinstance(tiles, tuple | list)
+        and len(tiles) == 2
+        and all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in tiles)
+        and 1 <= tiles[0] <= n1
+        and 1 <= tiles[1] <= n2
+    )
+    if not ok:
+        raise InvalidParameterError(
+            f"The 'tiles' parameter must be a pair of ints (a, b) with 1 <= a <= {n1} and "
+            f"1 <= b <= {n2}. Got {tiles!r}."
+        )
+    return int(tiles[0]), int(tiles[1])
+
+
+def _build_in_memory(rows, cols, values, shape, tiles, duplicates) -> Observations:
+    rows = _as_index(rows, "rows")
+    cols = _as_index(cols, "cols")
+    vals = np.asarray(values)
+    if vals.ndim != 1:
+        raise InputDataError(f"'values' must be 1-D; got shape {vals.shape}.")
+    if not (len(rows) == len(cols) == len(vals)):
+        raise InputDataError(
+            f"rows, cols and values must have the same length; got {len(rows)}, {len(cols)} "
+            f"and {len(vals)}."
+        )
+    if len(vals) == 0:
+        raise InputDataError(
+            "The observations are empty (nnz = 0). Completion needs at least one observed entry."
+        )
+    if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(vals.dtype, np.complexfloating):
+        raise InputDataError(f"'values' must be real numbers; got dtype {vals.dtype}.")
+    vals = vals.astype(np.float64, copy=False)
+    finite = np.isfinite(vals)
+    if not finite.all():
+        k = int(np.argmin(finite))
+        raise InputDataError(
+            f"Observation values must be finite; entry {k} at ({int(rows[k])}, {int(cols[k])}) "
+            f"is {vals[k]!r}. Drop or impute non-finite entries before building Observations."
+        )
+    for name, idx in (("row", rows), ("column", cols)):
+        if idx.min() < 0:
+            k = int(np.argmin(idx))
+            raise InputDataError(
+                f"Observation {name} index {int(idx[k])} (entry {k}) is negative; indices must "
+                "be >= 0."
+            )
+    shape = check_shape(shape, rows, cols)
+    tiles = check_tiles(tiles, shape, len(vals))
+    row_bounds = layout.balanced_bounds(np.bincount(rows, minlength=shape[0]), tiles[0])
+    col_bounds = layout.balanced_bounds(np.bincount(cols, minlength=shape[1]), tiles[1])
+    tile, lr, lc = layout.tile_of(rows, cols, row_bounds, col_bounds)
+    order = layout.blocked_order(tile, lr, lc, int(np.diff(col_bounds).max()))
+    tile, lr, lc, vals = tile[order], lr[order], lc[order], vals[order]
+    same = (tile[1:] == tile[:-1]) & (lr[1:] == lr[:-1]) & (lc[1:] == lc[:-1])
+    if same.any():
+        tile, lr, lc, vals = _resolve_duplicates(
+            same, order, rows, cols, tile, lr, lc, vals, duplicates
+        )
+    a, b = len(row_bounds) - 1, len(col_bounds) - 1
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(tile, minlength=a * b))])
+    gr = lr.astype(np.int64) + row_bounds[tile // b]
+    gc = lc.astype(np.int64) + col_bounds[tile % b]
+    return Observations(
+        shape=shape,
+        row_bounds=row_bounds,
+        col_bounds=col_bounds,
+        tile_ptr=ptr,
+        rows=lr,
+        cols=lc,
+        values=vals,
+        row_counts=np.bincount(gr, minlength=shape[0]),
+        col_counts=np.bincount(gc, minlength=shape[1]),
+        value_norm2=float(vals @ vals),
+    )
+
+
+def _resolve_duplicates(same, order, rows, cols, tile, lr, lc, vals, policy):
+    """Apply the duplicate policy to sorted entries; ``same[k]`` marks k+1 == k."""
+    if policy == "error":
+        later = order[1:][same]  # input positions of repeated occurrences
+        k2 = int(later.min())
+        i, j = int(rows[k2]), int(cols[k2])
+        k1 = int(np.flatnonzero((rows == i) & (cols == j))[0])
+        n_dup = int(same.sum())
+        raise InputDataError(
+            f"Duplicate observation ({i}, {j}) at entries {k1} and {k2} ({n_dup} repeated "
+            "entries in all). Pass duplicates='sum', 'mean' or 'last' to combine them."
+        )
+    start = np.concatenate([[True], ~same])  # first entry of each group
+    group = np.cumsum(start) - 1
+    first = np.flatnonzero(start)
+    if policy == "last":
+        last = np.concatenate([first[1:] - 1, [len(vals) - 1]])
+        new_vals = vals[last]
+    else:
+        new_vals = np.bincount(group, weights=vals)
+        if policy == "mean":
+            new_vals = new_vals / np.bincount(group)
+    return tile[first], lr[first], lc[first], new_vals
