@@ -112,6 +112,7 @@ def complete(
     init_power_iter: int = 4,
     callback=None,
     progress: bool | None = None,
+    _oracle: bool = False,
 ) -> SolveResult:
     r"""Complete a partially observed low-rank matrix with ScaledGD.
 
@@ -138,8 +139,11 @@ def complete(
         Fit the PSD model ``X = L Lᵀ`` from square observations.
     damping : float, default 0.0
         ``λ ≥ 0`` of ScaledGD(λ): preconditioner ``(RᵀR + λI)⁻¹``.
-    init : {"spectral"}, default "spectral"
-        Balanced factors from ``SVD_r(Y/p)`` (randomized, on the tiles).
+    init : "spectral" or tuple of arrays, default "spectral"
+        ``"spectral"``: balanced factors from ``SVD_r(Y/p)`` (randomized, on
+        the tiles). A tuple ``(L0, R0)`` (``(L0,)`` when symmetric) of arrays
+        of shapes ``(n1, rank)`` and ``(n2, rank)`` starts from those factors
+        (warm start).
     step_size : float or None, default None
         ``None`` uses the adaptive default rule (never diverges silently; see
         :class:`~dscaledgd.solvers.scaledgd.AdaptiveStep`); a float fixes
@@ -201,7 +205,7 @@ def complete(
     rank = _check_rank(func, rank, obs.shape)
     check_choice(func, "method", method, METHODS)
     check_choice(func, "loss", loss, LOSSES)
-    check_choice(func, "init", init, INITS)
+    init = _check_init(func, init, obs.shape, rank, symmetric)
     check_choice(func, "cache", cache, CACHE_POLICIES)
     params = dict(
         rank=rank, method=method, loss=loss, symmetric=symmetric, damping=damping, init=init,
@@ -217,22 +221,78 @@ def complete(
             f"The 'symmetric' parameter of complete is True but the observations have shape "
             f"{obs.shape}; a symmetric (PSD) fit needs a square matrix. Pass symmetric=False."
         )
+    if symmetric and not np.array_equal(obs.row_bounds, obs.col_bounds):
+        if obs.path is not None:
+            raise InvalidParameterError(
+                f"symmetric=True needs observations whose row and column tiles coincide; the "
+                f"store {obs.path!r} has tiles {obs.tiles} with different bounds. Rewrite it "
+                "with obs.retile(square=True).to_zarr(...)."
+            )
+        obs = obs.retile(square=True)
     _warn_empty(obs, symmetric)
     rng = resolve_rng(random_state)
+    if _oracle:  # the test oracle: one in-memory tile, plain NumPy math, inline
+        obs, scheduler, client, address = reference_copy(obs), "sync", None, None
     with executor_for(client, address=address, scheduler=scheduler) as ex:
-        engine = CompletionEngine(obs, ex, symmetric=symmetric, loss=loss, cache=cache)
+        engine = CompletionEngine(
+            obs, ex, symmetric=symmetric, loss=loss, cache=cache,
+            kernel="reference" if _oracle else "fused",
+        )
         try:
             return _solve(engine, rank, rng, params, desc="complete")
         finally:
             engine.close()
 
 
+def _check_init(func, init, shape, rank, symmetric):
+    if isinstance(init, str):
+        return check_choice(func, "init", init, INITS)
+    if not isinstance(init, tuple | list):
+        raise InvalidParameterError(
+            f"The 'init' parameter of {func} must be one of {{{', '.join(map(repr, INITS))}}} "
+            f"or a tuple of factor arrays. Got {type(init).__name__}."
+        )
+    dims = shape[:1] if symmetric else shape
+    arrays = tuple(np.asarray(F, dtype=np.float64) for F in init)
+    want = [(n, rank) for n in dims]
+    got = [a.shape for a in arrays]
+    if got != want or not all(np.all(np.isfinite(a)) for a in arrays):
+        raise InvalidParameterError(
+            f"The 'init' parameter of {func} must hold {len(want)} finite arrays of shapes "
+            f"{want}. Got shapes {got}."
+        )
+    return arrays
+
+
+def reference_copy(obs: Observations) -> Observations:
+    """``obs`` as a single in-memory tile (for the NumPy oracle)."""
+    r, c, v = obs.to_coo()
+    return Observations.from_coo(r, c, v, shape=obs.shape, tiles=(1, 1))
+
+
+def complete_oracle(obs, rank: int, **kwargs) -> SolveResult:
+    """:func:`complete` on the in-memory NumPy reference (tests and benchmarks).
+
+    Same parameters; the data pass is plain NumPy on one tile and runs inline.
+    """
+    return complete(obs, rank, _oracle=True, **kwargs)
+
+
 def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     """Initialise, run the shared loop and package the result."""
     seed = int(rng.integers(2**62))
-    state, values = inits.spectral_init(
-        engine, rank, seed=seed, n_power=params["init_power_iter"]
-    )
+    if isinstance(params["init"], tuple):
+        state = engine.from_numpy(list(params["init"]))
+        L0, R0 = params["init"][0], params["init"][-1]
+        values = np.sqrt(np.clip(np.linalg.eigvals((L0.T @ L0) @ (R0.T @ R0)).real, 0, None))
+        values = np.sort(values)[::-1]
+        init_passes = 0
+    else:
+        state, values = inits.spectral_init(
+            engine, rank, seed=seed, n_power=params["init_power_iter"]
+        )
+        q = params["init_power_iter"]
+        init_passes = q + 2 if params["symmetric"] else 2 * q + 2
     sigma1 = float(values[0]) if len(values) and values[0] > 0 else 1.0
     method = params["method"]
     precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
@@ -249,7 +309,7 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     factors = tuple(_finalize(engine.ex, F) for F in out.state)
     info = {
         "init_values": np.asarray(values).tolist(),
-        "init_passes": 2 * (params["init_power_iter"] + 1) + 1,
+        "init_passes": init_passes,
         "passes": out.passes,
         "events": out.events,
         "step_rule": rule.name,
@@ -258,6 +318,8 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         "cache": engine.cache,
     }
     stored = {k: v for k, v in params.items() if k not in ("callback",)}
+    if isinstance(stored["init"], tuple):
+        stored["init"] = "warm-start"
     stored["random_state"] = params["random_state"] if isinstance(
         params["random_state"], int | type(None)) else repr(params["random_state"])
     return SolveResult(
@@ -269,14 +331,20 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         history=out.history,
         params=stored,
         info=info,
+        _client=engine.ex.client if _lasting(engine.ex) else None,
     )
+
+
+def _lasting(ex) -> bool:
+    """The executor's client outlives this run (its futures stay valid)."""
+    return ex.kind == "distributed" and not getattr(ex, "owned", False)
 
 
 def _finalize(ex, F):
     """Factors at the edge: futures-backed on a lasting client, else gathered."""
     import dask.array as da
 
-    if ex.kind == "distributed" and not getattr(ex, "owned", False):
+    if _lasting(ex):
         return F.to_dask()
     arr = F.gather()
     return da.from_array(arr, chunks=(tuple(int(x) for x in np.diff(F.bounds)), F.ncols))

@@ -74,7 +74,11 @@ class SolveResult:
     Attributes
     ----------
     factors : tuple of dask.array.Array
-        ``(L, R)``, or ``(L,)`` for a symmetric (PSD) fit ``X = L Lᵀ``.
+        ``(L, R)``, or ``(L,)`` for a symmetric (PSD) fit ``X = L Lᵀ``. On a
+        client that outlives the run (``client=``, or the active default
+        client) they are backed by the worker-held blocks: compute them with
+        that client (``with client.as_current():``) or use
+        :meth:`compute_factors`. Otherwise they wrap gathered NumPy arrays.
     status : str
         One of ``"converged"`` (``tol`` met), ``"stalled"`` (loss stopped
         changing: the normal stop on noisy data), ``"max_iter"``,
@@ -105,6 +109,8 @@ class SolveResult:
     history: dict
     params: dict
     info: dict = field(default_factory=dict)
+    #: the distributed client holding futures-backed factors (not serialised)
+    _client: object = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------- access
     @property
@@ -121,12 +127,16 @@ class SolveResult:
     def symmetric(self) -> bool:
         return len(self.factors) == 1
 
+    def compute_factors(self) -> tuple:
+        """The factors as NumPy arrays (uses the run's client for futures-backed ones)."""
+        import dask
+
+        kw = {"scheduler": self._client} if self._client is not None else {}
+        return tuple(np.ascontiguousarray(F) for F in dask.compute(*self.factors, **kw))
+
     def _numpy_factors(self):
-        L = np.asarray(self.L.compute() if hasattr(self.L, "compute") else self.L)
-        R = L if self.symmetric else np.asarray(
-            self.R.compute() if hasattr(self.R, "compute") else self.R
-        )
-        return np.ascontiguousarray(L), np.ascontiguousarray(R)
+        F = self.compute_factors()
+        return F[0], F[-1]
 
     def predict(self, rows, cols) -> np.ndarray:
         """Entries ``X[rows[k], cols[k]]`` of the fitted ``X = L Rᵀ``.
@@ -182,6 +192,8 @@ class SolveResult:
             names = ("L",) if self.symmetric else ("L", "R")
             for name, F in zip(names, self.factors):
                 F = F if hasattr(F, "chunks") else da.from_array(np.asarray(F))
+                if self._client is not None:  # futures-backed: gather through its client
+                    F = da.from_array(self._client.compute(F).result(), chunks=F.chunks)
                 arr = g.create_array(
                     name,
                     shape=F.shape,

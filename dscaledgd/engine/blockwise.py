@@ -305,6 +305,10 @@ class CompletionEngine:
         """New factors ``F_k A_k + G_k B_k``, block by block."""
         return [combine(F, A[k], pas.G[k], B[k]) for k, F in enumerate(state)]
 
+    def materialize(self, state: list) -> list:
+        """Make ``state`` resident with no task history (bounds the scheduler's graph)."""
+        return [F.reroot() for F in state]
+
     def release_pass(self, pas: CompletionPass) -> None:
         for G in pas.G:
             G.release()
@@ -350,3 +354,12 @@ class CompletionEngine:
     def transform(self, state: list, A: list) -> list:
         """``F_k A_k`` for every factor."""
         return [combine(F, A[k], None, None, name="scale") for k, F in enumerate(state)]
+
+    def from_numpy(self, arrays: list) -> list:
+        """Factors given as NumPy arrays, cut into this engine's row blocks."""
+        out = []
+        for F, Fb in zip(arrays, self.factor_bounds):
+            F = np.ascontiguousarray(F, dtype=np.float64)
+            blocks = self.ex.scatter([F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)])
+            out.append(Blocked(self.ex, Fb, F.shape[1], list(blocks)))
+        return out

@@ -57,6 +57,13 @@ class Executor:
     def release(self, *handles) -> None:
         """Drop references to task results (futures are released on the cluster)."""
 
+    def reroot(self, handles: list) -> list:
+        """Fresh handles for the same data, with no task history behind them.
+
+        Identity for local executors (see :meth:`DistributedExecutor.reroot`).
+        """
+        return list(handles)
+
     def span(self, name: str):
         return contextlib.nullcontext()
 
@@ -138,6 +145,18 @@ class DistributedExecutor(Executor):
 
     def gather(self, handles):
         return self.client.gather(handles)
+
+    def reroot(self, handles: list) -> list:
+        """Gather and re-scatter ``handles`` so the scheduler can forget their history.
+
+        A future computed from futures keeps its whole lineage in the
+        scheduler (dask/distributed#809): an iterative solver would grow the
+        scheduler's task table by every task of every iteration. Re-rooting
+        the factors every few iterations bounds it. Cost: one round trip of
+        the factors through the client.
+        """
+        data = self.client.gather(list(handles))
+        return self.client.scatter(data, hash=False)
 
     def release(self, *handles):
         for h in handles:

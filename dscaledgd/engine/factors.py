@@ -134,6 +134,10 @@ class Blocked:
     def release(self) -> None:
         self.ex.release(*self.blocks)
 
+    def reroot(self) -> Blocked:
+        """The same matrix with no task history (see ``Executor.reroot``)."""
+        return Blocked(self.ex, self.bounds, self.ncols, self.ex.reroot(self.blocks))
+
 
 def combine(X: Blocked, A, G: Blocked | None, B, name="update") -> Blocked:
     """Blockwise ``X A + G B`` (``A`` or ``B`` r×r NumPy, or ``None`` to omit)."""

@@ -11,6 +11,11 @@ The loop talks to the data only through the **engine protocol**:
     the new state ``F_k A_k + G_k B_k``, computed block by block where the
     data lives (the ``materialize`` of DESIGN.md §1: results stay resident on
     the workers as futures; identity for in-memory NumPy).
+``engine.materialize(state)``
+    called every ``materialize_every`` iterations on a new state before its
+    pass: re-roots the worker-resident factors so that the scheduler forgets
+    their task history and its graph stays bounded (identity for local
+    executors).
 ``engine.preconditioner_grams(FF)``
     which Gram preconditions which factor.
 
@@ -60,6 +65,8 @@ class LoopConfig:
     loss_blowup: float = 1e4
     #: divergence: a factor's squared norm above this multiple of the reference
     norm_blowup: float = 1e2
+    #: re-root the factors every this many data passes (bounded scheduler graph)
+    materialize_every: int = 20
 
 
 @dataclass
@@ -105,6 +112,8 @@ def run(engine, state, rule, precond: Preconditioner, cfg: LoopConfig, *, norm_r
 
     def evaluate(st):
         nonlocal passes
+        if passes and passes % cfg.materialize_every == 0:
+            st = engine.materialize(st)
         pas = engine.pass_(st)
         passes += 1
         return _Point(st, pas, engine.scalars(pas))

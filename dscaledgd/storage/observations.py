@@ -259,7 +259,7 @@ class Observations:
         if bad.any():
             i, j = np.argwhere(bad)[0]
             raise InputDataError(
-                f"M[{i}, {j}] = {M[i, j]!r} is not finite inside the observed set. Mark it "
+                f"M[{i}, {j}] = {float(M[i, j])!r} is not finite inside the observed set. Mark it "
                 "missing (NaN without a mask, or False in the mask) or replace it."
             )
         r, c = np.nonzero(obs_mask)
@@ -402,6 +402,24 @@ class Observations:
             attrs=extra,
         )
 
+    def retile(self, tiles=None, *, square: bool = False) -> Observations:
+        """The same entries on another tile grid, in memory.
+
+        ``square=True`` (square matrices only) gives rows and columns the same
+        bounds, balanced on ``row_counts + col_counts``, as a symmetric fit
+        needs. Loads all entries.
+        """
+        r, c, v = self.to_coo()
+        if square:
+            if self.shape[0] != self.shape[1]:
+                raise InvalidParameterError(
+                    f"retile(square=True) needs a square matrix; the shape is {self.shape}."
+                )
+            a = check_tiles(tiles, self.shape, self.nnz)[0] if tiles else self.tiles[0]
+            b = layout.balanced_bounds(self.row_counts + self.col_counts, a)
+            return _build_in_memory(r, c, v, self.shape, (a, a), "error", bounds=(b, b))
+        return _build_in_memory(r, c, v, self.shape, tiles, "error")
+
     # ------------------------------------------------------------------ split
     def split(self, test_fraction: float = 0.1, random_state=None):
         """Random train/test split of the observed entries.
@@ -530,7 +548,7 @@ def check_tiles(tiles, shape, nnz) -> tuple[int, int]:
     return int(tiles[0]), int(tiles[1])
 
 
-def _build_in_memory(rows, cols, values, shape, tiles, duplicates) -> Observations:
+def _build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) -> Observations:
     rows = _as_index(rows, "rows")
     cols = _as_index(cols, "cols")
     vals = np.asarray(values)
@@ -553,7 +571,7 @@ def _build_in_memory(rows, cols, values, shape, tiles, duplicates) -> Observatio
         k = int(np.argmin(finite))
         raise InputDataError(
             f"Observation values must be finite; entry {k} at ({int(rows[k])}, {int(cols[k])}) "
-            f"is {vals[k]!r}. Drop or impute non-finite entries before building Observations."
+            f"is {float(vals[k])!r}. Drop or impute non-finite entries before building Observations."
         )
     for name, idx in (("row", rows), ("column", cols)):
         if idx.min() < 0:
@@ -564,8 +582,11 @@ def _build_in_memory(rows, cols, values, shape, tiles, duplicates) -> Observatio
             )
     shape = check_shape(shape, rows, cols)
     tiles = check_tiles(tiles, shape, len(vals))
-    row_bounds = layout.balanced_bounds(np.bincount(rows, minlength=shape[0]), tiles[0])
-    col_bounds = layout.balanced_bounds(np.bincount(cols, minlength=shape[1]), tiles[1])
+    if bounds is not None:
+        row_bounds, col_bounds = bounds
+    else:
+        row_bounds = layout.balanced_bounds(np.bincount(rows, minlength=shape[0]), tiles[0])
+        col_bounds = layout.balanced_bounds(np.bincount(cols, minlength=shape[1]), tiles[1])
     tile, lr, lc = layout.tile_of(rows, cols, row_bounds, col_bounds)
     order = layout.blocked_order(tile, lr, lc, int(np.diff(col_bounds).max()))
     tile, lr, lc, vals = tile[order], lr[order], lc[order], vals[order]

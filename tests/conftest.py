@@ -1,0 +1,65 @@
+"""Shared fixtures: rng, backend (numpy|dask), client, planted_problem."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import dscaledgd as dsg
+from dscaledgd.api import complete_oracle
+
+DATA_DIR = os.environ.get(
+    "DSCALEDGD_DATA",
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
+)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(scope="session")
+def client():
+    """A real 2-process LocalCluster on 127.0.0.1, shared by the session."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
+    c = Client(cluster, set_as_default=False)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture(params=["numpy", "dask"])
+def backend(request):
+    """``solve(obs, rank, **kw)``: the NumPy oracle or the tiled engine on threads."""
+    if request.param == "numpy":
+        return complete_oracle
+
+    def solve(obs, rank, **kw):
+        kw.setdefault("scheduler", "threads")
+        return dsg.complete(obs, rank, **kw)
+
+    return solve
+
+
+@pytest.fixture
+def planted_problem():
+    """``planted_problem(kind, shape, rank, cond, p=..., **kw) -> (obs, truth)``."""
+
+    def make(kind="completion", shape=(120, 90), rank=3, cond=1.0, p=0.4, **kw):
+        if kind != "completion":  # pragma: no cover - later issues add kinds
+            raise ValueError(kind)
+        kw.setdefault("random_state", 0)
+        return dsg.datasets.make_completion(shape, rank, p, cond=cond, **kw)
+
+    return make
