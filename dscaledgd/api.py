@@ -29,7 +29,7 @@ from .exceptions import DataWarning, InvalidParameterError
 from .result import SolveResult
 from .solvers import init as inits
 from .solvers.loop import LoopConfig, run
-from .solvers.scaledgd import AdaptiveStep, FixedStep, Preconditioner
+from .solvers.scaledgd import AdaptiveStep, FixedStep, Preconditioner, guarded_gd
 from .storage.observations import Observations
 
 __all__ = ["complete", "METHODS", "LOSSES", "INITS"]
@@ -298,14 +298,19 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
     if params["step_size"] is not None:
         rule = FixedStep(params["step_size"], params["damping"])
+    elif method == "gd":
+        rule = guarded_gd()
     else:
         rule = AdaptiveStep(damping=params["damping"])
     cfg = LoopConfig(
         tol=params["tol"], max_iter=params["max_iter"], stall_tol=params["stall_tol"],
         patience=params["patience"], callback=params["callback"], progress=params["progress"],
     )
-    data_scale = float(np.sqrt(engine.value_norm2 / engine.p))
-    out = run(engine, state, rule, precond, cfg, norm_ref=np.sqrt(rank) * data_scale, desc=desc)
+    # factor-norm reference of the guard: the initial factors for a spectral start; the
+    # data scale (an upper bound of Σσ_i for balanced factors) for a given start
+    norm_ref = 0.0 if params["init"] == "spectral" else float(
+        np.sqrt(rank * engine.value_norm2 / engine.p))
+    out = run(engine, state, rule, precond, cfg, norm_ref=norm_ref, desc=desc)
     factors = tuple(_finalize(engine.ex, F) for F in out.state)
     info = {
         "init_values": np.asarray(values).tolist(),

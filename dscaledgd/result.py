@@ -24,7 +24,7 @@ __all__ = ["SolveResult", "IterationState", "load_result", "STATUSES"]
 STATUSES = ("converged", "stalled", "max_iter", "callback", "diverged")
 
 #: History arrays recorded by the solver loop.
-HISTORY_KEYS = ("loss", "residual", "step_size", "damping", "time", "passes")
+HISTORY_KEYS = ("loss", "residual", "step_size", "damping", "adaptive_damping", "time", "passes")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ class SolveResult:
         ``status in ("converged", "stalled")``.
     message : str
     history : dict of str to ndarray
-        ``loss``, ``residual``, ``step_size``, ``damping``, ``time`` (seconds
+        ``loss``, ``residual``, ``step_size``, ``damping`` (fixed λ),
+        ``adaptive_damping`` (``μ`` of the default rule), ``time`` (seconds
         since start) and ``passes`` (cumulative data passes), each of length
         ``n_iter + 1``; plus ``validation`` when held-out data was given.
     params : dict

@@ -116,6 +116,8 @@ class PassStats:
     loss: float
     residual: float
     sumsq: float
+    #: ``‖P_Ω(X) − Y‖² / p``, an estimate of ``‖X − X*‖_F²`` (noiseless data)
+    err2: float
     FF: list
     FG: list
     GG: list
@@ -291,6 +293,7 @@ class CompletionEngine:
             loss=float(value * self.loss_scale),
             residual=float(np.sqrt(max(sumsq, 0.0) / self.value_norm2)),
             sumsq=float(sumsq),
+            err2=float(sumsq / self.p),
             FF=FF,
             FG=FG,
             GG=GG,

@@ -24,7 +24,6 @@ behind it. No dask import here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +35,7 @@ __all__ = [
     "Step",
     "FixedStep",
     "AdaptiveStep",
+    "guarded_gd",
     "predicted_grams",
 ]
 
@@ -46,10 +46,11 @@ class GramSolveError(np.linalg.LinAlgError):
 
 @dataclass(frozen=True)
 class Step:
-    """One update's step size and (total) damping."""
+    """One update's step size, fixed damping ``λ`` and adaptive damping ``μ``."""
 
     eta: float
     damping: float
+    mu: float = 0.0
 
 
 def spd_solve_identity(H: np.ndarray) -> np.ndarray:
@@ -79,7 +80,15 @@ def spd_solve_identity(H: np.ndarray) -> np.ndarray:
 
 
 class Preconditioner:
-    """``(H_k + λ I)⁻¹`` (``kind="scaled"``) or ``I / σ̂₁`` (``kind="identity"``, GD)."""
+    """Per-factor preconditioners.
+
+    ``kind="scaled"``: ``P_k = (H_k + λ I + μ (F_kᵀF_k)⁻¹)⁻¹``. With ``μ = 0``
+    this is ScaledGD(λ) (ScaledGD when ``λ = 0``). The ``μ`` term is the
+    adaptive damping of :class:`AdaptiveStep`; it transforms like ``H_k``
+    under ``(L Q, R Q⁻ᵀ)``, so the iterates keep ScaledGD's invariance.
+
+    ``kind="identity"``: ``P_k = I / σ̂₁`` (vanilla GD).
+    """
 
     def __init__(self, kind: str = "scaled", sigma1: float = 1.0):
         if kind not in ("scaled", "identity"):  # pragma: no cover - internal
@@ -87,12 +96,18 @@ class Preconditioner:
         self.kind = kind
         self.sigma1 = float(sigma1)
 
-    def matrices(self, H: list, damping: float) -> list:
+    def matrices(self, stats, step: Step) -> list:
+        r = len(stats.H[0])
+        eye = np.eye(r)
         if self.kind == "identity":
-            r = len(H[0])
-            return [np.eye(r) / self.sigma1 for _ in H]
-        r = len(H[0])
-        return [spd_solve_identity(Hk + damping * np.eye(r)) for Hk in H]
+            return [eye / self.sigma1 for _ in stats.H]
+        out = []
+        for Hk, FFk in zip(stats.H, stats.FF):
+            M = Hk + step.damping * eye
+            if step.mu > 0:
+                M = M + step.mu * spd_solve_identity(FFk)
+            out.append(spd_solve_identity(M))
+        return out
 
 
 def predicted_grams(FF, FG, GG, eta, P):
@@ -110,55 +125,96 @@ def scaled_grad_norm2(stats, P: list) -> float:
 class FixedStep:
     """Constant ``η`` and damping, as in the papers' reference code.
 
-    On divergence the run stops (status ``"diverged"``) and returns the best
-    iterate: a fixed step is never silently changed.
+    The loop stops the run only on a real blow-up (non-finite values, the loss
+    above ``1e3 ×`` its initial value, or a factor's squared norm above
+    ``1e2 ×`` its initial value), with status ``"diverged"``; a fixed step is
+    never silently changed.
     """
 
     name = "fixed"
+    loss_blowup = 1e3
+    norm_blowup = 1e2
 
     def __init__(self, eta: float, damping: float = 0.0):
         self.eta = float(eta)
         self.damping = float(damping)
 
-    def start(self, stats, sigma) -> None:
+    def start(self, stats) -> None:
         pass
 
     def propose(self, stats) -> Step:
         return Step(self.eta, self.damping)
-
-    def accept(self, stats) -> None:
-        pass
 
     def recover(self) -> bool:
         return False
 
 
 class AdaptiveStep:
-    """Default step rule (placeholder until the benchmark settles it)."""
+    r"""The default step rule: invariant adaptive damping plus a blow-up guard.
+
+    Each iteration uses ``η`` and the preconditioner
+    ``P_L = (RᵀR + λI + μ (LᵀL)⁻¹)⁻¹`` (likewise for ``R``) with
+
+    .. math:: \mu = c^2 \, \|P_\Omega(X) - Y\|^2 / p \approx (c \, \|X - X^\star\|_F)^2 .
+
+    At a balanced point the preconditioner's eigenvalues are
+    ``σ_i + μ/σ_i``: directions whose singular value is below the current
+    error level are damped (they cannot be resolved yet), the others get plain
+    ScaledGD. As the fit improves, ``μ → 0`` and the iteration becomes
+    ScaledGD with step ``η``.
+
+    Guard: when a pass finds a non-finite value, a loss above the initial loss,
+    or a factor's squared norm above ``10 ×`` its initial value, the loop
+    restores the best iterate (with its gradient, no extra pass) and the rule
+    doubles ``c`` and shrinks ``η`` by ``0.85`` (not below ``eta_min``).
+
+    Measured (benchmarks/bench_steprule.py, docs/step_rule.md): on 20 random
+    instances (600-1000 rows, r 3-10, p 0.15-0.35, κ up to 1e3) it reached
+    relative error 1e-10 on all 20 with at most 1.18x the data passes of the
+    best fixed η in {0.3, 0.5, 0.7} for that instance (median 0.67x), where
+    fixed η = 0.5 diverged on 6 and η = 0.3 stalled on 9. Every (η, c) in
+    [0.7, 0.75] × [0.2, 0.5] passed; the guard fired on one instance.
+
+    Parameters
+    ----------
+    eta : float, default 0.7
+    c : float, default 0.3
+    damping : float, default 0
+        Fixed ScaledGD(λ) damping added on top.
+    eta_min, eta_shrink, c_growth : float
+        Recovery after a guard restore.
+    max_restores : int, default 30
+        After this many restores the run ends with status ``"diverged"``.
+    """
 
     name = "adaptive"
+    loss_blowup = 1.0
+    norm_blowup = 10.0
 
-    def __init__(self, eta: float = 0.5, damping: float = 0.0, shrink: float = 0.7,
-                 max_restores: int = 20):
-        self.eta0 = float(eta)
-        self.eta = float(eta)
-        self.base_damping = float(damping)
-        self.shrink = shrink
+    def __init__(self, eta: float = 0.7, c: float = 0.3, damping: float = 0.0,
+                 eta_min: float = 0.5, eta_shrink: float = 0.85, c_growth: float = 2.0,
+                 max_restores: int = 30):
+        self.eta0, self.c0 = float(eta), float(c)
+        self.damping = float(damping)
+        self.eta_min, self.eta_shrink, self.c_growth = eta_min, eta_shrink, c_growth
         self.max_restores = max_restores
-        self.restores = 0
 
-    def start(self, stats, sigma) -> None:
-        pass
+    def start(self, stats) -> None:
+        self.eta, self.c, self.restores = self.eta0, self.c0, 0
 
     def propose(self, stats) -> Step:
-        return Step(self.eta, self.base_damping)
-
-    def accept(self, stats) -> None:
-        pass
+        mu = self.c**2 * stats.err2 if self.c > 0 else 0.0
+        return Step(self.eta, self.damping, mu)
 
     def recover(self) -> bool:
         self.restores += 1
         if self.restores > self.max_restores:
             return False
-        self.eta *= self.shrink
-        return math.isfinite(self.eta) and self.eta > 1e-6
+        self.c = self.c * self.c_growth if self.c > 0 else 0.0
+        self.eta = max(self.eta_min, self.eta * self.eta_shrink)
+        return True
+
+
+def guarded_gd(eta: float = 0.5) -> AdaptiveStep:
+    """GD's default: fixed ``η`` (times ``1/σ̂₁``), halved on a guard restore."""
+    return AdaptiveStep(eta=eta, c=0.0, eta_min=1e-4, eta_shrink=0.5)

@@ -125,6 +125,48 @@ def blocked_order(tile: np.ndarray, lr: np.ndarray, lc: np.ndarray, max_width: i
     return np.lexsort((local, tile))
 
 
+def sort_tile_entries(tile, lr, lc, vals, pos, width: int, policy: str):
+    """Blocked order plus the duplicate policy, for the entries of one or many tiles.
+
+    ``pos`` is each entry's position in the input (int64), used for ``"last"``
+    (stable order) and to name duplicates. Returns ``(tile, lr, lc, vals, dup)``
+    where ``dup`` is ``None`` or, under ``policy="error"``, a tuple
+    ``(first_pos, later_pos, n_repeated, tile, lr, lc)`` describing the
+    duplicate whose repeat comes first in the input (nothing is combined then).
+    """
+    order = blocked_order(tile, lr, lc, width)
+    tile, lr, lc, vals, pos = tile[order], lr[order], lc[order], vals[order], pos[order]
+    same = (tile[1:] == tile[:-1]) & (lr[1:] == lr[:-1]) & (lc[1:] == lc[:-1])
+    if not same.any():
+        return tile, lr, lc, vals, None
+    start = np.concatenate([[True], ~same])  # first entry of each group
+    first = np.flatnonzero(start)
+    if policy == "error":
+        k = int(np.argmin(np.where(same, pos[1:], np.iinfo(np.int64).max)))
+        g = np.searchsorted(first, k + 1, side="right") - 1  # group of the repeat
+        j = first[g]
+        dup = (int(pos[j]), int(pos[k + 1]), int(same.sum()), int(tile[j]), int(lr[j]), int(lc[j]))
+        return tile, lr, lc, vals, dup
+    group = np.cumsum(start) - 1
+    if policy == "last":
+        last = np.concatenate([first[1:] - 1, [len(vals) - 1]])
+        new_vals = vals[last]
+    else:
+        new_vals = np.bincount(group, weights=vals)
+        if policy == "mean":
+            new_vals = new_vals / np.bincount(group)
+    return tile[first], lr[first], lc[first], new_vals, None
+
+
+def duplicate_message(dup, row0: int, col0: int) -> str:
+    first, later, n_rep, _, lr, lc = dup
+    return (
+        f"Duplicate observation ({row0 + lr}, {col0 + lc}) at entries {first} and {later} "
+        f"({n_rep} repeated entries in all). Pass duplicates='sum', 'mean' or 'last' to "
+        "combine them."
+    )
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "output") -> str:
     """Refuse an existing path (unless ``overwrite``) or an unwritable parent."""
     path = os.fspath(path)

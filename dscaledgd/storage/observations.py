@@ -232,13 +232,14 @@ class Observations:
             ``True`` where observed. When given, NaN inside the mask is an
             error; entries outside the mask are ignored.
         tiles, **kwargs
-            Passed to :meth:`from_coo`.
+            Passed to :meth:`from_coo` (``path``, ``overwrite``). A Dask ``M``
+            is imported block by block without being gathered.
         """
         if _is_dask(M) or _is_dask(mask):
-            from ..engine.ingest import dense_to_coo_dask
+            from ..engine.ingest import dense_from_dask
 
-            r, c, v = dense_to_coo_dask(M, mask)
-            return cls.from_coo(r, c, v, shape=M.shape, tiles=tiles, **kwargs)
+            return dense_from_dask(M, mask, tiles=tiles, path=kwargs.get("path"),
+                                   overwrite=kwargs.get("overwrite", False))
         M = np.asarray(M)
         if M.ndim != 2:
             raise InputDataError(
@@ -588,12 +589,13 @@ def _build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) 
         row_bounds = layout.balanced_bounds(np.bincount(rows, minlength=shape[0]), tiles[0])
         col_bounds = layout.balanced_bounds(np.bincount(cols, minlength=shape[1]), tiles[1])
     tile, lr, lc = layout.tile_of(rows, cols, row_bounds, col_bounds)
-    order = layout.blocked_order(tile, lr, lc, int(np.diff(col_bounds).max()))
-    tile, lr, lc, vals = tile[order], lr[order], lc[order], vals[order]
-    same = (tile[1:] == tile[:-1]) & (lr[1:] == lr[:-1]) & (lc[1:] == lc[:-1])
-    if same.any():
-        tile, lr, lc, vals = _resolve_duplicates(
-            same, order, rows, cols, tile, lr, lc, vals, duplicates
+    pos = np.arange(len(vals), dtype=np.int64)
+    width = int(np.diff(col_bounds).max())
+    tile, lr, lc, vals, dup = layout.sort_tile_entries(tile, lr, lc, vals, pos, width, duplicates)
+    if dup is not None:
+        b = len(col_bounds) - 1
+        raise InputDataError(
+            layout.duplicate_message(dup, int(row_bounds[dup[3] // b]), int(col_bounds[dup[3] % b]))
         )
     a, b = len(row_bounds) - 1, len(col_bounds) - 1
     ptr = np.concatenate([[0], np.cumsum(np.bincount(tile, minlength=a * b))])
@@ -611,28 +613,3 @@ def _build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) 
         col_counts=np.bincount(gc, minlength=shape[1]),
         value_norm2=float(vals @ vals),
     )
-
-
-def _resolve_duplicates(same, order, rows, cols, tile, lr, lc, vals, policy):
-    """Apply the duplicate policy to sorted entries; ``same[k]`` marks k+1 == k."""
-    if policy == "error":
-        later = order[1:][same]  # input positions of repeated occurrences
-        k2 = int(later.min())
-        i, j = int(rows[k2]), int(cols[k2])
-        k1 = int(np.flatnonzero((rows == i) & (cols == j))[0])
-        n_dup = int(same.sum())
-        raise InputDataError(
-            f"Duplicate observation ({i}, {j}) at entries {k1} and {k2} ({n_dup} repeated "
-            "entries in all). Pass duplicates='sum', 'mean' or 'last' to combine them."
-        )
-    start = np.concatenate([[True], ~same])  # first entry of each group
-    group = np.cumsum(start) - 1
-    first = np.flatnonzero(start)
-    if policy == "last":
-        last = np.concatenate([first[1:] - 1, [len(vals) - 1]])
-        new_vals = vals[last]
-    else:
-        new_vals = np.bincount(group, weights=vals)
-        if policy == "mean":
-            new_vals = new_vals / np.bincount(group)
-    return tile[first], lr[first], lc[first], new_vals

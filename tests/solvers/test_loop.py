@@ -110,7 +110,8 @@ def test_callback_sees_state_and_can_stop(planted_problem):
 def test_history_layout(planted_problem):
     obs, _ = planted_problem(shape=(100, 80), rank=3)
     res = dsg.complete(obs, 3, scheduler="sync", random_state=0)
-    assert set(res.history) == {"loss", "residual", "step_size", "damping", "time", "passes"}
+    assert set(res.history) == {"loss", "residual", "step_size", "damping", "adaptive_damping",
+                                "time", "passes"}
     for v in res.history.values():
         assert isinstance(v, np.ndarray) and v.shape == (res.n_iter + 1,)
     assert np.isnan(res.history["step_size"][0]) and np.all(res.history["step_size"][1:] > 0)
