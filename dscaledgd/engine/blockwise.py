@@ -79,7 +79,7 @@ def _chunks(tile):
 
 
 # ------------------------------------------------------------------ tasks
-def _tile_grad(tile, L, R, loss, kernel):
+def _tile_grad(tile, L, R, loss, kernel, scale=1.0):
     gL = np.zeros_like(L)
     gR = np.zeros_like(R)
     acc = np.zeros(2)
@@ -91,6 +91,9 @@ def _tile_grad(tile, L, R, loss, kernel):
         else:
             v, sq = cp.fused_pass(rows, cols, vals, L, R, gL, gR, loss)
         acc += (v, sq)
+    if scale != 1.0:  # scaling here spares a reduction task for single-partial blocks
+        gL *= scale
+        gR *= scale
     return gL, gR, acc
 
 
@@ -197,14 +200,30 @@ class CompletionEngine:
             budget = 0.5 * _machine_memory()
         return "memory" if self.obs.nbytes <= budget else "stream"
 
+    def _placement(self) -> list:
+        """Worker slot of each tile: contiguous row stripes per worker.
+
+        The partial ``∇_L`` rows of a row block then stay on one worker and only
+        the column partials cross between workers.
+        """
+        a, b = self.grid
+        w = self.ex.n_workers
+        if a >= w or a >= b:
+            return [min(w - 1, (t // b) * w // a) for t in range(a * b)]
+        return [min(w - 1, (t % b) * w // b) for t in range(a * b)]
+
     def _place_tiles(self, sub_chunk: int) -> list:
         obs = self.obs
         T = obs.n_tiles
+        slots = self._placement()
         if obs.path is None:
-            return self.ex.scatter([obs.read_tile(t) for t in range(T)])
+            return self.ex.scatter([obs.read_tile(t) for t in range(T)], placement=slots)
         ptr = obs.tile_ptr
         if self.cache == "memory":
+            submit = getattr(self.ex, "submit_on", None)
             return [
+                submit(slots[t], _load_tile, obs.path, int(ptr[t]), int(ptr[t + 1]), name="load")
+                if submit else
                 self.ex.submit(_load_tile, obs.path, int(ptr[t]), int(ptr[t + 1]), name="load")
                 for t in range(T)
             ]
@@ -268,13 +287,13 @@ class CompletionEngine:
         for t, ia, ib in self._tiles_iter():
             g = ex.submit(
                 _tile_grad, self._tiles[t], L.blocks[ia], R.blocks[ib], self.loss, self.kernel,
-                name="grad",
+                self.grad_scale, name="grad",
             )
             parts[0][ia].append(getitem(ex, g, 0))
             parts[-1][ib].append(getitem(ex, g, 1))
             values.append(getitem(ex, g, 2))
         G = [
-            Blocked(ex, Fb, state[k].ncols, [tree_sum(ex, p, self.grad_scale) for p in parts[k]])
+            Blocked(ex, Fb, state[k].ncols, [tree_sum(ex, p) for p in parts[k]])
             for k, Fb in enumerate(self.factor_bounds)
         ]
         small = [state[k].stats_parts(G[k]) for k in range(self.n_factors)]

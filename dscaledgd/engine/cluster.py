@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,8 +49,13 @@ class Executor:
     def submit(self, fn, *args, name: str, **kwargs) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def scatter(self, data: Sequence[Any]) -> list:  # pragma: no cover - interface
-        raise NotImplementedError
+    def scatter(self, data: Sequence[Any], placement: Sequence[int] | None = None) -> list:
+        """Put data on the workers; ``placement[k]`` is a worker slot (hint) for item k."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    @property
+    def n_workers(self) -> int:
+        return 1
 
     def gather(self, handles) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
@@ -76,6 +82,14 @@ def _resolve(x):
     return x
 
 
+def _futures_in(args, kwargs):
+    for x in (*args, *kwargs.values()):
+        if isinstance(x, Future):
+            yield x
+        elif isinstance(x, list | tuple):
+            yield from (e for e in x if isinstance(e, Future))
+
+
 def _call(fn, args, kwargs):
     return fn(*[_resolve(a) for a in args], **{k: _resolve(v) for k, v in kwargs.items()})
 
@@ -83,8 +97,9 @@ def _call(fn, args, kwargs):
 class ThreadExecutor(Executor):
     """Run tasks on a local thread pool; ``nthreads=0`` runs them inline.
 
-    Deadlock-free: tasks are submitted after their dependencies and the pool
-    is FIFO, so a task only waits on tasks already taken by other threads.
+    Dataflow: a task enters the pool only when every future among its
+    arguments is done, so no pool thread ever blocks waiting on another task
+    (a plain ``pool.submit`` of dependent tasks would leave threads idle).
     """
 
     def __init__(self, nthreads: int | None = None):
@@ -94,13 +109,38 @@ class ThreadExecutor(Executor):
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="dscaledgd") if n else None
 
     def submit(self, fn, *args, name: str, **kwargs):
+        out: Future = Future()
         if self._pool is None:
-            f: Future = Future()
-            f.set_result(_call(fn, args, kwargs))
-            return f
-        return self._pool.submit(_call, fn, args, kwargs)
+            out.set_result(_call(fn, args, kwargs))
+            return out
+        pending = [d for d in _futures_in(args, kwargs) if not d.done()]
+        if not pending:
+            self._launch(out, fn, args, kwargs)
+            return out
+        remaining = [len(pending)]
+        lock = threading.Lock()
 
-    def scatter(self, data):
+        def on_done(_):
+            with lock:
+                remaining[0] -= 1
+                ready = remaining[0] == 0
+            if ready:
+                self._launch(out, fn, args, kwargs)
+
+        for d in pending:
+            d.add_done_callback(on_done)
+        return out
+
+    def _launch(self, out: Future, fn, args, kwargs) -> None:
+        def work():
+            try:
+                out.set_result(_call(fn, args, kwargs))
+            except BaseException as exc:  # propagated to dependents and gather()
+                out.set_exception(exc)
+
+        self._pool.submit(work)
+
+    def scatter(self, data, placement=None):
         out = []
         for d in data:
             f: Future = Future()
@@ -140,8 +180,33 @@ class DistributedExecutor(Executor):
     def submit(self, fn, *args, name: str, **kwargs):
         return self.client.submit(fn, *args, key=self.key(name), pure=False, **kwargs)
 
-    def scatter(self, data):
-        return self.client.scatter(list(data), hash=False)
+    @property
+    def n_workers(self) -> int:
+        return max(1, len(self._workers()))
+
+    def _workers(self) -> list:
+        return sorted(self.client.scheduler_info()["workers"])
+
+    def scatter(self, data, placement=None):
+        data = list(data)
+        if placement is None:
+            return self.client.scatter(data, hash=False)
+        addrs = self._workers()
+        out = [None] * len(data)
+        for slot in sorted(set(placement)):
+            idx = [k for k, w in enumerate(placement) if w == slot]
+            futs = self.client.scatter([data[k] for k in idx], hash=False,
+                                       workers=[addrs[slot % len(addrs)]])
+            for k, f in zip(idx, futs):
+                out[k] = f
+        return out
+
+    def submit_on(self, slot: int, fn, *args, name: str, **kwargs):
+        """Submit preferring worker ``slot`` (other workers may still run it)."""
+        addrs = self._workers()
+        return self.client.submit(fn, *args, key=self.key(name), pure=False,
+                                  workers=[addrs[slot % len(addrs)]], allow_other_workers=True,
+                                  **kwargs)
 
     def gather(self, handles):
         return self.client.gather(handles)
