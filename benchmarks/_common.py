@@ -9,7 +9,7 @@ import shlex
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "RESULTS.md")
+RESULTS = os.environ.get("DSCALEDGD_RESULTS", os.path.join(HERE, "RESULTS.md"))
 
 
 def machine() -> str:
@@ -21,15 +21,20 @@ def machine() -> str:
     import dscaledgd
 
     try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, Python "
-            f"{platform.python_version()}, numpy {np.__version__}, dask {dask.__version__}, "
-            f"zarr {zarr.__version__}, numba {numba.__version__}, dscaledgd "
-            f"{dscaledgd.__version__}")
+    return (
+        f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, Python "
+        f"{platform.python_version()}, numpy {np.__version__}, dask {dask.__version__}, "
+        f"zarr {zarr.__version__}, numba {numba.__version__}, dscaledgd "
+        f"{dscaledgd.__version__}"
+    )
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -42,15 +47,21 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def report(title: str, body: str, notes: str = "") -> None:
     """Print ``body`` and append it to RESULTS.md with the date, machine and command."""
-    cmd = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    cmd = "python " + " ".join(
+        shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]
+    )
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    block = (f"\n## {title}\n\n- date: {stamp}\n- machine: {machine()}\n- command: `{cmd}`\n\n"
-             f"{body}\n" + (f"\n{notes.strip()}\n" if notes.strip() else ""))
+    block = (
+        f"\n## {title}\n\n- date: {stamp}\n- machine: {machine()}\n- command: `{cmd}`\n\n"
+        f"{body}\n" + (f"\n{notes.strip()}\n" if notes.strip() else "")
+    )
     print(block)
     new = not os.path.exists(RESULTS)
     with open(RESULTS, "a") as fh:
         if new:
-            fh.write("# Benchmark results\n\nAppended by the scripts in this folder; newest last. "
-                     "Ratios are measured side by side in one run; absolute times on this shared "
-                     "machine are noisy.\n")
+            fh.write(
+                "# Benchmark results\n\nAppended by the scripts in this folder; newest last. "
+                "Ratios are measured side by side in one run; absolute times on this shared "
+                "machine are noisy.\n"
+            )
         fh.write(block)

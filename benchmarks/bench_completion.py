@@ -23,9 +23,9 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from _common import report, table
 
 import dscaledgd as dsg
-from _common import report, table
 
 
 # ---------------------------------------------------------------- iterations
@@ -41,8 +41,18 @@ def iters_to(obs, truth, r, target, max_iter, **kw):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dsg.ConvergenceWarning)
-        res = dsg.complete(obs, r, scheduler="threads", tol=1e-300, stall_tol=0.0,
-                           max_iter=max_iter, callback=cb, random_state=0, progress=False, **kw)
+        res = dsg.complete(
+            obs,
+            r,
+            scheduler="threads",
+            tol=1e-300,
+            stall_tol=0.0,
+            max_iter=max_iter,
+            callback=cb,
+            random_state=0,
+            progress=False,
+            **kw,
+        )
     if "n" in hit:
         return str(hit["n"])
     if res.status == "diverged":
@@ -56,19 +66,23 @@ def part_iterations(args):
         for p in (0.2, 0.1):
             for cond in (1, 10, 100, 1000):
                 obs, truth = dsg.datasets.make_completion(
-                    (2000, 2000), 10, p, cond=cond, spectrum_kind=spectrum, random_state=1)
+                    (2000, 2000), 10, p, cond=cond, spectrum_kind=spectrum, random_state=1
+                )
                 t0 = time.time()
                 default = iters_to(obs, truth, 10, 1e-12, args.max_iter)
                 fixed = iters_to(obs, truth, 10, 1e-12, args.max_iter, step_size=0.5)
                 gd = iters_to(obs, truth, 10, 1e-12, args.max_iter, method="gd", step_size=0.5)
                 rows.append([spectrum, p, cond, default, fixed, gd])
                 print(rows[-1], f"{time.time() - t0:.0f}s", flush=True)
-    body = table(["spectrum", "p", "κ", "ScaledGD (default)", "ScaledGD η=0.5", "GD η=0.5/σ̂₁"],
-                 rows)
-    notes = ("Iterations to relative error ‖LRᵀ − X*‖_F/‖X*‖_F ≤ 1e-12 (one data pass each); "
-             "n1 = n2 = 2000, r = 10, Bernoulli(p) sampling, spectral initialisation (4 power "
-             f"iterations). 'div' = stopped by the blow-up guard; '>N (e)' = not reached in "
-             f"{args.max_iter} iterations (error e).")
+    body = table(
+        ["spectrum", "p", "κ", "ScaledGD (default)", "ScaledGD η=0.5", "GD η=0.5/σ̂₁"], rows
+    )
+    notes = (
+        "Iterations to relative error ‖LRᵀ − X*‖_F/‖X*‖_F ≤ 1e-12 (one data pass each); "
+        "n1 = n2 = 2000, r = 10, Bernoulli(p) sampling, spectral initialisation (4 power "
+        f"iterations). 'div' = stopped by the blow-up guard; '>N (e)' = not reached in "
+        f"{args.max_iter} iterations (error e)."
+    )
     report("Iterations to 1e-12 vs κ: ScaledGD vs GD (n = 2000, r = 10)", body, notes)
 
 
@@ -84,8 +98,12 @@ def kernel_only(obs, r, nthreads=2, reps=3):
     rng = np.random.default_rng(0)
     tiles = [obs.read_tile(t) for t in range(obs.n_tiles)]
     a, b = obs.tiles
-    Ls = [rng.standard_normal((int(obs.row_bounds[i + 1] - obs.row_bounds[i]), r)) for i in range(a)]
-    Rs = [rng.standard_normal((int(obs.col_bounds[j + 1] - obs.col_bounds[j]), r)) for j in range(b)]
+    Ls = [
+        rng.standard_normal((int(obs.row_bounds[i + 1] - obs.row_bounds[i]), r)) for i in range(a)
+    ]
+    Rs = [
+        rng.standard_normal((int(obs.col_bounds[j + 1] - obs.col_bounds[j]), r)) for j in range(b)
+    ]
     work = [(tiles[t], Ls[t // b], Rs[t % b]) for t in range(obs.n_tiles)]
     _tile_grad(work[0][0], work[0][1], work[0][2], "l2", "fused")  # compile
     best = np.inf
@@ -107,39 +125,74 @@ def part_throughput(args):
         t0 = time.time()
         obs, _ = dsg.datasets.make_completion((n, n), 10, nnz / n**2, cond=10, random_state=0)
         print(f"generated {obs} in {time.time() - t0:.0f}s", flush=True)
-        kw = dict(max_iter=args.iters, tol=1e-300, stall_tol=0.0,
-                  random_state=0, progress=False, init_power_iter=1)
+        kw = dict(
+            max_iter=args.iters,
+            tol=1e-300,
+            stall_tol=0.0,
+            random_state=0,
+            progress=False,
+            init_power_iter=1,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dsg.ConvergenceWarning)
             thr = _per_iter(dsg.complete(obs, 10, scheduler="threads", **kw))
-            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                              host="127.0.0.1", dashboard_address="127.0.0.1:0") as cl, \
-                    Client(cl) as c:
+            with (
+                LocalCluster(
+                    n_workers=2,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",
+                ) as cl,
+                Client(cl) as c,
+            ):
                 dist = _per_iter(dsg.complete(obs, 10, client=c, **kw))
         kern = kernel_only(obs, 10)
-        rows.append([f"{obs.nnz / 1e6:.0f}M", f"{obs.tiles[0]}x{obs.tiles[1]}",
-                     f"{kern:.3f}", f"{obs.nnz / kern / 1e6:.0f}M",
-                     f"{thr:.3f}", f"{obs.nnz / thr / 1e6:.0f}M",
-                     f"{dist:.3f}", f"{obs.nnz / dist / 1e6:.0f}M",
-                     f"{100 * (dist - thr) / dist:.0f}%"])
+        rows.append(
+            [
+                f"{obs.nnz / 1e6:.0f}M",
+                f"{obs.tiles[0]}x{obs.tiles[1]}",
+                f"{kern:.3f}",
+                f"{obs.nnz / kern / 1e6:.0f}M",
+                f"{thr:.3f}",
+                f"{obs.nnz / thr / 1e6:.0f}M",
+                f"{dist:.3f}",
+                f"{obs.nnz / dist / 1e6:.0f}M",
+                f"{100 * (dist - thr) / dist:.0f}%",
+            ]
+        )
         print(rows[-1], flush=True)
         del obs
-    body = table(["nnz", "tiles", "kernel s", "kernel entries/s", "in-process s/iter",
-                  "in-process entries/s", "LocalCluster s/iter", "LocalCluster entries/s",
-                  "Dask overhead"], rows)
-    notes = ("Full ScaledGD iteration (fused pass over all tiles, tree sums, r×r Grams, one "
-             "gather, block updates), n1 = n2 = 100k, r = 10, median over "
-             f"{args.iters - 2} iterations. 'kernel' = the fused per-tile kernel alone on 2 "
-             "threads (no reductions, no updates). 'in-process' = the same task functions on a "
-             "2-thread pool without Dask; 'LocalCluster' = 2 worker processes × 1 thread. "
-             "Dask overhead = (LocalCluster − in-process) / LocalCluster. Targets: ≥ 60M "
-             "entries/s and ≤ 20% overhead at 50M.")
+    body = table(
+        [
+            "nnz",
+            "tiles",
+            "kernel s",
+            "kernel entries/s",
+            "in-process s/iter",
+            "in-process entries/s",
+            "LocalCluster s/iter",
+            "LocalCluster entries/s",
+            "Dask overhead",
+        ],
+        rows,
+    )
+    notes = (
+        "Full ScaledGD iteration (fused pass over all tiles, tree sums, r×r Grams, one "
+        "gather, block updates), n1 = n2 = 100k, r = 10, median over "
+        f"{args.iters - 2} iterations. 'kernel' = the fused per-tile kernel alone on 2 "
+        "threads (no reductions, no updates). 'in-process' = the same task functions on a "
+        "2-thread pool without Dask; 'LocalCluster' = 2 worker processes × 1 thread. "
+        "Dask overhead = (LocalCluster − in-process) / LocalCluster. Targets: ≥ 60M "
+        "entries/s and ≤ 20% overhead at 50M."
+    )
     report("Throughput: seconds per iteration (r = 10)", body, notes)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("part", choices=("iterations", "throughput"))
     ap.add_argument("--max-iter", type=int, default=3000)
     ap.add_argument("--nnz", nargs="+", default=["10e6", "50e6"])

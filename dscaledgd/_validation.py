@@ -45,13 +45,11 @@ class Interval:
             return False
         if isinstance(value, numbers.Real) and not math.isfinite(float(value)):
             return False
-        lo_ok = (
-            self.left is None
-            or (value >= self.left if self.closed in ("both", "left") else value > self.left)
+        lo_ok = self.left is None or (
+            value >= self.left if self.closed in ("both", "left") else value > self.left
         )
-        hi_ok = (
-            self.right is None
-            or (value <= self.right if self.closed in ("both", "right") else value < self.right)
+        hi_ok = self.right is None or (
+            value <= self.right if self.closed in ("both", "right") else value < self.right
         )
         return bool(lo_ok and hi_ok)
 

@@ -208,10 +208,23 @@ def complete(
     init = _check_init(func, init, obs.shape, rank, symmetric)
     check_choice(func, "cache", cache, CACHE_POLICIES)
     params = dict(
-        rank=rank, method=method, loss=loss, symmetric=symmetric, damping=damping, init=init,
-        step_size=step_size, max_iter=max_iter, tol=tol, stall_tol=stall_tol,
-        patience=patience, random_state=random_state, callback=callback, progress=progress,
-        scheduler=scheduler, address=address, init_power_iter=init_power_iter,
+        rank=rank,
+        method=method,
+        loss=loss,
+        symmetric=symmetric,
+        damping=damping,
+        init=init,
+        step_size=step_size,
+        max_iter=max_iter,
+        tol=tol,
+        stall_tol=stall_tol,
+        patience=patience,
+        random_state=random_state,
+        callback=callback,
+        progress=progress,
+        scheduler=scheduler,
+        address=address,
+        init_power_iter=init_power_iter,
     )
     validate_params(func, params, _COMMON)
     if scheduler is not None:
@@ -235,7 +248,11 @@ def complete(
         obs, scheduler, client, address = reference_copy(obs), "sync", None, None
     with executor_for(client, address=address, scheduler=scheduler) as ex:
         engine = CompletionEngine(
-            obs, ex, symmetric=symmetric, loss=loss, cache=cache,
+            obs,
+            ex,
+            symmetric=symmetric,
+            loss=loss,
+            cache=cache,
             kernel="reference" if _oracle else "fused",
         )
         try:
@@ -303,13 +320,20 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     else:
         rule = AdaptiveStep(damping=params["damping"])
     cfg = LoopConfig(
-        tol=params["tol"], max_iter=params["max_iter"], stall_tol=params["stall_tol"],
-        patience=params["patience"], callback=params["callback"], progress=params["progress"],
+        tol=params["tol"],
+        max_iter=params["max_iter"],
+        stall_tol=params["stall_tol"],
+        patience=params["patience"],
+        callback=params["callback"],
+        progress=params["progress"],
     )
     # factor-norm reference of the guard: the initial factors for a spectral start; the
     # data scale (an upper bound of Σσ_i for balanced factors) for a given start
-    norm_ref = 0.0 if params["init"] == "spectral" else float(
-        np.sqrt(rank * engine.value_norm2 / engine.p))
+    norm_ref = (
+        0.0
+        if params["init"] == "spectral"
+        else float(np.sqrt(rank * engine.value_norm2 / engine.p))
+    )
     out = run(engine, state, rule, precond, cfg, norm_ref=norm_ref, desc=desc)
     factors = tuple(_finalize(engine.ex, F) for F in out.state)
     info = {
@@ -325,8 +349,11 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     stored = {k: v for k, v in params.items() if k not in ("callback",)}
     if isinstance(stored["init"], tuple):
         stored["init"] = "warm-start"
-    stored["random_state"] = params["random_state"] if isinstance(
-        params["random_state"], int | type(None)) else repr(params["random_state"])
+    stored["random_state"] = (
+        params["random_state"]
+        if isinstance(params["random_state"], int | type(None))
+        else repr(params["random_state"])
+    )
     return SolveResult(
         factors=factors,
         status=out.status,

@@ -78,8 +78,15 @@ def _cmd_demo(args) -> int:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 res = complete(
-                    obs, args.rank, method=method, max_iter=args.max_iter, tol=args.tol,
-                    random_state=args.seed, callback=cb, progress=False, **run_kw,
+                    obs,
+                    args.rank,
+                    method=method,
+                    max_iter=args.max_iter,
+                    tol=args.tol,
+                    random_state=args.seed,
+                    callback=cb,
+                    progress=False,
+                    **run_kw,
                 )
             results[method] = (res, time.perf_counter() - t0)
         if args.out:
@@ -128,7 +135,11 @@ def _cmd_import(args) -> int:
                 )
             shape = tuple(int(s) for s in z["shape"]) if "shape" in z else None
             obs = Observations.from_coo(
-                z["rows"], z["cols"], z["values"], shape=shape, tiles=args.tiles,
+                z["rows"],
+                z["cols"],
+                z["values"],
+                shape=shape,
+                tiles=args.tiles,
                 duplicates=args.duplicates,
             )
     else:
@@ -148,9 +159,16 @@ def _cmd_complete(args) -> int:
     from .api import complete
 
     res = complete(
-        args.obs, args.rank, method=args.method, step_size=args.step_size,
-        damping=args.damping, max_iter=args.max_iter, tol=args.tol, symmetric=args.symmetric,
-        random_state=args.seed, progress=None if args.progress else False,
+        args.obs,
+        args.rank,
+        method=args.method,
+        step_size=args.step_size,
+        damping=args.damping,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        symmetric=args.symmetric,
+        random_state=args.seed,
+        progress=None if args.progress else False,
         **_executor_kwargs(args.scheduler),
     )
     res.to_zarr(args.out, overwrite=args.overwrite)
@@ -232,7 +250,9 @@ def _pair(text: str) -> tuple[int, int]:
     try:
         a, b = (int(x) for x in text.lower().replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two integers like 2,2 or 2x2; got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected two integers like 2,2 or 2x2; got {text!r}"
+        ) from None
     return a, b
 
 
@@ -247,17 +267,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp, out_help):
         sp.add_argument(
-            "--scheduler", metavar="ADDRESS", default=None,
+            "--scheduler",
+            metavar="ADDRESS",
+            default=None,
             help="Dask scheduler address (tcp://127.0.0.1:8786), or 'threads'/'sync' to run "
             "without distributed; default: an embedded LocalCluster",
         )
         sp.add_argument("--out", metavar="PATH", default=None, help=out_help)
         sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    d = sub.add_parser("demo", help="ScaledGD vs GD on an ill-conditioned synthetic matrix",
-                       description="Complete a synthetic ill-conditioned matrix (kappa=1000) "
-                       "with ScaledGD and GD on an embedded LocalCluster, and print their "
-                       "relative errors side by side.")
+    d = sub.add_parser(
+        "demo",
+        help="ScaledGD vs GD on an ill-conditioned synthetic matrix",
+        description="Complete a synthetic ill-conditioned matrix (kappa=1000) "
+        "with ScaledGD and GD on an embedded LocalCluster, and print their "
+        "relative errors side by side.",
+    )
     common(d, "also write the ScaledGD result to this Zarr store")
     d.add_argument("--shape", type=_pair, default=(1500, 1100), metavar="N1,N2")
     d.add_argument("--rank", type=int, default=8)
@@ -270,9 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
 
-    i = sub.add_parser("import", help="import COO data into an Observations Zarr store",
-                       description="Import observations into an Observations Zarr store. "
-                       "Input: an .npz with 'rows', 'cols', 'values' (and optional 'shape').")
+    i = sub.add_parser(
+        "import",
+        help="import COO data into an Observations Zarr store",
+        description="Import observations into an Observations Zarr store. "
+        "Input: an .npz with 'rows', 'cols', 'values' (and optional 'shape').",
+    )
     i.add_argument("source", help="input file (.npz)")
     i.add_argument("out_pos", metavar="OBS.zarr", nargs="?", help="output store")
     common(i, "output store (same as the positional OBS.zarr)")
@@ -280,9 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--duplicates", choices=("error", "sum", "mean", "last"), default="error")
     i.set_defaults(func=_cmd_import)
 
-    c = sub.add_parser("complete", help="complete an Observations store with ScaledGD",
-                       description="Run ScaledGD (or GD) on an Observations store and write "
-                       "the result store.")
+    c = sub.add_parser(
+        "complete",
+        help="complete an Observations store with ScaledGD",
+        description="Run ScaledGD (or GD) on an Observations store and write the result store.",
+    )
     c.add_argument("obs", metavar="OBS.zarr")
     common(c, "result store to write (required)")
     c.add_argument("--rank", type=int, required=True)
@@ -296,15 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--progress", action="store_true", help="show a progress bar")
     c.set_defaults(func=_cmd_complete)
 
-    e = sub.add_parser("evaluate", help="RMSE of a result on an Observations store",
-                       description="Evaluate a result store on an Observations store.")
+    e = sub.add_parser(
+        "evaluate",
+        help="RMSE of a result on an Observations store",
+        description="Evaluate a result store on an Observations store.",
+    )
     e.add_argument("result", metavar="RES.zarr")
     e.add_argument("obs", metavar="OBS.zarr")
     common(e, "also write the metrics as JSON to this path")
     e.set_defaults(func=_cmd_evaluate)
 
-    f = sub.add_parser("info", help="versions, machine, and a store's description",
-                       description="Print versions and machine facts; describe a store if given.")
+    f = sub.add_parser(
+        "info",
+        help="versions, machine, and a store's description",
+        description="Print versions and machine facts; describe a store if given.",
+    )
     f.add_argument("path", nargs="?", help="an Observations or result store")
     common(f, "also write the information as JSON to this path")
     f.set_defaults(func=_cmd_info)

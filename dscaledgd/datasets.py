@@ -107,8 +107,11 @@ def make_low_rank(
     rng = resolve_rng(random_state)
 
     def orth(n):
-        G = rng.standard_normal((n, rank)) if basis == "gaussian" else rng.choice(
-            [-1.0, 1.0], size=(n, rank))
+        G = (
+            rng.standard_normal((n, rank))
+            if basis == "gaussian"
+            else rng.choice([-1.0, 1.0], size=(n, rank))
+        )
         return np.ascontiguousarray(np.linalg.qr(G)[0])
 
     U = orth(n1)
@@ -186,8 +189,13 @@ def make_completion(
     check_param("make_completion", "noise", noise, [Interval("real", 0, None)])
     rng = resolve_rng(random_state)
     truth = make_low_rank(
-        shape, rank, cond=cond, spectrum_kind=spectrum_kind, basis=basis,
-        symmetric=symmetric, random_state=rng,
+        shape,
+        rank,
+        cond=cond,
+        spectrum_kind=spectrum_kind,
+        basis=basis,
+        symmetric=symmetric,
+        random_state=rng,
     )
     rows, cols = bernoulli_mask_coo(shape, p, rng, symmetric=symmetric)
     vals = truth.entries(rows, cols)

@@ -33,18 +33,27 @@ def small():
         ({"tol": -1e-3}, r"'tol' parameter"),
         ({"max_iter": 0}, r"'max_iter' parameter of complete must be an int in \[1, inf\]. Got 0."),
         ({"max_iter": 2.5}, r"'max_iter' parameter"),
-        ({"method": "sgd"}, r"'method' parameter of complete must be one of \{'scaledgd', 'gd'\}. Got 'sgd'."),
+        (
+            {"method": "sgd"},
+            r"'method' parameter of complete must be one of \{'scaledgd', 'gd'\}. Got 'sgd'.",
+        ),
         ({"loss": "huber"}, r"'loss' parameter of complete must be one of \{'l2'\}. Got 'huber'."),
         ({"init": "svd"}, r"'init' parameter of complete must be one of \{'spectral'\}"),
         ({"init": (np.ones((60, 2)),)}, r"'init' parameter of complete must hold 2 finite arrays"),
         ({"damping": -1.0}, r"'damping' parameter of complete must be a float in \[0, inf\)"),
-        ({"step_size": 0.0}, r"'step_size' parameter of complete must be None or a float in \(0, 10\]"),
+        (
+            {"step_size": 0.0},
+            r"'step_size' parameter of complete must be None or a float in \(0, 10\]",
+        ),
         ({"stall_tol": -1.0}, r"'stall_tol' parameter"),
         ({"patience": 0}, r"'patience' parameter"),
         ({"random_state": -1}, r"'random_state' parameter"),
         ({"callback": 3}, r"'callback' parameter of complete must be None or a callable"),
         ({"scheduler": "processes"}, r"'scheduler' parameter of complete must be one of"),
-        ({"cache": "disk"}, r"'cache' parameter of complete must be one of \{'auto', 'memory', 'stream'\}"),
+        (
+            {"cache": "disk"},
+            r"'cache' parameter of complete must be one of \{'auto', 'memory', 'stream'\}",
+        ),
         ({"symmetric": "yes"}, r"'symmetric' parameter of complete must be a bool"),
         ({"init_power_iter": -1}, r"'init_power_iter' parameter"),
     ],
@@ -58,7 +67,9 @@ def test_parameter_constraints(small, kw, match):
 
 
 def test_bad_obs_and_symmetric_shape(small, tmp_path):
-    with pytest.raises(InvalidParameterError, match="'obs' parameter of complete must be an Observations"):
+    with pytest.raises(
+        InvalidParameterError, match="'obs' parameter of complete must be an Observations"
+    ):
         dsg.complete(np.ones((3, 3)), 1)
     with pytest.raises(InvalidParameterError, match=r"symmetric \(PSD\) fit needs a square matrix"):
         dsg.complete(small[0], 2, symmetric=True, scheduler="sync")
@@ -70,8 +81,9 @@ def test_bad_obs_and_symmetric_shape(small, tmp_path):
 
 def test_oracle_and_dask_paths_agree(client):
     """NumPy oracle vs tiled engine (threads and distributed) to 1e-10, whole solve."""
-    obs, truth = dsg.datasets.make_completion((120, 100), 3, 0.4, cond=20, random_state=9,
-                                              tiles=(3, 2))
+    obs, truth = dsg.datasets.make_completion(
+        (120, 100), 3, 0.4, cond=20, random_state=9, tiles=(3, 2)
+    )
     kw = dict(random_state=4, tol=1e-12, max_iter=300)
     ref = complete_oracle(obs, 3, **kw)
     thr = dsg.complete(obs, 3, scheduler="threads", **kw)
@@ -83,14 +95,14 @@ def test_oracle_and_dask_paths_agree(client):
         L, R = res.compute_factors()
         X = L @ R.T
         np.testing.assert_allclose(X, Xr, rtol=0, atol=1e-10 * np.abs(Xr).max())
-        np.testing.assert_allclose(res.history["loss"], ref.history["loss"], rtol=1e-8,
-                                   atol=1e-24)
+        np.testing.assert_allclose(res.history["loss"], ref.history["loss"], rtol=1e-8, atol=1e-24)
     assert truth.relative_error(ref.L.compute(), ref.R.compute()) < 1e-11
 
 
 def test_deterministic_across_schedulers_and_grids(client):
-    base, truth = dsg.datasets.make_completion((150, 110), 3, 0.35, cond=10, random_state=10,
-                                               tiles=(2, 2))
+    base, truth = dsg.datasets.make_completion(
+        (150, 110), 3, 0.35, cond=10, random_state=10, tiles=(2, 2)
+    )
     kw = dict(random_state=1, tol=1e-12, max_iter=300)
     a = dsg.complete(base, 3, scheduler="threads", **kw)
     b = dsg.complete(base, 3, scheduler="sync", **kw)
@@ -144,13 +156,39 @@ def test_address_connects_to_real_scheduler_and_worker_processes():
     env = {**os.environ, "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "warning"}
     bindir = os.path.dirname(sys.executable)
     sched = subprocess.Popen(
-        [os.path.join(bindir, "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-         "--dashboard-address", "127.0.0.1:0"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            os.path.join(bindir, "dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            "127.0.0.1:0",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     worker = subprocess.Popen(
-        [os.path.join(bindir, "dask"), "worker", addr, "--host", "127.0.0.1", "--nthreads", "1",
-         "--nworkers", "1", "--no-dashboard"], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            os.path.join(bindir, "dask"),
+            "worker",
+            addr,
+            "--host",
+            "127.0.0.1",
+            "--nthreads",
+            "1",
+            "--nworkers",
+            "1",
+            "--no-dashboard",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         from distributed import Client
 

@@ -16,8 +16,9 @@ EXE = os.path.join(os.path.dirname(sys.executable), "dscaledgd")
 
 
 def run(*args, cwd=None):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return subprocess.run(
+        [EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
 
 
 @pytest.mark.parametrize("sub", ["demo", "import", "complete", "evaluate", "info"])
@@ -34,14 +35,25 @@ def test_round_trip_import_complete_evaluate(tmp_path):
     out = run("import", tmp_path / "coo.npz", tmp_path / "obs.zarr", "--tiles", "2,2")
     assert out.returncode == 0, out.stderr
     assert "Observations(shape=(120, 90)" in out.stdout
-    out = run("complete", tmp_path / "obs.zarr", "--rank", 3, "--out", tmp_path / "res.zarr",
-              "--scheduler", "threads", "--seed", 0)
+    out = run(
+        "complete",
+        tmp_path / "obs.zarr",
+        "--rank",
+        3,
+        "--out",
+        tmp_path / "res.zarr",
+        "--scheduler",
+        "threads",
+        "--seed",
+        0,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("converged:")
     res = dsg.load_result(tmp_path / "res.zarr")
     assert truth.relative_error(res.L.compute(), res.R.compute()) < 1e-9
-    out = run("evaluate", tmp_path / "res.zarr", tmp_path / "obs.zarr", "--out",
-              tmp_path / "m.json")
+    out = run(
+        "evaluate", tmp_path / "res.zarr", tmp_path / "obs.zarr", "--out", tmp_path / "m.json"
+    )
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["nnz"] == obs.nnz and metrics["rmse"] < 1e-10

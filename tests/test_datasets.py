@@ -63,7 +63,9 @@ def test_noise_and_parameter_checks():
     r, c, v = obs.to_coo()
     rms = np.linalg.norm(t.s) / 60
     assert np.std(v - t.dense()[r, c]) == pytest.approx(0.1 * rms, rel=0.1)
-    with pytest.raises(InvalidParameterError, match=r"'p' parameter of make_completion must be a float in \(0, 1\]"):
+    with pytest.raises(
+        InvalidParameterError, match=r"'p' parameter of make_completion must be a float in \(0, 1\]"
+    ):
         dsg.datasets.make_completion((10, 10), 2, 0.0)
     with pytest.raises(InvalidParameterError, match=r"'cond' parameter of make_low_rank"):
         make_low_rank((10, 10), 2, cond=0.5)

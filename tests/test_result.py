@@ -82,5 +82,6 @@ def test_symmetric_result_store(tmp_path):
     res = dsg.complete(obs, 2, symmetric=True, scheduler="sync", random_state=0)
     back = dsg.load_result(res.to_zarr(tmp_path / "s.zarr"))
     assert back.symmetric and back.R is back.L
-    np.testing.assert_allclose(back.predict([1, 2], [2, 1]), truth.dense()[[1, 2], [2, 1]],
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        back.predict([1, 2], [2, 1]), truth.dense()[[1, 2], [2, 1]], atol=1e-9
+    )

@@ -223,8 +223,8 @@ class CompletionEngine:
             submit = getattr(self.ex, "submit_on", None)
             return [
                 submit(slots[t], _load_tile, obs.path, int(ptr[t]), int(ptr[t + 1]), name="load")
-                if submit else
-                self.ex.submit(_load_tile, obs.path, int(ptr[t]), int(ptr[t + 1]), name="load")
+                if submit
+                else self.ex.submit(_load_tile, obs.path, int(ptr[t]), int(ptr[t + 1]), name="load")
                 for t in range(T)
             ]
         return [TileRef(obs.path, int(ptr[t]), int(ptr[t + 1]), int(sub_chunk)) for t in range(T)]
@@ -269,9 +269,7 @@ class CompletionEngine:
             src, dst = (ia, ib) if transpose else (ib, ia)
             m = int(out_bounds[dst + 1] - out_bounds[dst])
             parts[dst].append(
-                self.ex.submit(
-                    _tile_spmm, self._tiles[t], V.blocks[src], m, transpose, name="spmm"
-                )
+                self.ex.submit(_tile_spmm, self._tiles[t], V.blocks[src], m, transpose, name="spmm")
             )
         blocks = [tree_sum(self.ex, p, 1.0 / self.p) for p in parts]
         return Blocked(self.ex, out_bounds, V.ncols, blocks)
@@ -286,8 +284,14 @@ class CompletionEngine:
         values = []
         for t, ia, ib in self._tiles_iter():
             g = ex.submit(
-                _tile_grad, self._tiles[t], L.blocks[ia], R.blocks[ib], self.loss, self.kernel,
-                self.grad_scale, name="grad",
+                _tile_grad,
+                self._tiles[t],
+                L.blocks[ia],
+                R.blocks[ib],
+                self.loss,
+                self.kernel,
+                self.grad_scale,
+                name="grad",
             )
             parts[0][ia].append(getitem(ex, g, 0))
             parts[-1][ib].append(getitem(ex, g, 1))
@@ -354,7 +358,10 @@ class CompletionEngine:
 
     # ----------------------------------------------------- initialisation
     def spectral(self, rank: int, *, seed: int, n_power: int = 4):
-        """Top-``rank`` spectral pairs of ``Y/p``: ``([U, V], s)`` or ``([U], w)`` when symmetric."""
+        """Top-``rank`` spectral pairs of ``Y/p``.
+
+        Returns ``([U, V], s)``, or ``([U], w)`` when symmetric.
+        """
         from .spectral import randomized_eigh, randomized_svd
 
         if self.symmetric:

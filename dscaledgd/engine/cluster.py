@@ -195,8 +195,9 @@ class DistributedExecutor(Executor):
         out = [None] * len(data)
         for slot in sorted(set(placement)):
             idx = [k for k, w in enumerate(placement) if w == slot]
-            futs = self.client.scatter([data[k] for k in idx], hash=False,
-                                       workers=[addrs[slot % len(addrs)]])
+            futs = self.client.scatter(
+                [data[k] for k in idx], hash=False, workers=[addrs[slot % len(addrs)]]
+            )
             for k, f in zip(idx, futs):
                 out[k] = f
         return out
@@ -204,9 +205,15 @@ class DistributedExecutor(Executor):
     def submit_on(self, slot: int, fn, *args, name: str, **kwargs):
         """Submit preferring worker ``slot`` (other workers may still run it)."""
         addrs = self._workers()
-        return self.client.submit(fn, *args, key=self.key(name), pure=False,
-                                  workers=[addrs[slot % len(addrs)]], allow_other_workers=True,
-                                  **kwargs)
+        return self.client.submit(
+            fn,
+            *args,
+            key=self.key(name),
+            pure=False,
+            workers=[addrs[slot % len(addrs)]],
+            allow_other_workers=True,
+            **kwargs,
+        )
 
     def gather(self, handles):
         return self.client.gather(handles)
@@ -255,7 +262,9 @@ def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, mem
         memory_limit=memory_limit if memory_limit is not None else "auto",
     )
     client = Client(cluster)
-    logger.info("dscaledgd: started an embedded LocalCluster; dashboard at %s", cluster.dashboard_link)
+    logger.info(
+        "dscaledgd: started an embedded LocalCluster; dashboard at %s", cluster.dashboard_link
+    )
     return cluster, client
 
 

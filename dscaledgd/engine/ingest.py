@@ -92,7 +92,12 @@ def _create(path, total: int, chunk: int, dtypes: dict) -> None:
     g = zarr.open_group(path, mode="a")
     for name, dt in dtypes.items():
         g.create_array(
-            name, shape=(total,), chunks=(chunk,), dtype=dt, compressors=None, fill_value=0,
+            name,
+            shape=(total,),
+            chunks=(chunk,),
+            dtype=dt,
+            compressors=None,
+            fill_value=0,
             config={"write_empty_chunks": True},
         )
 
@@ -119,8 +124,9 @@ def _writes_graph(delayed, path, ranges, chunk, total, dtypes, producer):
             if s > c0 or e < c1:
                 edge_chunks.setdefault(j, set()).add(k)
     for j, ks in sorted(edge_chunks.items()):
-        done.append(delayed(_assemble)(path, j, chunk, total, dtypes,
-                                       *[piece_lists[k] for k in sorted(ks)]))
+        done.append(
+            delayed(_assemble)(path, j, chunk, total, dtypes, *[piece_lists[k] for k in sorted(ks)])
+        )
     return infos, done
 
 
@@ -156,8 +162,9 @@ def _chunk_stats(chunk, shape):
 
 def _chunk_scatter(chunk, k, offset, row_bounds, col_bounds, width):
     rows, cols, vals = chunk
-    tile, lr, lc = layout.tile_of(np.asarray(rows, np.int64), np.asarray(cols, np.int64),
-                                  row_bounds, col_bounds)
+    tile, lr, lc = layout.tile_of(
+        np.asarray(rows, np.int64), np.asarray(cols, np.int64), row_bounds, col_bounds
+    )
     order = layout.blocked_order(tile, lr, lc, width)
     T = (len(row_bounds) - 1) * (len(col_bounds) - 1)
     data = {
@@ -178,8 +185,9 @@ def _read_tile_pieces(scratch, t, offsets, cum):
         if e > s:
             for name, arr in arrays.items():
                 parts[name].append(arr[s:e])
-    return {name: np.concatenate(v) if v else np.empty(0, _SCRATCH[name])
-            for name, v in parts.items()}
+    return {
+        name: np.concatenate(v) if v else np.empty(0, _SCRATCH[name]) for name, v in parts.items()
+    }
 
 
 def _tile_merge(scratch, t, offsets, cum, width, policy):
@@ -193,14 +201,24 @@ def _tile_merge(scratch, t, offsets, cum, width, policy):
 
 def _tile_count(scratch, t, offsets, cum, width, policy):
     lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, width, policy)
-    return {"n": len(vals), "dup": dup, "sumsq": float(vals @ vals),
-            "rows": np.bincount(lr), "cols": np.bincount(lc)}
+    return {
+        "n": len(vals),
+        "dup": dup,
+        "sumsq": float(vals @ vals),
+        "rows": np.bincount(lr),
+        "cols": np.bincount(lc),
+    }
 
 
 def _tile_final(scratch, t, offsets, cum, width, policy):
     lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, width, policy)
-    info = {"n": len(vals), "dup": dup, "sumsq": float(vals @ vals),
-            "rows": np.bincount(lr), "cols": np.bincount(lc)}
+    info = {
+        "n": len(vals),
+        "dup": dup,
+        "sumsq": float(vals @ vals),
+        "rows": np.bincount(lr),
+        "cols": np.bincount(lc),
+    }
     return info, {"rows": lr, "cols": lc, "values": vals}
 
 
@@ -214,7 +232,8 @@ def ingest_chunks(producers, *, shape, tiles, duplicates, path, overwrite, nthre
     import dask
     from dask import delayed
 
-    from ..storage.observations import Observations, check_shape, check_tiles
+    from ..storage.coo import check_shape, check_tiles
+    from ..storage.observations import Observations
 
     # pass 1: statistics (and counts when the shape is known)
     stats = dask.compute(*[delayed(_chunk_stats)(p, shape) for p in producers])
@@ -223,20 +242,26 @@ def ingest_chunks(producers, *, shape, tiles, duplicates, path, overwrite, nthre
     for k, s in enumerate(stats):
         if s["dtype"]:
             name, dt = s["dtype"]
-            raise InputDataError(f"'{name}' must hold integers; got dtype {dt}. Cast with "
-                                 ".astype(np.int64) after checking the values are whole numbers.")
+            raise InputDataError(
+                f"'{name}' must hold integers; got dtype {dt}. Cast with "
+                ".astype(np.int64) after checking the values are whole numbers."
+            )
         if s["bad"] != -1:
             i, r, c, v = s["bad"]
             raise InputDataError(
                 f"Observation values must be finite; entry {offsets[k] + i} at ({r}, {c}) is "
-                f"{v!r}. Drop or impute non-finite entries before building Observations.")
+                f"{v!r}. Drop or impute non-finite entries before building Observations."
+            )
         if s["neg"]:
             name, i, v = s["neg"]
-            raise InputDataError(f"Observation {name} index {v} (entry {offsets[k] + i}) is "
-                                 "negative; indices must be >= 0.")
+            raise InputDataError(
+                f"Observation {name} index {v} (entry {offsets[k] + i}) is "
+                "negative; indices must be >= 0."
+            )
     if total == 0:
         raise InputDataError(
-            "The observations are empty (nnz = 0). Completion needs at least one observed entry.")
+            "The observations are empty (nnz = 0). Completion needs at least one observed entry."
+        )
     rmax = max(s["rmax"] for s in stats)
     cmax = max(s["cmax"] for s in stats)
     if shape is None:
@@ -253,15 +278,22 @@ def ingest_chunks(producers, *, shape, tiles, duplicates, path, overwrite, nthre
     T = tiles[0] * tiles[1]
     chunk = max(1, min(CHUNK, total))
 
-    scratch = tempfile.mkdtemp(prefix=".dscaledgd-ingest-",
-                               dir=os.path.dirname(os.path.abspath(path)))
+    scratch = tempfile.mkdtemp(
+        prefix=".dscaledgd-ingest-", dir=os.path.dirname(os.path.abspath(path))
+    )
     try:
         # pass 2: per chunk, sort by tile and write to scratch at its own offset
         _create(scratch, total, chunk, _SCRATCH)
         infos, done = _writes_graph(
-            delayed, scratch, offsets[:-1].tolist(), chunk, total, _SCRATCH,
-            lambda k: delayed(_chunk_scatter)(producers[k], k, int(offsets[k]), row_bounds,
-                                              col_bounds, width),
+            delayed,
+            scratch,
+            offsets[:-1].tolist(),
+            chunk,
+            total,
+            _SCRATCH,
+            lambda k: delayed(_chunk_scatter)(
+                producers[k], k, int(offsets[k]), row_bounds, col_bounds, width
+            ),
         )
         counts = np.array(dask.compute(*infos, *done)[: len(infos)])  # (chunks, T)
         cum = np.concatenate([np.zeros((len(counts), 1), np.int64), np.cumsum(counts, 1)], 1)
@@ -270,8 +302,12 @@ def ingest_chunks(producers, *, shape, tiles, duplicates, path, overwrite, nthre
         if duplicates == "error":
             sizes = counts.sum(0)
         else:
-            cinfo = dask.compute(*[delayed(_tile_count)(scratch, t, offsets[:-1], cum, width,
-                                                        duplicates) for t in range(T)])
+            cinfo = dask.compute(
+                *[
+                    delayed(_tile_count)(scratch, t, offsets[:-1], cum, width, duplicates)
+                    for t in range(T)
+                ]
+            )
             sizes = np.array([c["n"] for c in cinfo])
         ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         nnz = int(ptr[-1])
@@ -279,17 +315,24 @@ def ingest_chunks(producers, *, shape, tiles, duplicates, path, overwrite, nthre
         with layout.atomic_dir(path, overwrite=overwrite) as tmp:
             _create(tmp, nnz, out_chunk, _FIELDS)
             tinfo, done = _writes_graph(
-                delayed, tmp, ptr[:-1].tolist(), out_chunk, nnz, _FIELDS,
-                lambda t: delayed(_tile_final, nout=2)(scratch, t, offsets[:-1], cum, width,
-                                                       duplicates),
+                delayed,
+                tmp,
+                ptr[:-1].tolist(),
+                out_chunk,
+                nnz,
+                _FIELDS,
+                lambda t: delayed(_tile_final, nout=2)(
+                    scratch, t, offsets[:-1], cum, width, duplicates
+                ),
             )
             tinfo = dask.compute(*tinfo, *done)[:T]
             dups = [(i["dup"], t) for t, i in enumerate(tinfo) if i["dup"] is not None]
             if dups:
                 dup, t = min(dups, key=lambda d: d[0][1])
                 b = tiles[1]
-                raise InputDataError(layout.duplicate_message(
-                    dup, int(row_bounds[t // b]), int(col_bounds[t % b])))
+                raise InputDataError(
+                    layout.duplicate_message(dup, int(row_bounds[t // b]), int(col_bounds[t % b]))
+                )
             rc = np.zeros(shape[0], np.int64)
             cc = np.zeros(shape[1], np.int64)
             for t, i in enumerate(tinfo):
@@ -297,8 +340,15 @@ def ingest_chunks(producers, *, shape, tiles, duplicates, path, overwrite, nthre
                 rc[r0 : r0 + len(i["rows"])] += i["rows"]
                 cc[c0 : c0 + len(i["cols"])] += i["cols"]
             meta = Observations(
-                shape=shape, row_bounds=row_bounds, col_bounds=col_bounds, tile_ptr=ptr,
-                rows=None, cols=None, values=None, row_counts=rc, col_counts=cc,
+                shape=shape,
+                row_bounds=row_bounds,
+                col_bounds=col_bounds,
+                tile_ptr=ptr,
+                rows=None,
+                cols=None,
+                values=None,
+                row_counts=rc,
+                col_counts=cc,
                 value_norm2=sum(i["sumsq"] for i in tinfo),
             )
             _write_meta(tmp, meta)
@@ -313,8 +363,13 @@ def _write_meta(tmp, obs) -> None:
     g = zarr.open_group(tmp, mode="a")
     for name in ("tile_ptr", "row_counts", "col_counts"):
         data = getattr(obs, name)
-        g.create_array(name, data=data.astype(np.int64), chunks=(max(1, min(len(data), 1 << 22)),),
-                       compressors=None, config={"write_empty_chunks": True})
+        g.create_array(
+            name,
+            data=data.astype(np.int64),
+            chunks=(max(1, min(len(data), 1 << 22)),),
+            compressors=None,
+            config={"write_empty_chunks": True},
+        )
     g.attrs.update(obs._store_attrs())
 
 
@@ -332,7 +387,8 @@ def coo_from_dask(rows, cols, values, *, shape, tiles, duplicates, path, overwri
     if not arrs[0].shape[0] == arrs[1].shape[0] == arrs[2].shape[0]:
         raise InputDataError(
             f"rows, cols and values must have the same length; got {arrs[0].shape[0]}, "
-            f"{arrs[1].shape[0]} and {arrs[2].shape[0]}.")
+            f"{arrs[1].shape[0]} and {arrs[2].shape[0]}."
+        )
     chunks = arrs[2].chunks
     arrs = [a.rechunk(chunks) for a in arrs]
     blocks = [a.to_delayed().ravel() for a in arrs]
@@ -369,7 +425,8 @@ def _dense_producers(M, mask):
         mask = da.asarray(mask)
         if mask.shape != M.shape:
             raise InputDataError(
-                f"The mask has shape {mask.shape} but M has shape {M.shape}; they must match.")
+                f"The mask has shape {mask.shape} but M has shape {M.shape}; they must match."
+            )
         mask = mask.rechunk(M.chunks)
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in M.chunks]
     mb = M.to_delayed()
@@ -377,8 +434,11 @@ def _dense_producers(M, mask):
     out = []
     for i in range(mb.shape[0]):
         for j in range(mb.shape[1]):
-            out.append(delayed(_block_coo)(mb[i, j], None if kb is None else kb[i, j],
-                                           int(starts[0][i]), int(starts[1][j])))
+            out.append(
+                delayed(_block_coo)(
+                    mb[i, j], None if kb is None else kb[i, j], int(starts[0][i]), int(starts[1][j])
+                )
+            )
     return out
 
 
@@ -390,8 +450,14 @@ def _run(producers, shape, tiles, duplicates, path, overwrite):
     else:
         path = layout.check_output_path(path, overwrite)
     try:
-        return ingest_chunks(producers, shape=shape, tiles=tiles, duplicates=duplicates,
-                             path=os.fspath(path), overwrite=overwrite)
+        return ingest_chunks(
+            producers,
+            shape=shape,
+            tiles=tiles,
+            duplicates=duplicates,
+            path=os.fspath(path),
+            overwrite=overwrite,
+        )
     except BaseException:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)

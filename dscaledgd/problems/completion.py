@@ -101,7 +101,7 @@ def _fused_body(r_const, code_const):
     return kernel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fused_kernel(r: int, code: int):
     return _fused_body(r if r <= _MAX_LITERAL_RANK else 0, code)
 

@@ -25,11 +25,11 @@ a distributed cluster, for ScaledGD, ScaledGD(λ) and GD, which differ only in
 
 Safeguard (DESIGN.md §4): after each pass the loop checks for non-finite
 values, a loss above a multiple of the initial loss, factor norms blowing up,
-or a Gram that cannot be factorised (thresholds from the step rule). It does **not** enforce monotone decrease. On
-divergence it restores the best accepted iterate (kept as a snapshot, with
-its gradient) and asks the step rule to recover; a rule that cannot (a fixed
-step) ends the run with status ``"diverged"`` and a warning. Every restore is
-recorded in ``info["events"]``.
+or a Gram that cannot be factorised (thresholds from the step rule). It does
+**not** enforce monotone decrease. On divergence it restores the best accepted
+iterate (kept as a snapshot, with its gradient) and asks the step rule to
+recover; a rule that cannot (a fixed step) ends the run with status
+``"diverged"`` and a warning. Every restore is recorded in ``info["events"]``.
 """
 
 from __future__ import annotations
@@ -98,8 +98,16 @@ def _show_progress(progress: bool | None) -> bool:
         return False
 
 
-def run(engine, state, rule, precond: Preconditioner, cfg: LoopConfig, *, norm_ref: float,
-        desc: str = "dscaledgd") -> LoopOutcome:
+def run(
+    engine,
+    state,
+    rule,
+    precond: Preconditioner,
+    cfg: LoopConfig,
+    *,
+    norm_ref: float,
+    desc: str = "dscaledgd",
+) -> LoopOutcome:
     """Iterate from ``state`` until a stopping rule fires. See the module docstring."""
     t0 = time.perf_counter()
     hist = {k: [] for k in HISTORY_KEYS}
@@ -172,8 +180,13 @@ def run(engine, state, rule, precond: Preconditioner, cfg: LoopConfig, *, norm_r
                     reason = guard.check(new.stats)
             if reason is not None:
                 events.append(
-                    {"iteration": n_iter, "event": "diverged", "reason": reason,
-                     "step_size": step.eta, "passes": passes}
+                    {
+                        "iteration": n_iter,
+                        "event": "diverged",
+                        "reason": reason,
+                        "step_size": step.eta,
+                        "passes": passes,
+                    }
                 )
                 logger.info("dscaledgd: divergence at iteration %d (%s)", n_iter, reason)
                 if not rule.recover():
@@ -230,8 +243,13 @@ def run(engine, state, rule, precond: Preconditioner, cfg: LoopConfig, *, norm_r
         warnings.warn(f"{desc}: {message}", ConvergenceWarning, stacklevel=3)
     history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
     return LoopOutcome(
-        state=cur.state, status=status, n_iter=n_iter, message=message, history=history,
-        events=events, passes=passes,
+        state=cur.state,
+        status=status,
+        n_iter=n_iter,
+        message=message,
+        history=history,
+        events=events,
+        passes=passes,
     )
 
 

@@ -191,9 +191,16 @@ class AdaptiveStep:
     loss_blowup = 1.0
     norm_blowup = 10.0
 
-    def __init__(self, eta: float = 0.7, c: float = 0.3, damping: float = 0.0,
-                 eta_min: float = 0.5, eta_shrink: float = 0.85, c_growth: float = 2.0,
-                 max_restores: int = 30):
+    def __init__(
+        self,
+        eta: float = 0.7,
+        c: float = 0.3,
+        damping: float = 0.0,
+        eta_min: float = 0.5,
+        eta_shrink: float = 0.85,
+        c_growth: float = 2.0,
+        max_restores: int = 30,
+    ):
         self.eta0, self.c0 = float(eta), float(c)
         self.damping = float(damping)
         self.eta_min, self.eta_shrink, self.c_growth = eta_min, eta_shrink, c_growth

@@ -14,8 +14,9 @@ from dscaledgd.engine.cluster import DistributedExecutor, ThreadExecutor
 
 
 def _engine(obs, *, symmetric=False, loss="l2", kernel="fused", ex=None):
-    return CompletionEngine(obs, ex or ThreadExecutor(2), symmetric=symmetric, loss=loss,
-                            kernel=kernel)
+    return CompletionEngine(
+        obs, ex or ThreadExecutor(2), symmetric=symmetric, loss=loss, kernel=kernel
+    )
 
 
 def _loss_grad(engine, factors):
@@ -27,22 +28,27 @@ def _loss_grad(engine, factors):
 
 def _factors(rng, obs, rank, symmetric):
     n1, n2 = obs.shape
-    return [rng.standard_normal((n1, rank))] if symmetric else [
-        rng.standard_normal((n1, rank)), rng.standard_normal((n2, rank))]
+    return (
+        [rng.standard_normal((n1, rank))]
+        if symmetric
+        else [rng.standard_normal((n1, rank)), rng.standard_normal((n2, rank))]
+    )
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("tiles", [(1, 1), (2, 3), (3, 3)])
 def test_pass_matches_numpy_oracle(rng, symmetric, tiles):
-    obs, _ = dsg.datasets.make_completion((60, 60), 3, 0.3, symmetric=symmetric,
-                                          random_state=2, tiles=tiles)
+    obs, _ = dsg.datasets.make_completion(
+        (60, 60), 3, 0.3, symmetric=symmetric, random_state=2, tiles=tiles
+    )
     if symmetric:
         obs = obs.retile((tiles[0], tiles[0]), square=True)
     F = _factors(rng, obs, 3, symmetric)
     stats, G = _loss_grad(_engine(obs, symmetric=symmetric), F)
     ref_stats, ref_G = _loss_grad(
-        _engine(reference_copy(obs), symmetric=symmetric, kernel="reference",
-                ex=ThreadExecutor(0)), F)
+        _engine(reference_copy(obs), symmetric=symmetric, kernel="reference", ex=ThreadExecutor(0)),
+        F,
+    )
     assert stats.loss == pytest.approx(ref_stats.loss, rel=1e-12)
     assert stats.residual == pytest.approx(ref_stats.residual, rel=1e-12)
     for g, rg in zip(G, ref_G):
@@ -52,12 +58,17 @@ def test_pass_matches_numpy_oracle(rng, symmetric, tiles):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), symmetric=st.booleans(), rank=st.integers(1, 4),
-       tiles=st.sampled_from([(1, 1), (2, 2), (3, 1)]))
+@given(
+    seed=st.integers(0, 10_000),
+    symmetric=st.booleans(),
+    rank=st.integers(1, 4),
+    tiles=st.sampled_from([(1, 1), (2, 2), (3, 1)]),
+)
 def test_gradient_matches_finite_differences(seed, symmetric, rank, tiles):
     rng = np.random.default_rng(seed)
-    obs, _ = dsg.datasets.make_completion((30, 30), 2, 0.4, symmetric=symmetric,
-                                          random_state=seed, tiles=tiles)
+    obs, _ = dsg.datasets.make_completion(
+        (30, 30), 2, 0.4, symmetric=symmetric, random_state=seed, tiles=tiles
+    )
     if symmetric:
         obs = obs.retile(square=True)
     eng = _engine(obs, symmetric=symmetric, ex=ThreadExecutor(0))
@@ -140,8 +151,17 @@ def test_scheduler_task_count_is_bounded(client):
         if state.iteration == 100:
             raise StopIteration
 
-    res = dsg.complete(obs, 3, client=client, step_size=0.5, tol=1e-300, stall_tol=0.0,
-                       max_iter=200, callback=cb, random_state=0)
+    res = dsg.complete(
+        obs,
+        3,
+        client=client,
+        step_size=0.5,
+        tol=1e-300,
+        stall_tol=0.0,
+        max_iter=200,
+        callback=cb,
+        random_state=0,
+    )
     assert res.status == "callback" and res.n_iter == 100
     # one materialize period holds ~20 iterations x ~30 tasks; the count must not trend up
     assert max(counts[3:]) <= max(counts[:3]) and max(counts) < 1000, counts

@@ -37,8 +37,9 @@ def test_randomized_svd_matches_dense_svd(tiles):
 
 
 def test_randomized_eigh_matches_dense_eigh():
-    obs, _ = dsg.datasets.make_completion((80, 80), 3, 0.5, cond=4, symmetric=True,
-                                          random_state=2, tiles=(2, 2))
+    obs, _ = dsg.datasets.make_completion(
+        (80, 80), 3, 0.5, cond=4, symmetric=True, random_state=2, tiles=(2, 2)
+    )
     eng = CompletionEngine(obs, ThreadExecutor(2), symmetric=True)
     (U,), w = eng.spectral(3, seed=1, n_power=30)
     Y = _dense(obs)

@@ -7,7 +7,6 @@ import pytest
 
 import dscaledgd as dsg
 from dscaledgd import ConvergenceWarning
-from dscaledgd.api import complete_oracle
 
 
 def _err(res, truth):
@@ -34,8 +33,9 @@ def test_scaledgd_iterates_invariant_under_gauge(rng, planted_problem):
     with pytest.warns(ConvergenceWarning):
         c = dsg.complete(obs, 3, init=(L0, R0), method="gd", **kw)
     with pytest.warns(ConvergenceWarning):
-        d = dsg.complete(obs, 3, init=(L0 @ Q, R0 @ np.linalg.solve(Q, np.eye(3)).T),
-                         method="gd", **kw)
+        d = dsg.complete(
+            obs, 3, init=(L0 @ Q, R0 @ np.linalg.solve(Q, np.eye(3)).T), method="gd", **kw
+        )
     assert np.abs(c.L.compute() @ c.R.compute().T - d.L.compute() @ d.R.compute().T).max() > 1e-3
 
 
@@ -47,22 +47,32 @@ def test_iteration_counts_flat_in_kappa_and_gd_slower():
     counts = []
     for cond in (1, 10, 100, 1000):
         obs, truth = dsg.datasets.make_completion((500, 400), 5, 0.25, cond=cond, random_state=1)
-        res = dsg.complete(obs, 5, scheduler="threads", step_size=0.5, tol=1e-10,
-                           max_iter=400, random_state=0)
+        res = dsg.complete(
+            obs, 5, scheduler="threads", step_size=0.5, tol=1e-10, max_iter=400, random_state=0
+        )
         assert res.status == "converged"
         assert _err(res, truth) < 1e-9
         counts.append(res.n_iter)
     assert max(counts) / min(counts) <= 1.2, counts
     obs, _ = dsg.datasets.make_completion((500, 400), 5, 0.25, cond=10, random_state=1)
     with pytest.warns(ConvergenceWarning, match="max_iter"):
-        gd = dsg.complete(obs, 5, method="gd", scheduler="threads", step_size=0.5, tol=1e-10,
-                          max_iter=5 * max(counts), random_state=0)
+        gd = dsg.complete(
+            obs,
+            5,
+            method="gd",
+            scheduler="threads",
+            step_size=0.5,
+            tol=1e-10,
+            max_iter=5 * max(counts),
+            random_state=0,
+        )
     assert gd.status == "max_iter"
 
 
 def test_symmetric_psd_recovery(backend):
-    obs, truth = dsg.datasets.make_completion((150, 150), 3, 0.3, cond=20, symmetric=True,
-                                              random_state=3)
+    obs, truth = dsg.datasets.make_completion(
+        (150, 150), 3, 0.3, cond=20, symmetric=True, random_state=3
+    )
     res = backend(obs, 3, symmetric=True, tol=1e-11, max_iter=300, random_state=0)
     assert res.status == "converged" and res.symmetric and res.R is res.L
     assert _err(res, truth) < 1e-9
@@ -79,7 +89,8 @@ def test_fixed_step_divergence_is_reported_not_silent():
     assert res.info["events"] and res.info["events"][-1]["event"] == "diverged"
     assert np.all(np.isfinite(res.history["loss"]))
     assert res.history["loss"].min() == pytest.approx(
-        0.5 / obs.density * res.rmse(obs) ** 2 * obs.nnz, rel=1e-9)
+        0.5 / obs.density * res.rmse(obs) ** 2 * obs.nnz, rel=1e-9
+    )
 
 
 def test_max_iter_warns_and_reports():
@@ -110,8 +121,15 @@ def test_callback_sees_state_and_can_stop(planted_problem):
 def test_history_layout(planted_problem):
     obs, _ = planted_problem(shape=(100, 80), rank=3)
     res = dsg.complete(obs, 3, scheduler="sync", random_state=0)
-    assert set(res.history) == {"loss", "residual", "step_size", "damping", "adaptive_damping",
-                                "time", "passes"}
+    assert set(res.history) == {
+        "loss",
+        "residual",
+        "step_size",
+        "damping",
+        "adaptive_damping",
+        "time",
+        "passes",
+    }
     for v in res.history.values():
         assert isinstance(v, np.ndarray) and v.shape == (res.n_iter + 1,)
     assert np.isnan(res.history["step_size"][0]) and np.all(res.history["step_size"][1:] > 0)
@@ -120,8 +138,7 @@ def test_history_layout(planted_problem):
 
 
 def test_stall_rule_stops_noisy_problem():
-    obs, truth = dsg.datasets.make_completion((300, 200), 3, 0.3, cond=5, noise=0.1,
-                                              random_state=6)
+    obs, truth = dsg.datasets.make_completion((300, 200), 3, 0.3, cond=5, noise=0.1, random_state=6)
     res = dsg.complete(obs, 3, scheduler="sync", max_iter=500, random_state=0)
     assert res.status == "stalled" and res.converged
     assert "stall_tol" in res.message and res.n_iter < 200

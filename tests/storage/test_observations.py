@@ -61,7 +61,7 @@ def test_balanced_bounds_balance_and_nonempty():
     counts = np.array([100, 0, 0, 0, 1, 1, 1, 1, 100, 0])
     b = layout.balanced_bounds(counts, 3)
     assert b[0] == 0 and b[-1] == 10 and np.all(np.diff(b) >= 1)
-    sums = [counts[b[k]:b[k + 1]].sum() for k in range(3)]
+    sums = [counts[b[k] : b[k + 1]].sum() for k in range(3)]
     assert max(sums) <= 104
 
 
@@ -85,7 +85,9 @@ def test_negative_index_rejected():
 
 
 def test_out_of_range_and_shape_too_small():
-    with pytest.raises(InputDataError, match=r"row index 5 \(entry 1\) is out of range for shape \(5, 5\)"):
+    with pytest.raises(
+        InputDataError, match=r"row index 5 \(entry 1\) is out of range for shape \(5, 5\)"
+    ):
         Observations.from_coo([0, 5], [0, 1], [1.0, 2.0], shape=(5, 5))
     with pytest.raises(InputDataError, match=r"column index 9 \(entry 0\) is out of range"):
         Observations.from_coo([0, 1], [9, 1], [1.0, 2.0], shape=(5, 5))
@@ -117,15 +119,19 @@ def test_empty_observations_rejected():
 def test_duplicates_error_names_first_duplicate():
     rows = [0, 3, 2, 3, 0, 2]
     cols = [1, 4, 2, 4, 1, 2]
-    with pytest.raises(InputDataError, match=r"Duplicate observation \(3, 4\) at entries 1 and 3 \(3 repeated"):
+    with pytest.raises(
+        InputDataError, match=r"Duplicate observation \(3, 4\) at entries 1 and 3 \(3 repeated"
+    ):
         Observations.from_coo(rows, cols, np.arange(6.0))
 
 
 @pytest.mark.parametrize(
     "policy, expect",
-    [("sum", {(0, 1): 4.0, (3, 4): 4.0, (2, 2): 7.0}),
-     ("mean", {(0, 1): 2.0, (3, 4): 2.0, (2, 2): 3.5}),
-     ("last", {(0, 1): 4.0, (3, 4): 3.0, (2, 2): 5.0})],
+    [
+        ("sum", {(0, 1): 4.0, (3, 4): 4.0, (2, 2): 7.0}),
+        ("mean", {(0, 1): 2.0, (3, 4): 2.0, (2, 2): 3.5}),
+        ("last", {(0, 1): 4.0, (3, 4): 3.0, (2, 2): 5.0}),
+    ],
 )
 def test_duplicate_policies(policy, expect):
     rows = [0, 3, 2, 3, 0, 2]
@@ -136,7 +142,10 @@ def test_duplicate_policies(policy, expect):
 
 
 def test_unknown_duplicate_policy():
-    with pytest.raises(InvalidParameterError, match=r"'duplicates' parameter of from_coo must be one of \{'error', 'sum', 'mean', 'last'\}"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"'duplicates' parameter of from_coo must be one of \{'error', 'sum', 'mean', 'last'\}",
+    ):
         Observations.from_coo([0], [0], [1.0], duplicates="first")
 
 
@@ -249,7 +258,10 @@ def test_split_exact_disjoint_and_deterministic(rng):
     assert train.tiles == obs.tiles and np.array_equal(train.row_bounds, obs.row_bounds)
     train2, _ = obs.split(0.2, random_state=7)
     assert _as_set(train2) == a
-    with pytest.raises(InvalidParameterError, match=r"'test_fraction' parameter of split must be a float in \(0, 1\)"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"'test_fraction' parameter of split must be a float in \(0, 1\)",
+    ):
         obs.split(1.0)
     with pytest.raises(InvalidParameterError, match="both parts must be non-empty"):
         obs.split(1e-9)

@@ -1,0 +1,153 @@
+"""In-memory COO triplets → a tiled :class:`~dscaledgd.storage.observations.Observations`.
+
+Validation of the triplets (one message format: what is wrong, where, and the
+fix), the tile grid, and the blocked sort with the duplicate policy.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..exceptions import InputDataError, InvalidParameterError
+from . import layout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .observations import Observations
+
+__all__ = ["build_in_memory", "check_shape", "check_tiles"]
+
+
+def _as_index(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise InputDataError(
+            f"'{name}' must be 1-D; got shape {x.shape}. Flatten it with .ravel()."
+        )
+    if x.size and not np.issubdtype(x.dtype, np.integer):
+        raise InputDataError(
+            f"'{name}' must hold integers; got dtype {x.dtype}. Cast with .astype(np.int64) "
+            "after checking the values are whole numbers."
+        )
+    return x.astype(np.int64, copy=False)
+
+
+def check_shape(shape, rows, cols) -> tuple[int, int]:
+    """Validate or infer ``shape`` from the index arrays' extent."""
+    rmax = int(rows.max()) if rows.size else -1
+    cmax = int(cols.max()) if cols.size else -1
+    if shape is None:
+        return rmax + 1, cmax + 1
+    if (
+        not isinstance(shape, tuple | list)
+        or len(shape) != 2
+        or not all(isinstance(s, numbers.Integral) and s >= 1 for s in shape)
+    ):
+        raise InvalidParameterError(
+            f"The 'shape' parameter of from_coo must be a pair of positive ints (n1, n2). "
+            f"Got {shape!r}."
+        )
+    n1, n2 = int(shape[0]), int(shape[1])
+    if rmax >= n1:
+        k = int(np.argmax(rows >= n1))
+        raise InputDataError(
+            f"Observation row index {int(rows[k])} (entry {k}) is out of range for shape "
+            f"({n1}, {n2}). Pass a larger shape, or drop the entry."
+        )
+    if cmax >= n2:
+        k = int(np.argmax(cols >= n2))
+        raise InputDataError(
+            f"Observation column index {int(cols[k])} (entry {k}) is out of range for shape "
+            f"({n1}, {n2}). Pass a larger shape, or drop the entry."
+        )
+    return n1, n2
+
+
+def check_tiles(tiles, shape, nnz) -> tuple[int, int]:
+    if tiles is None:
+        return layout.default_tiles(shape, nnz)
+    n1, n2 = shape
+    ok = (
+        isinstance(tiles, tuple | list)
+        and len(tiles) == 2
+        and all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in tiles)
+        and 1 <= tiles[0] <= n1
+        and 1 <= tiles[1] <= n2
+    )
+    if not ok:
+        raise InvalidParameterError(
+            f"The 'tiles' parameter must be a pair of ints (a, b) with 1 <= a <= {n1} and "
+            f"1 <= b <= {n2}. Got {tiles!r}."
+        )
+    return int(tiles[0]), int(tiles[1])
+
+
+def build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) -> Observations:
+    rows = _as_index(rows, "rows")
+    cols = _as_index(cols, "cols")
+    vals = np.asarray(values)
+    if vals.ndim != 1:
+        raise InputDataError(f"'values' must be 1-D; got shape {vals.shape}.")
+    if not (len(rows) == len(cols) == len(vals)):
+        raise InputDataError(
+            f"rows, cols and values must have the same length; got {len(rows)}, {len(cols)} "
+            f"and {len(vals)}."
+        )
+    if len(vals) == 0:
+        raise InputDataError(
+            "The observations are empty (nnz = 0). Completion needs at least one observed entry."
+        )
+    if not np.issubdtype(vals.dtype, np.number) or np.issubdtype(vals.dtype, np.complexfloating):
+        raise InputDataError(f"'values' must be real numbers; got dtype {vals.dtype}.")
+    vals = vals.astype(np.float64, copy=False)
+    finite = np.isfinite(vals)
+    if not finite.all():
+        k = int(np.argmin(finite))
+        raise InputDataError(
+            f"Observation values must be finite; entry {k} at ({int(rows[k])}, {int(cols[k])}) "
+            f"is {float(vals[k])!r}. Drop or impute non-finite entries before building "
+            "Observations."
+        )
+    for name, idx in (("row", rows), ("column", cols)):
+        if idx.min() < 0:
+            k = int(np.argmin(idx))
+            raise InputDataError(
+                f"Observation {name} index {int(idx[k])} (entry {k}) is negative; indices must "
+                "be >= 0."
+            )
+    shape = check_shape(shape, rows, cols)
+    tiles = check_tiles(tiles, shape, len(vals))
+    if bounds is not None:
+        row_bounds, col_bounds = bounds
+    else:
+        row_bounds = layout.balanced_bounds(np.bincount(rows, minlength=shape[0]), tiles[0])
+        col_bounds = layout.balanced_bounds(np.bincount(cols, minlength=shape[1]), tiles[1])
+    tile, lr, lc = layout.tile_of(rows, cols, row_bounds, col_bounds)
+    pos = np.arange(len(vals), dtype=np.int64)
+    width = int(np.diff(col_bounds).max())
+    tile, lr, lc, vals, dup = layout.sort_tile_entries(tile, lr, lc, vals, pos, width, duplicates)
+    if dup is not None:
+        b = len(col_bounds) - 1
+        raise InputDataError(
+            layout.duplicate_message(dup, int(row_bounds[dup[3] // b]), int(col_bounds[dup[3] % b]))
+        )
+    a, b = len(row_bounds) - 1, len(col_bounds) - 1
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(tile, minlength=a * b))])
+    gr = lr.astype(np.int64) + row_bounds[tile // b]
+    gc = lc.astype(np.int64) + col_bounds[tile % b]
+    from .observations import Observations
+
+    return Observations(
+        shape=shape,
+        row_bounds=row_bounds,
+        col_bounds=col_bounds,
+        tile_ptr=ptr,
+        rows=lr,
+        cols=lc,
+        values=vals,
+        row_counts=np.bincount(gr, minlength=shape[0]),
+        col_counts=np.bincount(gc, minlength=shape[1]),
+        value_norm2=float(vals @ vals),
+    )
