@@ -18,6 +18,7 @@ from ._validation import (
     RANDOM_STATE,
     Instance,
     Interval,
+    Options,
     check_choice,
     check_param,
     resolve_rng,
@@ -28,6 +29,7 @@ from .engine.cluster import SCHEDULERS, executor_for
 from .exceptions import DataWarning, InvalidParameterError
 from .result import SolveResult
 from .solvers import init as inits
+from .solvers.centering import CENTER_MODES, fit_offsets
 from .solvers.loop import LoopConfig, run
 from .solvers.scaledgd import AdaptiveStep, FixedStep, Preconditioner, guarded_gd
 from .storage.observations import Observations
@@ -47,6 +49,7 @@ _COMMON = {
     "damping": [Interval("real", 0, None, "left")],
     "step_size": [NONE, Interval("real", 0, 10, "right")],
     "init_power_iter": [Interval("int", 0, 100)],
+    "reg": [Interval("real", 0, None, "left")],
     "random_state": RANDOM_STATE,
     "callback": CALLABLE_OR_NONE,
     "progress": [NONE, *_BOOL],
@@ -100,6 +103,9 @@ def complete(
     damping: float = 0.0,
     init: str = "spectral",
     step_size: float | None = None,
+    reg: float = 0.0,
+    center=False,
+    validation=None,
     max_iter: int = 500,
     tol: float = 1e-10,
     stall_tol: float = 1e-8,
@@ -148,6 +154,19 @@ def complete(
         ``None`` uses the adaptive default rule (never diverges silently; see
         :class:`~dscaledgd.solvers.scaledgd.AdaptiveStep`); a float fixes
         ``η`` as in the papers (``0.5`` reproduces them).
+    reg : float, default 0.0
+        Ridge penalty: the objective becomes ``f + (reg/2)(‖L‖² + ‖R‖²)``.
+        The step stays ``−η (∇f + reg·F) P`` with ``P`` SPD, a descent step
+        for the regularised objective. Also regularises the biases.
+    center : {False, True, "mean", "biases"}, default False
+        Fit a global mean (``True``/``"mean"``), or the mean and row/column
+        biases (``"biases"``, alternating ridge regression with ``reg``),
+        before the factors; the model is ``μ + b_i + c_j + <L_i, R_j>``.
+    validation : Observations, optional
+        Held-out entries (same shape). Their RMSE is computed every
+        iteration (``history["validation"]``), and the run stops early (status
+        ``"early_stopped"``) when it has not improved for ``patience``
+        iterations, returning the best-validation factors.
     max_iter : int, default 500
     tol : float, default 1e-10
         Stop when the relative residual ``‖P_Ω(L Rᵀ) − Y‖ / ‖Y‖ <= tol``.
@@ -207,7 +226,23 @@ def complete(
     check_choice(func, "loss", loss, LOSSES)
     init = _check_init(func, init, obs.shape, rank, symmetric)
     check_choice(func, "cache", cache, CACHE_POLICIES)
+    check_param(func, "center", center, [Options(CENTER_MODES)])
+    if validation is not None:
+        validation = _as_observations(validation, func)
+        if validation.shape != obs.shape:
+            raise InvalidParameterError(
+                f"The 'validation' parameter of complete must have the shape of the training "
+                f"observations {obs.shape}. Got {validation.shape}. Split one Observations with "
+                "obs.split(...)."
+            )
+    if center and symmetric:
+        raise InvalidParameterError(
+            "The 'center' parameter of complete is not supported with symmetric=True (the PSD "
+            "model has no biases). Pass center=False."
+        )
     params = dict(
+        reg=reg,
+        center=center,
         rank=rank,
         method=method,
         loss=loss,
@@ -256,6 +291,15 @@ def complete(
             kernel="reference" if _oracle else "fused",
         )
         try:
+            if center:
+                mu, b, c = fit_offsets(engine, center, reg=reg)
+                engine.set_offsets(mu, b, c)
+                params["_offsets"] = {"mean": mu, "row_bias": b, "col_bias": c}
+            if validation is not None:
+                engine.set_validation(validation)
+            if reg > 0:
+                engine.set_row_weights()
+            params["_ids"] = {"row": obs.row_ids, "col": obs.col_ids}
             return _solve(engine, rank, rng, params, desc="complete")
         finally:
             engine.close()
@@ -309,7 +353,7 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
             engine, rank, seed=seed, n_power=params["init_power_iter"]
         )
         q = params["init_power_iter"]
-        init_passes = q + 2 if params["symmetric"] else 2 * q + 2
+        init_passes = (q + 2 if params["symmetric"] else 2 * q + 2) + 1  # + LS rescaling
     sigma1 = float(values[0]) if len(values) and values[0] > 0 else 1.0
     method = params["method"]
     precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
@@ -326,6 +370,7 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         patience=params["patience"],
         callback=params["callback"],
         progress=params["progress"],
+        reg=params["reg"],
     )
     # factor-norm reference of the guard: the initial factors for a spectral start; the
     # data scale (an upper bound of Σσ_i for balanced factors) for a given start
@@ -346,7 +391,7 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         "tiles": list(engine.grid),
         "cache": engine.cache,
     }
-    stored = {k: v for k, v in params.items() if k not in ("callback",)}
+    stored = {k: v for k, v in params.items() if k not in ("callback",) and not k.startswith("_")}
     if isinstance(stored["init"], tuple):
         stored["init"] = "warm-start"
     stored["random_state"] = (
@@ -358,11 +403,13 @@ def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         factors=factors,
         status=out.status,
         n_iter=out.n_iter,
-        converged=out.status in ("converged", "stalled"),
+        converged=out.status in ("converged", "stalled", "early_stopped"),
         message=out.message,
         history=out.history,
         params=stored,
         info=info,
+        offsets=params.get("_offsets", {"mean": 0.0, "row_bias": None, "col_bias": None}),
+        ids=params.get("_ids", {"row": None, "col": None}),
         _client=engine.ex.client if _lasting(engine.ex) else None,
     )
 

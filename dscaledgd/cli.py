@@ -118,6 +118,7 @@ def _cmd_demo(args) -> int:
 
 # ----------------------------------------------------------------- import
 def _cmd_import(args) -> int:
+    from .exceptions import InputDataError
     from .storage.observations import Observations
 
     src = args.source
@@ -127,8 +128,6 @@ def _cmd_import(args) -> int:
         with np.load(src) as z:
             missing = [k for k in ("rows", "cols", "values") if k not in z]
             if missing:
-                from .exceptions import InputDataError
-
                 raise InputDataError(
                     f"{src!r} lacks the arrays {missing}; an .npz import needs 'rows', 'cols' "
                     "and 'values' (and optionally 'shape')."
@@ -142,14 +141,26 @@ def _cmd_import(args) -> int:
                 tiles=args.tiles,
                 duplicates=args.duplicates,
             )
+        obs.to_zarr(args.out, overwrite=args.overwrite)
     else:
-        from .exceptions import InputDataError
-
-        raise InputDataError(
-            f"Cannot import {src!r}: supported inputs are .npz files with 'rows', 'cols' and "
-            "'values' arrays."
+        missing = [f"--{k}" for k in ("row", "col", "value") if getattr(args, k) is None]
+        if missing:
+            raise InputDataError(
+                f"Importing a table ({src!r}) needs {', '.join(missing)}: the names of the row "
+                "id, column id and value columns (e.g. --row userId --col movieId --value "
+                "rating)."
+            )
+        Observations.from_csv(
+            src,
+            args.row,
+            args.col,
+            args.value,
+            sep=args.sep,
+            out=args.out,
+            overwrite=args.overwrite,
+            tiles=args.tiles,
+            duplicates=args.duplicates,
         )
-    obs.to_zarr(args.out, overwrite=args.overwrite)
     print(f"wrote {Observations.open_zarr(args.out)}")
     return 0
 
@@ -297,11 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser(
         "import",
-        help="import COO data into an Observations Zarr store",
-        description="Import observations into an Observations Zarr store. "
-        "Input: an .npz with 'rows', 'cols', 'values' (and optional 'shape').",
+        help="import a CSV/Parquet table or COO arrays into an Observations store",
+        description="Import observations into an Observations Zarr store. Inputs: a CSV file "
+        "with a header (or a .parquet file, with pyarrow) and --row/--col/--value column "
+        "names; or an .npz with 'rows', 'cols', 'values' (and optional 'shape'). Tables are "
+        "streamed with bounded memory; arbitrary ids are mapped to 0..n-1 and the maps kept "
+        "in the store.",
     )
-    i.add_argument("source", help="input file (.npz)")
+    i.add_argument("source", help="input file (.csv, .parquet or .npz)")
+    i.add_argument("--row", help="column with the row ids (tables)")
+    i.add_argument("--col", help="column with the column ids (tables)")
+    i.add_argument("--value", help="column with the values (tables)")
+    i.add_argument("--sep", default=",", help="CSV field separator (default ',')")
     i.add_argument("out_pos", metavar="OBS.zarr", nargs="?", help="output store")
     common(i, "output store (same as the positional OBS.zarr)")
     i.add_argument("--tiles", type=_pair, default=None, metavar="A,B")

@@ -83,6 +83,9 @@ class MatrixCompletion(_Estimator):
         damping: float = 0.0,
         init: str = "spectral",
         step_size=None,
+        reg: float = 0.0,
+        center=False,
+        validation=None,
         max_iter: int = 500,
         tol: float = 1e-10,
         stall_tol: float = 1e-8,
@@ -103,6 +106,9 @@ class MatrixCompletion(_Estimator):
         self.damping = damping
         self.init = init
         self.step_size = step_size
+        self.reg = reg
+        self.center = center
+        self.validation = validation
         self.max_iter = max_iter
         self.tol = tol
         self.stall_tol = stall_tol

@@ -21,7 +21,10 @@ from .exceptions import InputDataError
 __all__ = ["SolveResult", "IterationState", "load_result", "STATUSES"]
 
 #: Every value ``SolveResult.status`` can take.
-STATUSES = ("converged", "stalled", "max_iter", "callback", "diverged")
+STATUSES = ("converged", "stalled", "early_stopped", "max_iter", "callback", "diverged")
+
+#: What :meth:`SolveResult.predict` does with ids never seen in training.
+COLD_START = ("nan", "mean", "error")
 
 #: History arrays recorded by the solver loop.
 HISTORY_KEYS = ("loss", "residual", "step_size", "damping", "adaptive_damping", "time", "passes")
@@ -82,13 +85,14 @@ class SolveResult:
     status : str
         One of ``"converged"`` (``tol`` met), ``"stalled"`` (loss stopped
         changing: the normal stop on noisy data), ``"max_iter"``,
-        ``"callback"`` (the callback raised ``StopIteration``) or
-        ``"diverged"`` (the step safeguard gave up; the factors are the best
-        iterate seen).
+        ``"callback"`` (the callback raised ``StopIteration``),
+        ``"early_stopped"`` (the validation RMSE stopped improving; the factors
+        are those of the best validation iterate) or ``"diverged"`` (the step
+        safeguard gave up; the factors are the best iterate seen).
     n_iter : int
         Updates applied.
     converged : bool
-        ``status in ("converged", "stalled")``.
+        ``status in ("converged", "stalled", "early_stopped")``.
     message : str
     history : dict of str to ndarray
         ``loss``, ``residual``, ``step_size``, ``damping`` (fixed λ),
@@ -100,6 +104,12 @@ class SolveResult:
     info : dict
         Diagnostics: initial singular values, safeguard events, passes spent
         on initialisation.
+    offsets : dict
+        The centring: ``mean`` (μ) and ``row_bias``/``col_bias`` arrays (or
+        ``None``). The model is ``μ + b_i + c_j + <L_i, R_j>``.
+    ids : dict
+        Original row/column ids when the observations came from a table
+        import; ``predict(..., by="id")`` uses them.
     """
 
     factors: tuple
@@ -110,6 +120,10 @@ class SolveResult:
     history: dict
     params: dict
     info: dict = field(default_factory=dict)
+    #: ``{"mean": μ, "row_bias": b or None, "col_bias": c or None}`` (``center``)
+    offsets: dict = field(default_factory=lambda: {"mean": 0.0, "row_bias": None, "col_bias": None})
+    #: ``{"row": ids or None, "col": ids or None}``: original ids of an imported table
+    ids: dict = field(default_factory=lambda: {"row": None, "col": None})
     #: the distributed client holding futures-backed factors (not serialised)
     _client: object = field(default=None, repr=False, compare=False)
 
@@ -139,14 +153,54 @@ class SolveResult:
         F = self.compute_factors()
         return F[0], F[-1]
 
-    def predict(self, rows, cols) -> np.ndarray:
-        """Entries ``X[rows[k], cols[k]]`` of the fitted ``X = L Rᵀ``.
+    def _offset_arrays(self, n1: int, n2: int):
+        o = self.offsets
+        b = o.get("row_bias")
+        c = o.get("col_bias")
+        b = np.zeros(n1) if b is None else np.asarray(b, dtype=np.float64)
+        c = np.zeros(n2) if c is None else np.asarray(c, dtype=np.float64)
+        return float(o.get("mean", 0.0)), b, c
 
+    def _lookup(self, ids, axis: str):
+        known = self.ids.get(axis)
+        if known is None:
+            raise InputDataError(
+                f"predict(by='id') needs the original {axis} ids, but these observations were "
+                "not imported from a table. Use by='index'."
+            )
+        known = np.asarray(known)
+        ids = np.asarray(ids, dtype=known.dtype) if known.dtype.kind in "iuf" else np.asarray(ids)
+        pos = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
+        found = known[pos] == ids
+        return pos, found
+
+    def predict(self, rows, cols, *, by: str = "index", cold_start: str = "nan") -> np.ndarray:
+        """Entries of the fitted ``X = μ + b_i + c_j + L_i·R_j`` at ``(rows, cols)``.
+
+        Parameters
+        ----------
+        rows, cols : array-like, shape (k,)
+            Row and column indices (``by="index"``) or original ids from the
+            imported table (``by="id"``).
+        by : {"index", "id"}, default "index"
+        cold_start : {"nan", "mean", "error"}, default "nan"
+            For ``by="id"``, what to return for ids never seen in training:
+            ``"nan"`` (the default, as Spark ALS), ``"mean"`` (the centring
+            baseline: μ plus the bias of whichever id is known, or 0 without
+            centring), or ``"error"`` (raise, naming the first unseen id).
+
+        Notes
+        -----
         Gathers the factors to the client (``(n1 + n2) · rank · 8`` bytes).
         """
+        from ._validation import check_choice
         from .problems.completion import sddmm
 
+        check_choice("predict", "by", by, ("index", "id"))
+        check_choice("predict", "cold_start", cold_start, COLD_START)
         L, R = self._numpy_factors()
+        n1, n2 = L.shape[0], R.shape[0]
+        mu, b, c = self._offset_arrays(n1, n2)
         rows = np.asarray(rows)
         cols = np.asarray(cols)
         if rows.shape != cols.shape or rows.ndim != 1:
@@ -154,13 +208,36 @@ class SolveResult:
                 f"predict needs 1-D rows and cols of equal length; got shapes {rows.shape} "
                 f"and {cols.shape}."
             )
-        for name, idx, n in (("rows", rows, L.shape[0]), ("cols", cols, R.shape[0])):
+        if by == "id":
+            ri, rok = self._lookup(rows, "row")
+            ci, cok = self._lookup(cols, "col")
+            ok = rok & cok
+            if not ok.all() and cold_start == "error":
+                k = int(np.argmin(ok))
+                which = f"row id {rows[k]!r}" if not rok[k] else f"column id {cols[k]!r}"
+                raise InputDataError(
+                    f"predict: {which} (entry {k}) was never seen in training ({int((~ok).sum())} "
+                    "unseen pairs in all). Pass cold_start='nan' or 'mean'."
+                )
+            out = np.full(len(rows), np.nan)
+            out[ok] = mu + b[ri[ok]] + c[ci[ok]] + sddmm(ri[ok], ci[ok], L, R)
+            if cold_start == "mean":
+                miss = ~ok
+                out[miss] = (
+                    mu
+                    + np.where(rok[miss], b[ri[miss]], 0.0)
+                    + np.where(cok[miss], c[ci[miss]], 0.0)
+                )
+            return out
+        for name, idx, n in (("rows", rows, n1), ("cols", cols, n2)):
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise InputDataError(
                     f"predict: '{name}' has indices outside [0, {n}); got range "
                     f"[{idx.min()}, {idx.max()}]."
                 )
-        return sddmm(rows.astype(np.int64), cols.astype(np.int64), L, R)
+        rows = rows.astype(np.int64)
+        cols = cols.astype(np.int64)
+        return mu + b[rows] + c[cols] + sddmm(rows, cols, L, R)
 
     def rmse(self, obs) -> float:
         """Root-mean-square error of the fit on the entries of ``obs``."""
@@ -172,11 +249,12 @@ class SolveResult:
                 f"rmse: observations of shape {obs.shape} do not match the fitted matrix "
                 f"({L.shape[0]}, {R.shape[0]})."
             )
+        mu, b, c = self._offset_arrays(L.shape[0], R.shape[0])
         total = 0.0
         for t in range(obs.n_tiles):
             r0, r1, c0, c1 = obs.tile_bounds(t)
             rows, cols, vals = obs.read_tile(t)
-            total += residual_sumsq(rows, cols, vals, L[r0:r1], R[c0:c1])
+            total += residual_sumsq(rows, cols, vals, L[r0:r1], R[c0:c1], (mu, b[r0:r1], c[c0:c1]))
         return float(np.sqrt(total / obs.nnz))
 
     # -------------------------------------------------------------- store
@@ -185,7 +263,7 @@ class SolveResult:
         import dask.array as da
         import zarr
 
-        from .storage.layout import atomic_dir
+        from .storage.layout import atomic_dir, write_small_array
 
         path = os.fspath(path)
         with atomic_dir(path, overwrite=overwrite) as tmp:
@@ -207,6 +285,14 @@ class SolveResult:
             h = g.create_group("history")
             for k, v in self.history.items():
                 h.create_array(k, data=np.asarray(v, dtype=np.float64), compressors=None)
+            for name, arr in (
+                ("row_bias", self.offsets.get("row_bias")),
+                ("col_bias", self.offsets.get("col_bias")),
+                ("row_ids", self.ids.get("row")),
+                ("col_ids", self.ids.get("col")),
+            ):
+                if arr is not None:
+                    write_small_array(g, name, arr)
             g.attrs["dscaledgd"] = {
                 "type": "result",
                 "format_version": 1,
@@ -218,6 +304,7 @@ class SolveResult:
                 "params": _jsonable(self.params),
                 "info": _jsonable(self.info),
                 "factors": list(names),
+                "mean": float(self.offsets.get("mean", 0.0)),
             }
         return path
 
@@ -242,6 +329,11 @@ def load_result(path: str | os.PathLike) -> SolveResult:
         )
     factors = tuple(da.from_zarr(g[name]) for name in meta["factors"])
     history = {k: np.asarray(g["history"][k][:]) for k in g["history"].array_keys()}
+    present = set(g.array_keys())
+
+    def opt(name):
+        return g[name][:] if name in present else None
+
     return SolveResult(
         factors=factors,
         status=meta["status"],
@@ -251,6 +343,12 @@ def load_result(path: str | os.PathLike) -> SolveResult:
         history=history,
         params=meta["params"],
         info=meta.get("info", {}),
+        offsets={
+            "mean": float(meta.get("mean", 0.0)),
+            "row_bias": opt("row_bias"),
+            "col_bias": opt("col_bias"),
+        },
+        ids={"row": opt("row_ids"), "col": opt("col_ids")},
     )
 
 

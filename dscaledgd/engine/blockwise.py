@@ -79,17 +79,17 @@ def _chunks(tile):
 
 
 # ------------------------------------------------------------------ tasks
-def _tile_grad(tile, L, R, loss, kernel, scale=1.0):
+def _tile_grad(tile, L, R, loss, kernel, scale=1.0, offsets=None):
     gL = np.zeros_like(L)
     gR = np.zeros_like(R)
     acc = np.zeros(2)
     for rows, cols, vals in _chunks(tile):
         if kernel == "reference":
-            (v, sq), pl, pr = cp.reference_pass(rows, cols, vals, L, R, loss)
+            (v, sq), pl, pr = cp.reference_pass(rows, cols, vals, L, R, loss, offsets)
             gL += pl
             gR += pr
         else:
-            v, sq = cp.fused_pass(rows, cols, vals, L, R, gL, gR, loss)
+            v, sq = cp.fused_pass(rows, cols, vals, L, R, gL, gR, loss, offsets)
         acc += (v, sq)
     if scale != 1.0:  # scaling here spares a reduction task for single-partial blocks
         gL *= scale
@@ -97,9 +97,12 @@ def _tile_grad(tile, L, R, loss, kernel, scale=1.0):
     return gL, gR, acc
 
 
-def _tile_spmm(tile, V, m, transpose):
+def _tile_spmm(tile, V, m, transpose, offsets=None):
     out = np.zeros((m, V.shape[1]))
     for rows, cols, vals in _chunks(tile):
+        if offsets is not None:  # the centred matrix Y − mu − b_i − c_j
+            mu, ro, co = offsets
+            vals = vals - mu - ro[rows] - co[cols]
         if transpose:
             cp.spmm(cols, rows, vals, V, out)
         else:
@@ -107,8 +110,24 @@ def _tile_spmm(tile, V, m, transpose):
     return out
 
 
-def _tile_residual(tile, L, R):
-    return sum(cp.residual_sumsq(r, c, v, L, R) for r, c, v in _chunks(tile))
+def _tile_residual(tile, L, R, offsets=None):
+    return sum(cp.residual_sumsq(r, c, v, L, R, offsets) for r, c, v in _chunks(tile))
+
+
+def _tile_fit(tile, L, R, offsets=None):
+    out = np.zeros(2)
+    for r, c, v in _chunks(tile):
+        out += cp.fit_sums(r, c, v, L, R, offsets)
+    return out
+
+
+def _tile_bias(tile, offsets, m, n):
+    rs, cs = np.zeros(m), np.zeros(n)
+    for r, c, v in _chunks(tile):
+        a, b = cp.bias_sums(r, c, v, offsets, m, n)
+        rs += a
+        cs += b
+    return rs, cs
 
 
 # ------------------------------------------------------------------ engine
@@ -126,6 +145,8 @@ class PassStats:
     GG: list
     H: list
     extra: dict = field(default_factory=dict)
+    #: per factor ``Fᵀ diag(w) F`` when row weights are set (weighted ridge)
+    FWF: list | None = None
 
 
 @dataclass
@@ -182,7 +203,12 @@ class CompletionEngine:
         self.factor_bounds = [rb] if symmetric else [rb, cb]
         self.n_factors = len(self.factor_bounds)
         self.cache = self._resolve_cache(cache)
-        self._tiles = self._place_tiles(sub_chunk)
+        self._tiles = self._place_tiles(obs, sub_chunk)
+        self._offsets = None  # (mu, row-bias block handles, col-bias block handles)
+        self._offset_values = None
+        self._vtiles = None  # validation tiles, aligned with this grid
+        self._vnnz = 0
+        self._weights = None  # per factor: row-weight blocks and their inverses
         # loss and gradient scaling (see problems/completion.py)
         self.grad_scale = 1.0 / (2 * self.p) if symmetric else 1.0 / self.p
         self.loss_scale = self.grad_scale / 2 if loss == "l2" else self.grad_scale
@@ -212,8 +238,7 @@ class CompletionEngine:
             return [min(w - 1, (t // b) * w // a) for t in range(a * b)]
         return [min(w - 1, (t % b) * w // b) for t in range(a * b)]
 
-    def _place_tiles(self, sub_chunk: int) -> list:
-        obs = self.obs
+    def _place_tiles(self, obs, sub_chunk: int) -> list:
         T = obs.n_tiles
         slots = self._placement()
         if obs.path is None:
@@ -235,6 +260,72 @@ class CompletionEngine:
             ia, ib = divmod(t, b)
             yield t, ia, ib
 
+    # ------------------------------------------------ offsets and validation
+    def set_offsets(self, mu: float, row_bias, col_bias) -> None:
+        """Model ``mu + b_i + c_j + <L_i, R_j>``: the offsets are scattered once, by block."""
+        rb, cb = self.obs.row_bounds, self.obs.col_bounds
+        row_bias = np.zeros(self.obs.shape[0]) if row_bias is None else np.asarray(row_bias)
+        col_bias = np.zeros(self.obs.shape[1]) if col_bias is None else np.asarray(col_bias)
+        rblocks = self.ex.scatter([row_bias[rb[a] : rb[a + 1]].copy() for a in range(len(rb) - 1)])
+        cblocks = self.ex.scatter([col_bias[cb[b] : cb[b + 1]].copy() for b in range(len(cb) - 1)])
+        self._offsets = (float(mu), list(rblocks), list(cblocks))
+        self._offset_values = (float(mu), row_bias, col_bias)
+
+    def _tile_offsets(self, ia: int, ib: int):
+        if self._offsets is None:
+            return None
+        mu, rblocks, cblocks = self._offsets
+        return (mu, rblocks[ia], cblocks[ib])
+
+    def bias_sums(self, mu: float, row_bias, col_bias):
+        """Row and column sums of ``y − mu − b_i − c_j`` (one pass; vectors on the client)."""
+        self.set_offsets(mu, row_bias, col_bias)
+        rb, cb = self.obs.row_bounds, self.obs.col_bounds
+        a, b = self.grid
+        rparts = [[] for _ in range(a)]
+        cparts = [[] for _ in range(b)]
+        for t, ia, ib in self._tiles_iter():
+            m, n = int(rb[ia + 1] - rb[ia]), int(cb[ib + 1] - cb[ib])
+            out = self.ex.submit(
+                _tile_bias, self._tiles[t], self._tile_offsets(ia, ib), m, n, name="bias"
+            )
+            rparts[ia].append(getitem(self.ex, out, 0))
+            cparts[ib].append(getitem(self.ex, out, 1))
+        rs = self.ex.gather([tree_sum(self.ex, p) for p in rparts])
+        cs = self.ex.gather([tree_sum(self.ex, p) for p in cparts])
+        return np.concatenate(rs), np.concatenate(cs)
+
+    def set_row_weights(self) -> None:
+        """Row weights ``w_i = n_i / mean(n)`` (observation counts) for the weighted ridge.
+
+        Rows without observations get the smallest positive weight. The
+        blocks of ``w`` and ``1/w`` are scattered once.
+        """
+        o = self.obs
+        counts = [o.row_counts + o.col_counts] if self.symmetric else [o.row_counts, o.col_counts]
+        self._weights = []
+        for n, Fb in zip(counts, self.factor_bounds):
+            n = n.astype(np.float64)
+            w = n / n[n > 0].mean()
+            w[n == 0] = w[n > 0].min()
+            blocks = [w[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)]
+            self._weights.append(
+                (self.ex.scatter(blocks), self.ex.scatter([1.0 / b for b in blocks]))
+            )
+
+    def set_validation(self, vobs) -> None:
+        """Held-out observations whose RMSE every pass also computes (same grid)."""
+        o = self.obs
+        same = (
+            vobs.shape == o.shape
+            and np.array_equal(vobs.row_bounds, o.row_bounds)
+            and np.array_equal(vobs.col_bounds, o.col_bounds)
+        )
+        if not same:
+            vobs = vobs.retile(bounds=(o.row_bounds, o.col_bounds))
+        self._vtiles = self._place_tiles(vobs, CHUNK)
+        self._vnnz = vobs.nnz
+
     # -------------------------------------------------- operator (spectral)
     def matmat(self, V: Blocked) -> Blocked:
         """``(Y / p) V`` for ``V`` blocked like the columns."""
@@ -252,11 +343,16 @@ class CompletionEngine:
         for t, ia, ib in self._tiles_iter():
             m_a = int(rb[ia + 1] - rb[ia])
             m_b = int(rb[ib + 1] - rb[ib])
+            offs = self._tile_offsets(ia, ib)
             parts[ia].append(
-                self.ex.submit(_tile_spmm, self._tiles[t], V.blocks[ib], m_a, False, name="spmm")
+                self.ex.submit(
+                    _tile_spmm, self._tiles[t], V.blocks[ib], m_a, False, offs, name="spmm"
+                )
             )
             parts[ib].append(
-                self.ex.submit(_tile_spmm, self._tiles[t], V.blocks[ia], m_b, True, name="spmm")
+                self.ex.submit(
+                    _tile_spmm, self._tiles[t], V.blocks[ia], m_b, True, offs, name="spmm"
+                )
             )
         blocks = [tree_sum(self.ex, p, 0.5 / self.p) for p in parts]
         return Blocked(self.ex, rb, V.ncols, blocks)
@@ -269,7 +365,15 @@ class CompletionEngine:
             src, dst = (ia, ib) if transpose else (ib, ia)
             m = int(out_bounds[dst + 1] - out_bounds[dst])
             parts[dst].append(
-                self.ex.submit(_tile_spmm, self._tiles[t], V.blocks[src], m, transpose, name="spmm")
+                self.ex.submit(
+                    _tile_spmm,
+                    self._tiles[t],
+                    V.blocks[src],
+                    m,
+                    transpose,
+                    self._tile_offsets(ia, ib),
+                    name="spmm",
+                )
             )
         blocks = [tree_sum(self.ex, p, 1.0 / self.p) for p in parts]
         return Blocked(self.ex, out_bounds, V.ncols, blocks)
@@ -291,6 +395,7 @@ class CompletionEngine:
                 self.loss,
                 self.kernel,
                 self.grad_scale,
+                self._tile_offsets(ia, ib),
                 name="grad",
             )
             parts[0][ia].append(getitem(ex, g, 0))
@@ -300,18 +405,39 @@ class CompletionEngine:
             Blocked(ex, Fb, state[k].ncols, [tree_sum(ex, p) for p in parts[k]])
             for k, Fb in enumerate(self.factor_bounds)
         ]
-        small = [state[k].stats_parts(G[k]) for k in range(self.n_factors)]
-        return CompletionPass(G=G, small=[small, values])
+        small = [
+            state[k].stats_parts(G[k], self._weights[k][0] if self._weights else None)
+            for k in range(self.n_factors)
+        ]
+        vres = []
+        if self._vtiles is not None:  # held-out RMSE, in the same gather
+            vres = [
+                ex.submit(
+                    _tile_residual,
+                    self._vtiles[t],
+                    L.blocks[ia],
+                    R.blocks[ib],
+                    self._tile_offsets(ia, ib),
+                    name="validation",
+                )
+                for t, ia, ib in self._tiles_iter()
+            ]
+        return CompletionPass(G=G, small=[small, values, vres])
 
     def scalars(self, pas: CompletionPass) -> PassStats:
         """The one gather of an iteration: losses and r×r Grams."""
-        stats, values = self.ex.gather(pas.small)
+        stats, values, vres = self.ex.gather(pas.small)
         value, sumsq = sum_small(values)
-        FF, FG, GG = [], [], []
+        extra = {}
+        if vres:
+            extra["validation"] = float(np.sqrt(sum(vres) / self._vnnz))
+        FF, FG, GG, FWF = [], [], [], []
         for per_block in stats:
             FF.append(sum_small([s[0] for s in per_block]))
             FG.append(sum_small([s[1] for s in per_block]))
             GG.append(sum_small([s[2] for s in per_block]))
+            if self._weights:
+                FWF.append(sum_small([s[3] for s in per_block]))
         return PassStats(
             loss=float(value * self.loss_scale),
             residual=float(np.sqrt(max(sumsq, 0.0) / self.value_norm2)),
@@ -321,6 +447,8 @@ class CompletionEngine:
             FG=FG,
             GG=GG,
             H=self.preconditioner_grams(FF),
+            extra=extra,
+            FWF=FWF or None,
         )
 
     def preconditioner_grams(self, FF: list) -> list:
@@ -328,8 +456,15 @@ class CompletionEngine:
         return [FF[0]] if self.symmetric else [FF[1], FF[0]]
 
     def step(self, state: list, pas: CompletionPass, A: list, B: list) -> list:
-        """New factors ``F_k A_k + G_k B_k``, block by block."""
-        return [combine(F, A[k], pas.G[k], B[k]) for k, F in enumerate(state)]
+        """New factors ``F_k A_k + G_k B_k``, block by block.
+
+        With row weights set, ``G_k`` is row-scaled by ``1/w`` (the degree
+        preconditioner of the weighted ridge).
+        """
+        return [
+            combine(F, A[k], pas.G[k], B[k], self._weights[k][1] if self._weights else None)
+            for k, F in enumerate(state)
+        ]
 
     def materialize(self, state: list) -> list:
         """Make ``state`` resident with no task history (bounds the scheduler's graph)."""
@@ -348,13 +483,21 @@ class CompletionEngine:
         L = state[0]
         R = L if self.symmetric else state[1]
         parts = [
-            self.ex.submit(_tile_residual, self._tiles[t], L.blocks[ia], R.blocks[ib], name="resid")
+            self.ex.submit(
+                _tile_residual,
+                self._tiles[t],
+                L.blocks[ia],
+                R.blocks[ib],
+                self._tile_offsets(ia, ib),
+                name="resid",
+            )
             for t, ia, ib in self._tiles_iter()
         ]
         return float(sum(self.ex.gather(parts)))
 
     def close(self) -> None:
-        self.ex.release(*[t for t in self._tiles if not isinstance(t, TileRef)])
+        for tiles in (self._tiles, self._vtiles or []):
+            self.ex.release(*[t for t in tiles if not isinstance(t, TileRef)])
 
     # ----------------------------------------------------- initialisation
     def spectral(self, rank: int, *, seed: int, n_power: int = 4):
@@ -383,6 +526,24 @@ class CompletionEngine:
     def transform(self, state: list, A: list) -> list:
         """``F_k A_k`` for every factor."""
         return [combine(F, A[k], None, None, name="scale") for k, F in enumerate(state)]
+
+    def fit_sums(self, state: list) -> tuple[float, float]:
+        """``(<P_Ω(X), Y_c>, ‖P_Ω(X)‖²)`` for ``X = L Rᵀ`` and the centred data (one pass)."""
+        L = state[0]
+        R = L if self.symmetric else state[1]
+        parts = [
+            self.ex.submit(
+                _tile_fit,
+                self._tiles[t],
+                L.blocks[ia],
+                R.blocks[ib],
+                self._tile_offsets(ia, ib),
+                name="fit",
+            )
+            for t, ia, ib in self._tiles_iter()
+        ]
+        xy, xx = sum_small(self.ex.gather(parts))
+        return float(xy), float(xx)
 
     def from_numpy(self, arrays: list) -> list:
         """Factors given as NumPy arrays, cut into this engine's row blocks."""

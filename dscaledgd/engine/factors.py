@@ -31,19 +31,19 @@ def _cross(X, Y):
     return X.T @ Y
 
 
-def _stats(F, G):
-    return F.T @ F, F.T @ G, G.T @ G
+def _stats(F, G, w=None):
+    if w is None:
+        return F.T @ F, F.T @ G, G.T @ G
+    return F.T @ F, F.T @ G, G.T @ G, F.T @ (F * w[:, None])
 
 
-def _combine(X, A, G, B):
+def _combine(X, A, G, B, gscale=None):
     out = X @ A if A is not None else 0.0
     if G is not None:
+        if gscale is not None:
+            G = G * gscale[:, None]
         out = out + G @ B
     return np.ascontiguousarray(out)
-
-
-def _scale_rows(X, w):
-    return X * w[:, None]
 
 
 def _random_block(seed, r0, r1, k, scale):
@@ -104,15 +104,13 @@ class Blocked:
     def cross_parts(self, other: Blocked, name="cross") -> list:
         return [self.ex.submit(_cross, a, b, name=name) for a, b in zip(self.blocks, other.blocks)]
 
-    def stats_parts(self, grad: Blocked, name="stats") -> list:
-        return [self.ex.submit(_stats, f, g, name=name) for f, g in zip(self.blocks, grad.blocks)]
-
-    def scale_rows(self, weights: np.ndarray, name="rowscale") -> Blocked:
-        blocks = [
-            self.ex.submit(_scale_rows, b, weights[self.bounds[a] : self.bounds[a + 1]], name=name)
-            for a, b in enumerate(self.blocks)
+    def stats_parts(self, grad: Blocked, weights: list | None = None, name="stats") -> list:
+        """Per block ``(FᵀF, FᵀG, GᵀG)``, plus ``Fᵀ diag(w) F`` with row ``weights``."""
+        w = weights or [None] * self.nblocks
+        return [
+            self.ex.submit(_stats, f, g, wb, name=name)
+            for f, g, wb in zip(self.blocks, grad.blocks, w)
         ]
-        return Blocked(self.ex, self.bounds, self.ncols, blocks)
 
     def gather(self) -> np.ndarray:
         """The whole matrix as one NumPy array on the client."""
@@ -139,12 +137,18 @@ class Blocked:
         return Blocked(self.ex, self.bounds, self.ncols, self.ex.reroot(self.blocks))
 
 
-def combine(X: Blocked, A, G: Blocked | None, B, name="update") -> Blocked:
-    """Blockwise ``X A + G B`` (``A`` or ``B`` r×r NumPy, or ``None`` to omit)."""
+def combine(
+    X: Blocked, A, G: Blocked | None, B, gscale: list | None = None, name="update"
+) -> Blocked:
+    """Blockwise ``X A + diag(s) G B`` (``A``/``B`` r×r NumPy or ``None``).
+
+    ``gscale`` holds per-block row scales ``s`` (handles), or ``None`` for 1.
+    """
     blocks = []
     for a, xb in enumerate(X.blocks):
         gb = G.blocks[a] if G is not None else None
-        blocks.append(X.ex.submit(_combine, xb, A, gb, B, name=name))
+        sb = gscale[a] if gscale is not None else None
+        blocks.append(X.ex.submit(_combine, xb, A, gb, B, sb, name=name))
     ncols = X.ncols if A is None else np.shape(A)[1]
     return Blocked(X.ex, X.bounds, ncols, blocks)
 

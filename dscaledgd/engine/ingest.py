@@ -223,11 +223,25 @@ def _tile_final(scratch, t, offsets, cum, width, policy):
 
 
 # ------------------------------------------------------------------ driver
-def ingest_chunks(producers, *, shape, tiles, duplicates, path, overwrite, nthreads=None):
+def ingest_chunks(
+    producers,
+    *,
+    shape,
+    tiles,
+    duplicates,
+    path,
+    overwrite,
+    extra_arrays=None,
+    extra_attrs=None,
+    describe_duplicate=None,
+):
     """Build an Observations store from delayed chunk producers.
 
     ``producers`` is a list of ``dask.delayed`` objects, each evaluating to a
     ``(rows, cols, values)`` tuple of NumPy arrays with global indices.
+    ``extra_arrays`` (e.g. id maps) and ``extra_attrs`` are written into the
+    store before it is published. ``describe_duplicate(first, later, i, j, n)``
+    formats the duplicate error (default: input entry positions).
     """
     import dask
     from dask import delayed
@@ -350,31 +364,26 @@ def ingest_chunks(producers, *, shape, tiles, duplicates, path, overwrite, nthre
                 row_counts=rc,
                 col_counts=cc,
                 value_norm2=sum(i["sumsq"] for i in tinfo),
+                attrs=extra_attrs,
             )
-            _write_meta(tmp, meta)
+            _write_meta(tmp, meta, extra_arrays or {})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return Observations.open_zarr(path)
 
 
-def _write_meta(tmp, obs) -> None:
+def _write_meta(tmp, obs, extra_arrays: dict) -> None:
     import zarr
 
     g = zarr.open_group(tmp, mode="a")
-    for name in ("tile_ptr", "row_counts", "col_counts"):
-        data = getattr(obs, name)
-        g.create_array(
-            name,
-            data=data.astype(np.int64),
-            chunks=(max(1, min(len(data), 1 << 22)),),
-            compressors=None,
-            config={"write_empty_chunks": True},
-        )
+    arrays = {name: getattr(obs, name) for name in ("tile_ptr", "row_counts", "col_counts")}
+    for name, data in {**arrays, **extra_arrays}.items():
+        layout.write_small_array(g, name, data)
     g.attrs.update(obs._store_attrs())
 
 
 # --------------------------------------------------------------- adapters
-def coo_from_dask(rows, cols, values, *, shape, tiles, duplicates, path, overwrite):
+def coo_from_dask(rows, cols, values, *, shape, tiles, duplicates, path, overwrite, **extra):
     """:meth:`Observations.from_coo` for Dask arrays (see the module docstring)."""
     import dask.array as da
 
@@ -395,7 +404,7 @@ def coo_from_dask(rows, cols, values, *, shape, tiles, duplicates, path, overwri
     from dask import delayed
 
     producers = [delayed(tuple)(list(p)) for p in zip(*blocks)]
-    return _run(producers, shape, tiles, duplicates, path, overwrite)
+    return _run(producers, shape, tiles, duplicates, path, overwrite, **extra)
 
 
 def _block_coo(M, mask, r0, c0):
@@ -442,7 +451,7 @@ def _dense_producers(M, mask):
     return out
 
 
-def _run(producers, shape, tiles, duplicates, path, overwrite):
+def _run(producers, shape, tiles, duplicates, path, overwrite, **extra):
     tmpdir = None
     if path is None:
         tmpdir = tempfile.mkdtemp(prefix="dscaledgd-obs-")
@@ -457,6 +466,7 @@ def _run(producers, shape, tiles, duplicates, path, overwrite):
             duplicates=duplicates,
             path=os.fspath(path),
             overwrite=overwrite,
+            **extra,
         )
     except BaseException:
         if tmpdir:

@@ -39,6 +39,7 @@ __all__ = [
     "loss_code",
     "fused_pass",
     "residual_sumsq",
+    "bias_sums",
     "sddmm",
     "spmm",
     "reference_pass",
@@ -55,7 +56,7 @@ def loss_code(loss: str) -> int:
     return LOSSES[loss]
 
 
-def _fused_body(r_const, code_const):
+def _fused_body(r_const, code_const, centered):
     """Build the fused kernel with the rank and loss as compile-time constants.
 
     Constant ``r`` lets LLVM unroll and vectorise the inner loops; measured
@@ -64,7 +65,7 @@ def _fused_body(r_const, code_const):
     """
 
     @njit(nogil=True, cache=True, fastmath=True)
-    def kernel(rows, cols, vals, L, R, gL, gR):  # pragma: no cover - jitted
+    def kernel(rows, cols, vals, L, R, gL, gR, ro, co, mu):  # pragma: no cover - jitted
         r = r_const if r_const > 0 else L.shape[1]
         s = 0.0
         sq = 0.0
@@ -80,6 +81,8 @@ def _fused_body(r_const, code_const):
                         acc[q] = 0.0
                 cur = i
             z = -vals[k]
+            if centered:
+                z += mu + ro[i] + co[j]
             for q in range(r):
                 z += L[i, q] * R[j, q]
             sq += z * z
@@ -102,11 +105,24 @@ def _fused_body(r_const, code_const):
 
 
 @functools.cache
-def _fused_kernel(r: int, code: int):
-    return _fused_body(r if r <= _MAX_LITERAL_RANK else 0, code)
+def _fused_kernel(r: int, code: int, centered: bool = False):
+    return _fused_body(r if r <= _MAX_LITERAL_RANK else 0, code, centered)
 
 
-def fused_pass(rows, cols, vals, L, R, gL, gR, loss: str = "l2") -> tuple[float, float]:
+_NO = np.zeros(1)
+
+
+def _offsets(offsets):
+    """``(centered, row_offsets, col_offsets, mu)``, placeholders when ``None``."""
+    if offsets is None:
+        return False, _NO, _NO, 0.0
+    mu, ro, co = offsets
+    return True, ro, co, float(mu)
+
+
+def fused_pass(
+    rows, cols, vals, L, R, gL, gR, loss: str = "l2", offsets=None
+) -> tuple[float, float]:
     """Accumulate one tile's residual, partial gradients and partial loss.
 
     For every entry ``k``: ``z = <L[rows[k]], R[cols[k]]> - vals[k]``, then
@@ -125,6 +141,9 @@ def fused_pass(rows, cols, vals, L, R, gL, gR, loss: str = "l2") -> tuple[float,
     gL, gR : ndarray, shapes (m, r) and (n, r)
         Accumulators, updated in place (not scaled by ``1/p``).
     loss : {"l2", "l1"}
+    offsets : tuple, optional
+        ``(mu, ro, co)``: the model is ``mu + ro[i] + co[j] + <L[i], R[j]>``
+        (global mean and tile-local row/column biases, see ``center``).
 
     Returns
     -------
@@ -136,27 +155,73 @@ def fused_pass(rows, cols, vals, L, R, gL, gR, loss: str = "l2") -> tuple[float,
     One sweep over the entries; memory is the four factor blocks only.
     """
     r = L.shape[1]
-    kernel = _fused_kernel(r if r <= _MAX_LITERAL_RANK else 0, LOSSES[loss])
-    return kernel(rows, cols, vals, L, R, gL, gR)
+    centered, ro, co, mu = _offsets(offsets)
+    kernel = _fused_kernel(r if r <= _MAX_LITERAL_RANK else 0, LOSSES[loss], centered)
+    return kernel(rows, cols, vals, L, R, gL, gR, ro, co, mu)
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def _residual_sumsq(rows, cols, vals, L, R):  # pragma: no cover - jitted
+def _residual_sumsq(rows, cols, vals, L, R, ro, co, mu, centered):  # pragma: no cover
     r = L.shape[1]
     s = 0.0
     for k in range(vals.shape[0]):
         i = rows[k]
         j = cols[k]
         z = -vals[k]
+        if centered:
+            z += mu + ro[i] + co[j]
         for q in range(r):
             z += L[i, q] * R[j, q]
         s += z * z
     return s
 
 
-def residual_sumsq(rows, cols, vals, L, R) -> float:
-    """``Σ_k (<L[rows[k]], R[cols[k]]> - vals[k])²`` without gradients."""
-    return float(_residual_sumsq(rows, cols, vals, L, R))
+def residual_sumsq(rows, cols, vals, L, R, offsets=None) -> float:
+    """``Σ_k (x_k - vals[k])²`` with ``x_k = <L[rows[k]], R[cols[k]]>`` (+ offsets)."""
+    centered, ro, co, mu = _offsets(offsets)
+    return float(_residual_sumsq(rows, cols, vals, L, R, ro, co, mu, centered))
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _fit_sums(rows, cols, vals, L, R, ro, co, mu, centered):  # pragma: no cover - jitted
+    r = L.shape[1]
+    xy = 0.0
+    xx = 0.0
+    for k in range(vals.shape[0]):
+        i = rows[k]
+        j = cols[k]
+        y = vals[k]
+        if centered:
+            y -= mu + ro[i] + co[j]
+        x = 0.0
+        for q in range(r):
+            x += L[i, q] * R[j, q]
+        xy += x * y
+        xx += x * x
+    return xy, xx
+
+
+def fit_sums(rows, cols, vals, L, R, offsets=None) -> tuple[float, float]:
+    """``(Σ x_k y_k, Σ x_k²)`` with ``x_k = <L[rows[k]], R[cols[k]]>`` and ``y`` centred."""
+    centered, ro, co, mu = _offsets(offsets)
+    return _fit_sums(rows, cols, vals, L, R, ro, co, mu, centered)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _bias_sums(rows, cols, vals, ro, co, mu, rsum, csum):  # pragma: no cover - jitted
+    for k in range(vals.shape[0]):
+        i = rows[k]
+        j = cols[k]
+        e = vals[k] - mu - ro[i] - co[j]
+        rsum[i] += e
+        csum[j] += e
+    return rsum, csum
+
+
+def bias_sums(rows, cols, vals, offsets, m: int, n: int):
+    """Per-row and per-column sums of ``y − mu − ro[i] − co[j]`` over a tile."""
+    mu, ro, co = offsets
+    return _bias_sums(rows, cols, vals, ro, co, float(mu), np.zeros(m), np.zeros(n))
 
 
 @njit(nogil=True, cache=True, fastmath=True)
@@ -198,12 +263,15 @@ def spmm(rows, cols, vals, V, out) -> np.ndarray:
     return _spmm(rows, cols, vals, V, out)
 
 
-def reference_pass(rows, cols, vals, L, R, loss: str = "l2"):
+def reference_pass(rows, cols, vals, L, R, loss: str = "l2", offsets=None):
     """Plain NumPy reference of :func:`fused_pass` on global indices (the oracle).
 
     Returns ``((value, sumsq), gL, gR)`` with the same (unscaled) conventions.
     """
     z = np.einsum("kr,kr->k", L[rows], R[cols]) - vals
+    if offsets is not None:
+        mu, ro, co = offsets
+        z = z + mu + ro[rows] + co[cols]
     if loss == "l2":
         value, g = float(z @ z), z
     else:

@@ -40,13 +40,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..exceptions import ConvergenceWarning
 from ..result import HISTORY_KEYS, IterationState
-from .scaledgd import GramSolveError, Preconditioner
+from .scaledgd import GramSolveError, Preconditioner, update_matrices, with_ridge
 
 __all__ = ["LoopConfig", "LoopOutcome", "run"]
 
@@ -63,6 +63,8 @@ class LoopConfig:
     progress: bool | None = None
     #: re-root the factors every this many data passes (bounded scheduler graph)
     materialize_every: int = 20
+    #: ridge penalty (reg/2)(‖L‖² + ‖R‖²) added to the objective
+    reg: float = 0.0
 
 
 @dataclass
@@ -120,7 +122,7 @@ def run(
             st = engine.materialize(st)
         pas = engine.pass_(st)
         passes += 1
-        return _Point(st, pas, engine.scalars(pas))
+        return _Point(st, pas, with_ridge(engine.scalars(pas), cfg.reg))
 
     def record(pt, step):
         s = pt.stats
@@ -134,6 +136,8 @@ def run(
             ("passes", passes),
         ):
             hist[k].append(v)
+        if "validation" in s.extra:
+            hist.setdefault("validation", []).append(s.extra["validation"])
 
     cur = evaluate(state)
     if not _finite(cur.stats):
@@ -145,6 +149,7 @@ def run(
     record(cur, None)
     rule.start(cur.stats)
     best = cur
+    best_val, val_wait = cur, 0  # early stopping on held-out error
     status, message, n_iter, quiet = None, "", 0, 0
     bar = None
     if _show_progress(cfg.progress):
@@ -168,14 +173,12 @@ def run(
             step = rule.propose(cur.stats)
             reason = None
             with engine.ex.span("dscaledgd-iter"):
-                try:
-                    P = precond.matrices(cur.stats, step)
+                try:  # the ridge's curvature belongs in the preconditioner: λ + reg
+                    P = precond.matrices(cur.stats, replace(step, damping=step.damping + cfg.reg))
                 except GramSolveError as exc:
                     reason = f"Gram solve failed ({exc})"
                 if reason is None:
-                    r = len(P[0])
-                    A = [np.eye(r)] * len(P)
-                    B = [-step.eta * Pk for Pk in P]
+                    A, B = update_matrices(P, step.eta, cfg.reg)
                     new = evaluate(engine.step(cur.state, cur.pas, A, B))
                     reason = guard.check(new.stats)
             if reason is not None:
@@ -214,6 +217,12 @@ def run(
             gain = (best_before - best.stats.loss) / max(best.stats.loss, 1e-300)
             at_floor = cur.stats.loss <= 2.0 * best.stats.loss
             quiet = quiet + 1 if (gain < cfg.stall_tol and at_floor) else 0
+            val = cur.stats.extra.get("validation")
+            if val is not None:
+                if val < best_val.stats.extra["validation"]:
+                    best_val, val_wait = cur, 0
+                else:
+                    val_wait += 1
             if cfg.callback is not None:
                 st = IterationState(
                     iteration=n_iter,
@@ -223,6 +232,7 @@ def run(
                     damping=step.damping,
                     time=hist["time"][-1],
                     passes=passes,
+                    validation=val,
                     _gather=_gatherer(cur.state),
                 )
                 try:
@@ -230,6 +240,15 @@ def run(
                 except StopIteration:
                     status, message = "callback", f"callback stopped the run at iteration {n_iter}"
                     break
+            if val is not None and val_wait >= cfg.patience:
+                status = "early_stopped"
+                message = (
+                    f"the validation RMSE did not improve for {cfg.patience} iterations; "
+                    f"returning iteration {hist['validation'].index(min(hist['validation']))} "
+                    f"(validation RMSE {best_val.stats.extra['validation']:.6g})"
+                )
+                cur = best_val
+                break
             if quiet >= cfg.patience and cur.stats.residual > cfg.tol:
                 status = "stalled"
                 message = (

@@ -37,6 +37,8 @@ __all__ = [
     "AdaptiveStep",
     "guarded_gd",
     "predicted_grams",
+    "update_matrices",
+    "with_ridge",
 ]
 
 
@@ -108,6 +110,39 @@ class Preconditioner:
                 M = M + step.mu * spd_solve_identity(FFk)
             out.append(spd_solve_identity(M))
         return out
+
+
+def with_ridge(stats, reg: float):
+    """The loss of the regularised objective from the pass statistics.
+
+    ``f + (reg/2) Σ_k Σ_i w_i ‖F_k[i]‖²``: the Gram ``Fᵀ diag(w) F`` when the
+    engine has row weights (weighted ridge), else ``FᵀF`` (``w = 1``). The
+    Grams ``FG``/``GG`` stay those of the data gradient.
+    """
+    import dataclasses
+
+    if reg == 0:
+        return stats
+    grams = stats.FWF if getattr(stats, "FWF", None) else stats.FF
+    penalty = 0.5 * reg * sum(float(np.trace(M)) for M in grams)
+    return dataclasses.replace(stats, loss=stats.loss + penalty)
+
+
+def update_matrices(P: list, eta: float, reg: float = 0.0):
+    """``(A_k, B_k)`` with ``F_k A_k + S G_k B_k = F_k − η S (G_k + reg W F_k) P_k``.
+
+    ``W = diag(w)`` are the ridge's row weights and ``S = W⁻¹`` the engine's
+    row scale of the gradient (both the identity without weights), so the
+    update is ``F − η (S G + reg F) P``: ``A = I − η reg P``, ``B = −η P``.
+
+    It is a descent step for the regularised objective: with ``∇ = G + reg W F``
+    the inner product ``<∇, −η S ∇ P> = −η tr(P^{1/2} ∇ᵀ S ∇ P^{1/2}) < 0``
+    because ``S`` and ``P`` are SPD (tests/solvers/test_regularisation.py).
+    """
+    r = len(P[0])
+    A = [np.eye(r) - eta * reg * Pk for Pk in P] if reg else [np.eye(r)] * len(P)
+    B = [-eta * Pk for Pk in P]
+    return A, B
 
 
 def predicted_grams(FF, FG, GG, eta, P):

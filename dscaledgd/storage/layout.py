@@ -167,6 +167,29 @@ def duplicate_message(dup, row0: int, col0: int) -> str:
     )
 
 
+def write_small_array(group, name: str, data) -> None:
+    """Write a metadata array (counts, pointers, id maps) uncompressed, one chunk per 4M.
+
+    Integer data is stored as int64; string ids as fixed-width unicode (Zarr
+    warns that this dtype's v3 spec is not final; the warning is silenced).
+    """
+    import warnings
+
+    data = np.asarray(data)
+    if data.dtype.kind in "iub":
+        data = data.astype(np.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not part of the Zarr format 3.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+        group.create_array(
+            name,
+            data=data,
+            chunks=(max(1, min(len(data), 1 << 22)),),
+            compressors=None,
+            config={"write_empty_chunks": True},
+        )
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "output") -> str:
     """Refuse an existing path (unless ``overwrite``) or an unwritable parent."""
     path = os.fspath(path)

@@ -69,6 +69,8 @@ class Observations:
         value_norm2: float,
         path: str | None = None,
         attrs: dict | None = None,
+        row_ids=None,
+        col_ids=None,
     ):
         self.shape = (int(shape[0]), int(shape[1]))
         self.row_bounds = np.asarray(row_bounds, dtype=np.int64)
@@ -80,6 +82,9 @@ class Observations:
         self.value_norm2 = float(value_norm2)
         self.path = path
         self.attrs = dict(attrs or {})
+        #: original ids of rows/columns (from a CSV/Parquet import), or None
+        self.row_ids = None if row_ids is None else np.asarray(row_ids)
+        self.col_ids = None if col_ids is None else np.asarray(col_ids)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -271,6 +276,75 @@ class Observations:
         r, c = np.nonzero(obs_mask)
         return cls.from_coo(r, c, M[r, c], shape=M.shape, tiles=tiles, **kwargs)
 
+    @classmethod
+    def from_csv(
+        cls,
+        path,
+        row: str,
+        col: str,
+        value: str,
+        sep: str = ",",
+        *,
+        out=None,
+        overwrite: bool = False,
+        tiles=None,
+        duplicates: str = "error",
+    ) -> Observations:
+        """Observations from a CSV file with a header line, streamed in blocks.
+
+        Ids in the ``row`` and ``col`` columns may be any numbers or strings;
+        they are mapped to ``0..n−1`` (sorted) and the maps kept as
+        :attr:`row_ids` / :attr:`col_ids` (also in the store), so that
+        predictions can be asked for by original id.
+
+        Parameters
+        ----------
+        path : str
+            The CSV file (first line: column names).
+        row, col, value : str
+            Column names of the row id, column id and value.
+        sep : str, default ","
+        out : str, optional
+            Zarr store to write; a temporary directory when omitted.
+        overwrite : bool, default False
+        tiles, duplicates
+            As in :meth:`from_coo`.
+
+        Notes
+        -----
+        Memory is bounded by one block of lines (about 1M) plus the distinct
+        ids, whatever the file size: the file is read twice (ids, then data)
+        and the data goes through the out-of-core import.
+
+        Raises
+        ------
+        InputDataError
+            An empty file, a missing column (the header's columns are listed),
+            a non-numeric or non-finite value, or a malformed line; the message
+            gives the line number. Nothing is written.
+        """
+        from .tabular import read_table
+
+        check_param("from_csv", "duplicates", duplicates, [Options(DUPLICATE_POLICIES)])
+        return read_table(
+            path,
+            row=row,
+            col=col,
+            value=value,
+            sep=sep,
+            out=out,
+            overwrite=overwrite,
+            tiles=tiles,
+            duplicates=duplicates,
+        )
+
+    @classmethod
+    def from_parquet(cls, path, row: str, col: str, value: str, **kwargs) -> Observations:
+        """As :meth:`from_csv`, for a Parquet file (needs pyarrow)."""
+        if not str(path).endswith((".parquet", ".pq")):
+            raise InputDataError(f"from_parquet expects a .parquet file; got {path!r}.")
+        return cls.from_csv(path, row, col, value, **kwargs)
+
     # ------------------------------------------------------------------ zarr
     def to_zarr(self, path: str | os.PathLike, overwrite: bool = False) -> str:
         """Write to a Zarr v3 store at ``path`` (atomic publish).
@@ -300,15 +374,9 @@ class Observations:
                 arrs["rows"][start:stop] = np.asarray(self._rows[start:stop])
                 arrs["cols"][start:stop] = np.asarray(self._cols[start:stop])
                 arrs["values"][start:stop] = np.asarray(self._values[start:stop])
-            for name in ("tile_ptr", "row_counts", "col_counts"):
-                data = getattr(self, name)
-                g.create_array(
-                    name,
-                    data=data.astype(np.int64),
-                    chunks=(max(1, min(len(data), 1 << 22)),),
-                    compressors=None,
-                    config={"write_empty_chunks": True},
-                )
+            for name in ("tile_ptr", "row_counts", "col_counts", "row_ids", "col_ids"):
+                if getattr(self, name) is not None:
+                    layout.write_small_array(g, name, getattr(self, name))
             g.attrs.update(self._store_attrs())
         return path
 
@@ -406,25 +474,41 @@ class Observations:
             value_norm2=float(meta["value_norm2"]),
             path=os.path.abspath(path),
             attrs=extra,
+            row_ids=g["row_ids"][:] if "row_ids" in present else None,
+            col_ids=g["col_ids"][:] if "col_ids" in present else None,
         )
 
-    def retile(self, tiles=None, *, square: bool = False) -> Observations:
+    def retile(self, tiles=None, *, square: bool = False, bounds=None) -> Observations:
         """The same entries on another tile grid, in memory.
 
         ``square=True`` (square matrices only) gives rows and columns the same
         bounds, balanced on ``row_counts + col_counts``, as a symmetric fit
-        needs. Loads all entries.
+        needs. ``bounds=(row_bounds, col_bounds)`` imposes a grid (e.g. another
+        Observations'). Loads all entries.
         """
         r, c, v = self.to_coo()
-        if square:
+        if bounds is not None:
+            rb, cb = (np.asarray(x, dtype=np.int64) for x in bounds)
+            if rb[-1] != self.shape[0] or cb[-1] != self.shape[1]:
+                raise InputDataError(
+                    f"retile: the bounds cover {(int(rb[-1]), int(cb[-1]))} but the "
+                    f"observations have shape {self.shape}."
+                )
+            out = build_in_memory(
+                r, c, v, self.shape, (len(rb) - 1, len(cb) - 1), "error", bounds=(rb, cb)
+            )
+        elif square:
             if self.shape[0] != self.shape[1]:
                 raise InvalidParameterError(
                     f"retile(square=True) needs a square matrix; the shape is {self.shape}."
                 )
             a = check_tiles(tiles, self.shape, self.nnz)[0] if tiles else self.tiles[0]
             b = layout.balanced_bounds(self.row_counts + self.col_counts, a)
-            return build_in_memory(r, c, v, self.shape, (a, a), "error", bounds=(b, b))
-        return build_in_memory(r, c, v, self.shape, tiles, "error")
+            out = build_in_memory(r, c, v, self.shape, (a, a), "error", bounds=(b, b))
+        else:
+            out = build_in_memory(r, c, v, self.shape, tiles, "error")
+        out.attrs, out.row_ids, out.col_ids = dict(self.attrs), self.row_ids, self.col_ids
+        return out
 
     # ------------------------------------------------------------------ split
     def split(self, test_fraction: float = 0.1, random_state=None):
@@ -475,6 +559,8 @@ class Observations:
             col_counts=np.bincount(gc, minlength=self.shape[1]),
             value_norm2=float(v @ v),
             attrs=self.attrs,
+            row_ids=self.row_ids,
+            col_ids=self.col_ids,
         )
 
 
