@@ -209,3 +209,154 @@ def make_completion(
         vals = vals + eps
     obs = Observations.from_coo(rows, cols, vals, shape=tuple(shape), tiles=tiles)
     return obs, truth
+
+
+# ------------------------------------------------------------------ real data
+#: Official GroupLens archives: name -> (url, member with the ratings, separator, header)
+MOVIELENS = {
+    "ml-latest-small": (
+        "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip",
+        "ml-latest-small/ratings.csv",
+        ",",
+        True,
+    ),
+    "ml-1m": (
+        "https://files.grouplens.org/datasets/movielens/ml-1m.zip",
+        "ml-1m/ratings.dat",
+        "::",
+        False,
+    ),
+    "ml-25m": (
+        "https://files.grouplens.org/datasets/movielens/ml-25m.zip",
+        "ml-25m/ratings.csv",
+        ",",
+        True,
+    ),
+}
+
+
+def data_home() -> str:
+    """Where downloads are cached: ``$DSCALEDGD_DATA_HOME`` or ``~/.cache/dscaledgd``."""
+    import os
+
+    return os.environ.get(
+        "DSCALEDGD_DATA_HOME", os.path.join(os.path.expanduser("~"), ".cache", "dscaledgd")
+    )
+
+
+def _download(url: str, dest: str) -> str:
+    """Download ``url`` to ``dest`` atomically (temporary name, then rename)."""
+    import os
+    import urllib.request
+
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = dest + ".part"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as fh:
+            while True:
+                block = resp.read(1 << 20)
+                if not block:
+                    break
+                fh.write(block)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ConnectionError(
+            f"Could not download {url} ({exc}). Download it by hand and pass the path of the "
+            "extracted folder (or of the ratings file) to load_movielens."
+        ) from None
+    os.replace(tmp, dest)
+    return dest
+
+
+def _ratings_file(name_or_path: str, download: bool) -> tuple[str, str, bool]:
+    """The ratings file, its separator and whether it has a header."""
+    import os
+    import zipfile
+
+    if os.path.exists(name_or_path):
+        path = name_or_path
+        if os.path.isdir(path):
+            for fname, sep, header in (("ratings.csv", ",", True), ("ratings.dat", "::", False)):
+                if os.path.exists(os.path.join(path, fname)):
+                    return os.path.join(path, fname), sep, header
+            raise FileNotFoundError(
+                f"{path!r} has no ratings.csv or ratings.dat. Point load_movielens at a "
+                "MovieLens folder or ratings file."
+            )
+        return (path, "::", False) if path.endswith(".dat") else (path, ",", True)
+    if name_or_path not in MOVIELENS:
+        raise InvalidParameterError(
+            f"The 'name_or_path' parameter of load_movielens must be an existing path or one of "
+            f"{sorted(MOVIELENS)}. Got {name_or_path!r}."
+        )
+    url, member, sep, header = MOVIELENS[name_or_path]
+    target = os.path.join(data_home(), member)
+    if not os.path.exists(target):
+        archive = os.path.join(data_home(), os.path.basename(url))
+        if not os.path.exists(archive):
+            if not download:
+                raise FileNotFoundError(
+                    f"{name_or_path} is not in {data_home()} and download=False."
+                )
+            _download(url, archive)
+        with zipfile.ZipFile(archive) as zf:
+            zf.extract(member, data_home())
+    return target, sep, header
+
+
+def load_movielens(
+    name_or_path: str = "ml-latest-small",
+    *,
+    out=None,
+    overwrite=False,
+    download: bool = True,
+    tiles=None,
+):
+    """MovieLens ratings as :class:`~dscaledgd.Observations` (users × movies).
+
+    Parameters
+    ----------
+    name_or_path : str
+        ``"ml-latest-small"``, ``"ml-1m"`` or ``"ml-25m"`` (downloaded from
+        files.grouplens.org into :func:`data_home` on first use), or a local
+        MovieLens folder or ratings file (``ratings.csv`` or ``ratings.dat``).
+    out : str, optional
+        Zarr store to write (a temporary directory when omitted).
+    download : bool, default True
+        Allow downloading a named data set.
+    tiles : tuple, optional
+
+    Returns
+    -------
+    Observations
+        Rows are users, columns movies; ``obs.row_ids``/``obs.col_ids`` hold
+        the original ``userId``/``movieId``.
+
+    Notes
+    -----
+    MovieLens is distributed by GroupLens under their own terms (research
+    use; see the README in each archive); it is never bundled with this
+    package. The import streams the file with bounded memory.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    path, sep, header = _ratings_file(os.fspath(name_or_path), download)
+    tmpdir = None
+    if sep == "::":  # ml-1m: UserID::MovieID::Rating::Timestamp, no header
+        tmpdir = tempfile.mkdtemp(prefix="dscaledgd-ml-")
+        csv = os.path.join(tmpdir, "ratings.csv")
+        with open(path, encoding="latin-1") as src, open(csv, "w") as dst:
+            dst.write("userId,movieId,rating,timestamp\n")
+            for line in src:
+                dst.write(line.replace("::", ","))
+        path = csv
+    try:
+        return Observations.from_csv(
+            path, "userId", "movieId", "rating", out=out, overwrite=overwrite, tiles=tiles
+        )
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)

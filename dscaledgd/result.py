@@ -214,7 +214,9 @@ class SolveResult:
             ok = rok & cok
             if not ok.all() and cold_start == "error":
                 k = int(np.argmin(ok))
-                which = f"row id {rows[k]!r}" if not rok[k] else f"column id {cols[k]!r}"
+                which = (
+                    f"row id {rows[k].item()!r}" if not rok[k] else f"column id {cols[k].item()!r}"
+                )
                 raise InputDataError(
                     f"predict: {which} (entry {k}) was never seen in training ({int((~ok).sum())} "
                     "unseen pairs in all). Pass cold_start='nan' or 'mean'."
@@ -332,7 +334,12 @@ def load_result(path: str | os.PathLike) -> SolveResult:
     present = set(g.array_keys())
 
     def opt(name):
-        return g[name][:] if name in present else None
+        from .storage.layout import unstable_dtype_ok
+
+        if name not in present:
+            return None
+        with unstable_dtype_ok():
+            return g[name][:]
 
     return SolveResult(
         factors=factors,

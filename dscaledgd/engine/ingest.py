@@ -42,9 +42,16 @@ _SCRATCH = {**_FIELDS, "pos": "int64", "tile": "int32"}
 
 # ------------------------------------------------------------ range writes
 def _open(path, name, mode="r+"):
+    """Open one array of a store; for writing, chunks equal to the fill value are kept.
+
+    ``write_empty_chunks`` is a run-time setting that a reopened array does not
+    keep. Without it an all-zero chunk (valid data: local index 0 everywhere)
+    would not be written and the store would read as truncated.
+    """
     import zarr
 
-    return zarr.open_array(os.path.join(path, name), mode=mode)
+    arr = zarr.open_array(os.path.join(path, name), mode=mode)
+    return arr if mode == "r" else arr.with_config({"write_empty_chunks": True})
 
 
 def _write_range(path, start: int, data: dict, chunk: int, total: int) -> list:
@@ -60,6 +67,11 @@ def _write_range(path, start: int, data: dict, chunk: int, total: int) -> list:
         return pieces
     j0, j1 = start // chunk, (end - 1) // chunk
     arrays = {name: _open(path, name) for name in data}
+    return _write_chunks(arrays, data, start, end, j0, j1, chunk, total)
+
+
+def _write_chunks(arrays, data, start, end, j0, j1, chunk, total):
+    pieces = []
     for j in range(j0, j1 + 1):
         c0, c1 = j * chunk, min((j + 1) * chunk, total)
         s, e = max(c0, start), min(c1, end)
@@ -344,9 +356,11 @@ def ingest_chunks(
             if dups:
                 dup, t = min(dups, key=lambda d: d[0][1])
                 b = tiles[1]
-                raise InputDataError(
-                    layout.duplicate_message(dup, int(row_bounds[t // b]), int(col_bounds[t % b]))
-                )
+                r0, c0 = int(row_bounds[t // b]), int(col_bounds[t % b])
+                if describe_duplicate is not None:
+                    first, later, n_rep, _, lr, lc = dup
+                    raise InputDataError(describe_duplicate(first, later, r0 + lr, c0 + lc, n_rep))
+                raise InputDataError(layout.duplicate_message(dup, r0, c0))
             rc = np.zeros(shape[0], np.int64)
             cc = np.zeros(shape[1], np.int64)
             for t, i in enumerate(tinfo):

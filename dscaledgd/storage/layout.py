@@ -167,20 +167,30 @@ def duplicate_message(dup, row0: int, col0: int) -> str:
     )
 
 
+@contextlib.contextmanager
+def unstable_dtype_ok():
+    """Silence Zarr's warning that fixed-width string arrays (id maps) lack a v3 spec."""
+    import warnings
+
+    try:
+        from zarr.errors import UnstableSpecificationWarning
+    except ImportError:  # pragma: no cover - older zarr
+        UnstableSpecificationWarning = UserWarning  # noqa: N806
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
+        yield
+
+
 def write_small_array(group, name: str, data) -> None:
     """Write a metadata array (counts, pointers, id maps) uncompressed, one chunk per 4M.
 
     Integer data is stored as int64; string ids as fixed-width unicode (Zarr
     warns that this dtype's v3 spec is not final; the warning is silenced).
     """
-    import warnings
-
     data = np.asarray(data)
     if data.dtype.kind in "iub":
         data = data.astype(np.int64)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not part of the Zarr format 3.*")
-        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+    with unstable_dtype_ok():
         group.create_array(
             name,
             data=data,

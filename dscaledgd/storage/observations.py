@@ -474,8 +474,8 @@ class Observations:
             value_norm2=float(meta["value_norm2"]),
             path=os.path.abspath(path),
             attrs=extra,
-            row_ids=g["row_ids"][:] if "row_ids" in present else None,
-            col_ids=g["col_ids"][:] if "col_ids" in present else None,
+            row_ids=_read_ids(g, "row_ids", present),
+            col_ids=_read_ids(g, "col_ids", present),
         )
 
     def retile(self, tiles=None, *, square: bool = False, bounds=None) -> Observations:
@@ -562,6 +562,13 @@ class Observations:
             row_ids=self.row_ids,
             col_ids=self.col_ids,
         )
+
+
+def _read_ids(group, name, present):
+    if name not in present:
+        return None
+    with layout.unstable_dtype_ok():
+        return group[name][:]
 
 
 _CORE_META = {

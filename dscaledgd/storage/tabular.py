@@ -92,17 +92,19 @@ def _parse_lines(lines, usecols, sep, first_line, path, names, string_ids):
     except ValueError as exc:
         msg = str(exc)
         m = _ROW_ERR.search(msg)
-        line = first_line + int(m.group(1)) - 1 if m else first_line
-        col = int(m.group(2)) if m and m.group(2) else None
-        if "could not convert" in msg and col is not None:
-            name = names[usecols[col]]
-            if col < 2 and not string_ids:
-                raise _StringIds from None  # ids are not numeric: re-read as strings
+        if m and m.group(2) is not None and "could not convert" in msg:
+            # conversion errors: 0-based row within the block, 1-based file column
+            line = first_line + int(m.group(1))
+            file_col = int(m.group(2)) - 1
+            role = usecols.index(file_col) if file_col in usecols else 2
+            if role < 2 and not string_ids:
+                raise _StringIds from None  # ids are not numeric: re-read them as strings
             bad = re.search(r"string '([^']*)'", msg)
             raise InputDataError(
-                f"Non-numeric value {bad.group(1) if bad else '?'!r} in column {name!r} at line "
-                f"{line} of {path!r}. Fix or drop that line."
+                f"Non-numeric value {bad.group(1) if bad else '?'!r} in column "
+                f"{names[usecols[role]]!r} at line {line} of {path!r}. Fix or drop that line."
             ) from None
+        line = first_line + int(m.group(1)) - 1 if m else first_line  # 1-based row here
         raise InputDataError(
             f"Malformed line {line} of {path!r}: {msg}. Every line needs the columns "
             f"{[names[u] for u in usecols]}."
@@ -114,14 +116,14 @@ def _parse_lines(lines, usecols, sep, first_line, path, names, string_ids):
         except ValueError:
             k = next(i for i, v in enumerate(vals) if not _is_float(v))
             raise InputDataError(
-                f"Non-numeric value {vals[k]!r} in column {names[usecols[2]]!r} at line "
+                f"Non-numeric value {str(vals[k])!r} in column {names[usecols[2]]!r} at line "
                 f"{first_line + k} of {path!r}. Fix or drop that line."
             ) from None
     bad = ~np.isfinite(vals)
     if bad.any():
         k = int(np.argmax(bad))
         raise InputDataError(
-            f"Value {vals[k]!r} in column {names[usecols[2]]!r} at line {first_line + k} of "
+            f"Value {float(vals[k])!r} in column {names[usecols[2]]!r} at line {first_line + k} of "
             f"{path!r} is not finite. Drop or impute it."
         )
     return rows, cols, vals
@@ -183,8 +185,8 @@ def _parquet_blocks(path, columns, block_lines) -> Iterator[TableBlock]:
         if bad.any():
             k = int(np.argmax(bad))
             raise InputDataError(
-                f"Value {vals[k]!r} in column {columns[2]!r} at row {line + k} of {path!r} is "
-                "not finite. Drop or impute it."
+                f"Value {float(vals[k])!r} in column {columns[2]!r} at row {line + k} of "
+                f"{path!r} is not finite. Drop or impute it."
             )
         yield TableBlock(line, cols[0], cols[1], vals)
         line += len(vals)
@@ -285,8 +287,9 @@ def read_table(
 
         def describe(first, later, i, j, n_rep):
             return (
-                f"Duplicate observation ({row}={row_ids[i]!r}, {col}={col_ids[j]!r}) at {unit} "
-                f"{first + 2} and {later + 2} of {path!r} ({n_rep} repeated entries in all). "
+                f"Duplicate observation ({row}={row_ids[i].item()!r}, "
+                f"{col}={col_ids[j].item()!r}) at {unit} {first + 2} and {later + 2} of "
+                f"{path!r} ({n_rep} repeated entries in all). "
                 "Pass duplicates='sum', 'mean' or 'last' to combine them."
             )
 
