@@ -65,3 +65,59 @@ def report(title: str, body: str, notes: str = "") -> None:
                 "machine are noisy.\n"
             )
         fh.write(block)
+
+
+def local_cluster(n_workers: int = 2, **kwargs):
+    """A LocalCluster of worker processes on 127.0.0.1 (1 thread each) and its client."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        **kwargs,
+    )
+    return cluster, Client(cluster)
+
+
+def steps_to(obs, truth, rank, target, max_iter, *, count="iteration", **kw):
+    """Iterations (or data passes, ``count="passes"``) until the relative error of the
+    fit first reaches ``target``; otherwise ``"div"`` or ``">N (err)"``.
+
+    Runs ``dscaledgd.complete`` on the thread executor with the tolerance and stall
+    rule disabled, tracking ``truth.relative_error`` through the callback.
+    """
+    import warnings
+
+    import dscaledgd as dsg
+
+    hit = {}
+
+    def cb(state):
+        err = truth.relative_error(*state.factors())
+        hit["err"] = err
+        if err <= target:
+            hit["n"] = getattr(state, count)
+            raise StopIteration
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dsg.ConvergenceWarning)
+        res = dsg.complete(
+            obs,
+            rank,
+            scheduler="threads",
+            tol=1e-300,
+            stall_tol=0.0,
+            max_iter=max_iter,
+            callback=cb,
+            random_state=0,
+            progress=False,
+            **kw,
+        )
+    if "n" in hit:
+        return hit["n"], res
+    if res.status == "diverged":
+        return "div", res
+    return f">{max_iter} ({hit.get('err', float('nan')):.0e})", res

@@ -23,41 +23,14 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from _common import report, table
+from _common import local_cluster, report, steps_to, table
 
 import dscaledgd as dsg
 
 
 # ---------------------------------------------------------------- iterations
 def iters_to(obs, truth, r, target, max_iter, **kw):
-    hit = {}
-
-    def cb(state):
-        err = truth.relative_error(*state.factors())
-        hit["err"] = err
-        if err <= target:
-            hit["n"] = state.iteration
-            raise StopIteration
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dsg.ConvergenceWarning)
-        res = dsg.complete(
-            obs,
-            r,
-            scheduler="threads",
-            tol=1e-300,
-            stall_tol=0.0,
-            max_iter=max_iter,
-            callback=cb,
-            random_state=0,
-            progress=False,
-            **kw,
-        )
-    if "n" in hit:
-        return str(hit["n"])
-    if res.status == "diverged":
-        return "div"
-    return f">{max_iter} ({hit.get('err', float('nan')):.0e})"
+    return str(steps_to(obs, truth, r, target, max_iter, **kw)[0])
 
 
 def part_iterations(args):
@@ -116,8 +89,6 @@ def kernel_only(obs, r, nthreads=2, reps=3):
 
 
 def part_throughput(args):
-    from distributed import Client, LocalCluster
-
     rows = []
     for nnz in args.nnz:
         nnz = int(float(nnz))
@@ -136,16 +107,8 @@ def part_throughput(args):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dsg.ConvergenceWarning)
             thr = _per_iter(dsg.complete(obs, 10, scheduler="threads", **kw))
-            with (
-                LocalCluster(
-                    n_workers=2,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address="127.0.0.1:0",
-                ) as cl,
-                Client(cl) as c,
-            ):
+            cl, c = local_cluster()
+            with cl, c:
                 dist = _per_iter(dsg.complete(obs, 10, client=c, **kw))
         kern = kernel_only(obs, 10)
         rows.append(

@@ -25,9 +25,9 @@ import time
 import warnings
 
 import numpy as np
+from _common import report, table
 
 import dscaledgd as dsg
-from _common import report, table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT = os.path.join(HERE, "..", "..", "shared", "data", "movielens-latest-small")
@@ -44,23 +44,46 @@ def tune_dscaledgd(fit, val, test, seed):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", dsg.DataWarning)
                 warnings.simplefilter("ignore", dsg.ConvergenceWarning)
-                res = dsg.complete(fit, rank, reg=reg, center="biases", validation=val,
-                                   patience=20, max_iter=500, scheduler="threads",
-                                   random_state=seed, progress=False)
+                res = dsg.complete(
+                    fit,
+                    rank,
+                    reg=reg,
+                    center="biases",
+                    validation=val,
+                    patience=20,
+                    max_iter=500,
+                    scheduler="threads",
+                    random_state=seed,
+                    progress=False,
+                )
             v = float(np.min(res.history["validation"]))
-            grid.append({"rank": rank, "reg": reg, "val_rmse": v, "iters": res.n_iter,
-                         "seconds": time.perf_counter() - t})
+            grid.append(
+                {
+                    "rank": rank,
+                    "reg": reg,
+                    "val_rmse": v,
+                    "iters": res.n_iter,
+                    "seconds": time.perf_counter() - t,
+                }
+            )
             if best is None or v < best[0]:
                 best = (v, rank, reg, res)
     tune = time.perf_counter() - t0
     v, rank, reg, res = best
-    return {"best_rank": rank, "best_reg": reg, "val_rmse": v, "test_rmse": res.rmse(test),
-            "total_seconds": tune, "grid": grid}
+    return {
+        "best_rank": rank,
+        "best_reg": reg,
+        "val_rmse": v,
+        "test_rmse": res.rmse(test),
+        "total_seconds": tune,
+        "grid": grid,
+    }
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--data", default=DEFAULT)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-spark", action="store_true")
@@ -73,9 +96,16 @@ def main():
 
     ours = tune_dscaledgd(fit, val, test, args.seed)
     print("dscaledgd", {k: v for k, v in ours.items() if k != "grid"}, flush=True)
-    rows = [["dscaledgd (ScaledGD, center=biases, weighted ridge)", ours["best_rank"],
-             f"{ours['best_reg']:g}", f"{ours['val_rmse']:.4f}", f"{ours['test_rmse']:.4f}",
-             f"{ours['total_seconds']:.1f}"]]
+    rows = [
+        [
+            "dscaledgd (ScaledGD, center=biases, weighted ridge)",
+            ours["best_rank"],
+            f"{ours['best_reg']:g}",
+            f"{ours['val_rmse']:.4f}",
+            f"{ours['test_rmse']:.4f}",
+            f"{ours['total_seconds']:.1f}",
+        ]
+    ]
     notes = []
     if args.skip_spark:
         notes.append("Spark ALS skipped (--skip-spark).")
@@ -86,12 +116,20 @@ def main():
         if not ok:
             notes.append(f"Spark ALS not run: {why}")
         else:
-            als = fit_als_tuned(fit.to_coo(), val.to_coo(), test.to_coo(), threads=2,
-                                seed=args.seed)
+            als = fit_als_tuned(
+                fit.to_coo(), val.to_coo(), test.to_coo(), threads=2, seed=args.seed
+            )
             print("spark", {k: v for k, v in als.items() if k != "grid"}, flush=True)
-            rows.append([f"Spark ALS {als['spark_version']} (local[2])", als["best_rank"],
-                         f"{als['best_reg']:g}", f"{als['val_rmse']:.4f}",
-                         f"{als['test_rmse']:.4f}", f"{als['total_seconds']:.1f}"])
+            rows.append(
+                [
+                    f"Spark ALS {als['spark_version']} (local[2])",
+                    als["best_rank"],
+                    f"{als['best_reg']:g}",
+                    f"{als['val_rmse']:.4f}",
+                    f"{als['test_rmse']:.4f}",
+                    f"{als['total_seconds']:.1f}",
+                ]
+            )
             ratio = ours["test_rmse"] / als["test_rmse"]
             notes.append(
                 f"Test RMSE ratio dscaledgd / ALS = {ratio:.3f} (bar: <= 1.01); tuned-fit wall "
@@ -100,14 +138,19 @@ def main():
                 f"{als.get('data_seconds', float('nan')):.1f} s are not counted."
             )
     body = table(["method", "rank", "reg", "val RMSE", "test RMSE", "tuned-fit seconds"], rows)
-    grid = table(["rank", "reg", "val RMSE", "iterations", "seconds"],
-                 [[g["rank"], f"{g['reg']:g}", f"{g['val_rmse']:.4f}", g["iters"],
-                   f"{g['seconds']:.1f}"] for g in ours["grid"]])
+    grid = table(
+        ["rank", "reg", "val RMSE", "iterations", "seconds"],
+        [
+            [g["rank"], f"{g['reg']:g}", f"{g['val_rmse']:.4f}", g["iters"], f"{g['seconds']:.1f}"]
+            for g in ours["grid"]
+        ],
+    )
     notes.append(
         f"Data: MovieLens ml-latest-small, {obs.nnz} ratings; split seed {args.seed}: train "
         f"{fit.nnz}, validation {val.nnz}, test {test.nnz}. Grids: dscaledgd rank {RANKS} × reg "
         f"{REGS} (weighted ridge, 1/p scale; biases with λ = p·reg); Spark rank (5, 10, 20, 40) "
-        "× regParam (0.01, 0.05, 0.1, 0.2), maxIter 15.\n\ndscaledgd grid:\n\n" + grid)
+        "× regParam (0.01, 0.05, 0.1, 0.2), maxIter 15.\n\ndscaledgd grid:\n\n" + grid
+    )
     report("MovieLens: dscaledgd vs Spark ALS (same split, 2 cores)", body, "\n".join(notes))
 
 

@@ -28,7 +28,7 @@ import time
 import warnings
 
 import numpy as np
-from _common import report, table
+from _common import report, steps_to, table
 
 import dscaledgd as dsg
 
@@ -149,40 +149,11 @@ def draw(idx: int):
 
 def passes_to(obs, truth, r, target, max_passes, **kw):
     """Data passes until the relative error first reaches ``target`` (or a status)."""
-    hit = {}
-
-    def cb(state):
-        err = truth.relative_error(*state.factors())
-        if not np.isfinite(err):
-            hit["nan"] = True
-        if err <= target:
-            hit["passes"] = state.passes
-            raise StopIteration
-        if state.passes >= max_passes:
-            hit["err"] = err
-            raise StopIteration
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dsg.ConvergenceWarning)
-        res = dsg.complete(
-            obs,
-            r,
-            scheduler="threads",
-            tol=1e-300,
-            stall_tol=0.0,
-            max_iter=max_passes,
-            callback=cb,
-            random_state=0,
-            progress=False,
-            **kw,
-        )
+    n, res = steps_to(obs, truth, r, target, max_passes, count="passes", **kw)
     finite = all(np.all(np.isfinite(F)) for F in res.compute_factors())
-    if "passes" in hit:
-        return hit["passes"], "ok", finite
-    if res.status == "diverged":
-        return None, "div", finite
-    err = hit.get("err", truth.relative_error(*res.compute_factors()))
-    return None, f"stall {err:.0e}", finite
+    if isinstance(n, int):
+        return n, "ok", finite
+    return None, ("div" if n == "div" else "stall " + n.split("(")[1].rstrip(")")), finite
 
 
 def main():

@@ -360,3 +360,125 @@ def load_movielens(
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _seeded_rows(seed: int, r0: int, r1: int, rank: int) -> np.ndarray:
+    """Rows ``r0:r1`` of a Gaussian ``n × rank`` matrix, the same for any slicing."""
+    chunk = 65536
+    parts = []
+    for c in range(r0 // chunk, (r1 - 1) // chunk + 1):
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(c,)))
+        block = rng.standard_normal((chunk, rank))
+        lo, hi = max(r0, c * chunk) - c * chunk, min(r1, (c + 1) * chunk) - c * chunk
+        parts.append(block[lo:hi])
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def make_completion_store(
+    path,
+    shape,
+    rank: int,
+    nnz: int,
+    *,
+    cond: float = 1.0,
+    tiles=None,
+    noise: float = 0.0,
+    random_state=None,
+    overwrite: bool = False,
+):
+    """Write a large planted completion instance straight to an Observations store.
+
+    Memory stays bounded by one tile: the per-tile counts are drawn first
+    (Binomial, so the mask is exactly Bernoulli with ``p = nnz / (n1 n2)``),
+    then each tile's positions, values and blocked order are generated and
+    written in turn. The planted factors are Gaussian, ``U = G₁/√n1`` and
+    ``V = G₂ diag(s)/√n2`` with ``s = linspace(1, 1/cond, rank)``, generated
+    row-chunk by row-chunk from the seed (nearly orthogonal at these sizes;
+    use :func:`make_completion` for exactly orthonormal small instances).
+
+    Returns
+    -------
+    Observations
+        Store-backed; ``obs.attrs["planted"]`` records the seeds and spectrum.
+    """
+    import os
+
+    import zarr
+
+    from .storage import layout
+    from .storage.coo import check_tiles
+
+    check_param("make_completion_store", "random_state", random_state, RANDOM_STATE)
+    rng = resolve_rng(random_state)
+    n1, n2 = int(shape[0]), int(shape[1])
+    p = nnz / (n1 * n2)
+    check_param("make_completion_store", "nnz", p, [Interval("real", 0, 1, "right")])
+    a, b = check_tiles(tiles, (n1, n2), nnz)
+    rb = np.linspace(0, n1, a + 1).astype(np.int64)
+    cb = np.linspace(0, n2, b + 1).astype(np.int64)
+    cells = np.diff(rb)[:, None] * np.diff(cb)[None, :]
+    counts = rng.binomial(cells.ravel(), p)
+    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    total = int(ptr[-1])
+    seed_u, seed_v = (int(x) for x in rng.integers(2**62, size=2))
+    s = spectrum(rank, cond)
+    rms = np.linalg.norm(s) / np.sqrt(n1 * n2)
+    path = os.fspath(path)
+    chunk = max(1, min(layout.CHUNK, total))
+    with layout.atomic_dir(path, overwrite=overwrite) as tmp:
+        g = zarr.open_group(tmp, mode="w")
+        arrs = layout.create_entry_arrays(g, total, chunk=chunk)
+        row_counts = np.zeros(n1, np.int64)
+        col_counts = np.zeros(n2, np.int64)
+        sumsq = 0.0
+        for t in range(a * b):
+            ia, ib = divmod(t, b)
+            h, w = int(rb[ia + 1] - rb[ia]), int(cb[ib + 1] - cb[ib])
+            m = int(counts[t])
+            trng = np.random.default_rng(np.random.SeedSequence(seed_u ^ seed_v, spawn_key=(t,)))
+            lin = np.empty(0, np.int64)
+            while len(lin) < m:  # uniform subset of size m: unique draws, then subsample
+                more = trng.integers(0, h * w, size=int(1.05 * (m - len(lin))) + 16)
+                lin = np.unique(np.concatenate([lin, more]))
+            lin = lin[np.sort(trng.choice(len(lin), size=m, replace=False))]
+            lr = (lin // w).astype(np.int32)
+            lc = (lin % w).astype(np.int32)
+            order = layout.blocked_order(np.zeros(m, np.int64), lr, lc, w)
+            lr, lc = lr[order], lc[order]
+            U = _seeded_rows(seed_u, int(rb[ia]), int(rb[ia + 1]), rank) / np.sqrt(n1)
+            V = _seeded_rows(seed_v, int(cb[ib]), int(cb[ib + 1]), rank) * s / np.sqrt(n2)
+            vals = sddmm(lr, lc, U, V)
+            if noise > 0:
+                vals += noise * rms * trng.standard_normal(m)
+            arrs["rows"][ptr[t] : ptr[t + 1]] = lr
+            arrs["cols"][ptr[t] : ptr[t + 1]] = lc
+            arrs["values"][ptr[t] : ptr[t + 1]] = vals
+            row_counts[rb[ia] : rb[ia + 1]] += np.bincount(lr, minlength=h)
+            col_counts[cb[ib] : cb[ib + 1]] += np.bincount(lc, minlength=w)
+            sumsq += float(vals @ vals)
+        meta = Observations(
+            shape=(n1, n2),
+            row_bounds=rb,
+            col_bounds=cb,
+            tile_ptr=ptr,
+            rows=None,
+            cols=None,
+            values=None,
+            row_counts=row_counts,
+            col_counts=col_counts,
+            value_norm2=sumsq,
+            attrs={
+                "planted": {
+                    "rank": rank,
+                    "cond": cond,
+                    "seed_u": seed_u,
+                    "seed_v": seed_v,
+                    "noise": noise,
+                    "generator": "make_completion_store",
+                }
+            },
+        )
+        for name in ("tile_ptr", "row_counts", "col_counts"):
+            layout.write_small_array(g, name, getattr(meta, name))
+        g.attrs.update(meta._store_attrs())
+    return Observations.open_zarr(path)

@@ -71,3 +71,21 @@ def test_noise_and_parameter_checks():
         make_low_rank((10, 10), 2, cond=0.5)
     with pytest.raises(InvalidParameterError, match=r"'spectrum_kind' parameter"):
         make_low_rank((10, 10), 2, spectrum_kind="cubic")
+
+
+def test_make_completion_store_is_bernoulli_and_solvable(tmp_path):
+    obs = dsg.datasets.make_completion_store(
+        tmp_path / "s.zarr", (900, 700), 3, 60_000, cond=5, tiles=(3, 2), random_state=1
+    )
+    assert obs.path and obs.tiles == (3, 2) and obs.shape == (900, 700)
+    n = 900 * 700
+    p = 60_000 / n
+    assert abs(obs.nnz - 60_000) < 5 * np.sqrt(n * p * (1 - p))
+    r, c, v = obs.to_coo()
+    assert len(np.unique(r * 700 + c)) == obs.nnz  # no repeated positions
+    again = dsg.datasets.make_completion_store(
+        tmp_path / "t.zarr", (900, 700), 3, 60_000, cond=5, tiles=(3, 2), random_state=1
+    )
+    np.testing.assert_array_equal(again.to_coo()[2], v)  # reproducible
+    res = dsg.complete(obs, 3, scheduler="threads", cache="stream", random_state=0)
+    assert res.status == "converged"

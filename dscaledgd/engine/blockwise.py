@@ -24,14 +24,14 @@ Tiles are placed once, by the cache policy:
 from __future__ import annotations
 
 import functools
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..problems import completion as cp
 from ..storage.layout import CHUNK
-from .factors import Blocked, combine, getitem, sum_small, tree_sum
+from .base import FactorEngine, PassStats, machine_memory
+from .factors import Blocked, getitem, sum_small, tree_sum
 
 __all__ = ["CompletionEngine", "PassStats", "TileRef", "CACHE_POLICIES"]
 
@@ -132,37 +132,12 @@ def _tile_bias(tile, offsets, m, n):
 
 # ------------------------------------------------------------------ engine
 @dataclass
-class PassStats:
-    """The small results of one data pass (all NumPy, on the client)."""
-
-    loss: float
-    residual: float
-    sumsq: float
-    #: ``‖P_Ω(X) − Y‖² / p``, an estimate of ``‖X − X*‖_F²`` (noiseless data)
-    err2: float
-    FF: list
-    FG: list
-    GG: list
-    H: list
-    extra: dict = field(default_factory=dict)
-    #: per factor ``Fᵀ diag(w) F`` when row weights are set (weighted ridge)
-    FWF: list | None = None
-
-
-@dataclass
 class CompletionPass:
     G: list
     small: list
 
 
-def _machine_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 8 << 30
-
-
-class CompletionEngine:
+class CompletionEngine(FactorEngine):
     """Completion data passes over an :class:`~dscaledgd.Observations` on an executor.
 
     Parameters
@@ -201,14 +176,12 @@ class CompletionEngine:
         self.grid = obs.tiles
         rb, cb = obs.row_bounds, obs.col_bounds
         self.factor_bounds = [rb] if symmetric else [rb, cb]
-        self.n_factors = len(self.factor_bounds)
         self.cache = self._resolve_cache(cache)
         self._tiles = self._place_tiles(obs, sub_chunk)
         self._offsets = None  # (mu, row-bias block handles, col-bias block handles)
         self._offset_values = None
         self._vtiles = None  # validation tiles, aligned with this grid
         self._vnnz = 0
-        self._weights = None  # per factor: row-weight blocks and their inverses
         # loss and gradient scaling (see problems/completion.py)
         self.grad_scale = 1.0 / (2 * self.p) if symmetric else 1.0 / self.p
         self.loss_scale = self.grad_scale / 2 if loss == "l2" else self.grad_scale
@@ -223,7 +196,7 @@ class CompletionEngine:
         if ex.kind == "distributed" and ex.memory_limit:
             budget = 0.5 * ex.memory_limit * max(1, len(ex.client.scheduler_info()["workers"]))
         else:
-            budget = 0.5 * _machine_memory()
+            budget = 0.5 * machine_memory()
         return "memory" if self.obs.nbytes <= budget else "stream"
 
     def _placement(self) -> list:
@@ -405,10 +378,7 @@ class CompletionEngine:
             Blocked(ex, Fb, state[k].ncols, [tree_sum(ex, p) for p in parts[k]])
             for k, Fb in enumerate(self.factor_bounds)
         ]
-        small = [
-            state[k].stats_parts(G[k], self._weights[k][0] if self._weights else None)
-            for k in range(self.n_factors)
-        ]
+        small = self.stats_parts(state, G)
         vres = []
         if self._vtiles is not None:  # held-out RMSE, in the same gather
             vres = [
@@ -431,69 +401,7 @@ class CompletionEngine:
         extra = {}
         if vres:
             extra["validation"] = float(np.sqrt(sum(vres) / self._vnnz))
-        FF, FG, GG, FWF = [], [], [], []
-        for per_block in stats:
-            FF.append(sum_small([s[0] for s in per_block]))
-            FG.append(sum_small([s[1] for s in per_block]))
-            GG.append(sum_small([s[2] for s in per_block]))
-            if self._weights:
-                FWF.append(sum_small([s[3] for s in per_block]))
-        return PassStats(
-            loss=float(value * self.loss_scale),
-            residual=float(np.sqrt(max(sumsq, 0.0) / self.value_norm2)),
-            sumsq=float(sumsq),
-            err2=float(sumsq / self.p),
-            FF=FF,
-            FG=FG,
-            GG=GG,
-            H=self.preconditioner_grams(FF),
-            extra=extra,
-            FWF=FWF or None,
-        )
-
-    def preconditioner_grams(self, FF: list) -> list:
-        """The Gram that preconditions each factor: ``RᵀR`` for ``L``, ``LᵀL`` for ``R``."""
-        return [FF[0]] if self.symmetric else [FF[1], FF[0]]
-
-    def step(self, state: list, pas: CompletionPass, A: list, B: list) -> list:
-        """New factors ``F_k A_k + G_k B_k``, block by block.
-
-        With row weights set, ``G_k`` is row-scaled by ``1/w`` (the degree
-        preconditioner of the weighted ridge).
-        """
-        return [
-            combine(F, A[k], pas.G[k], B[k], self._weights[k][1] if self._weights else None)
-            for k, F in enumerate(state)
-        ]
-
-    def materialize(self, state: list) -> list:
-        """Make ``state`` resident with no task history (bounds the scheduler's graph)."""
-        return [F.reroot() for F in state]
-
-    def release_pass(self, pas: CompletionPass) -> None:
-        for G in pas.G:
-            G.release()
-
-    def release_state(self, state: list) -> None:
-        for F in state:
-            F.release()
-
-    def residual_sumsq(self, state: list) -> float:
-        """``‖P_Ω(L Rᵀ) − Y‖²`` (one pass, no gradients)."""
-        L = state[0]
-        R = L if self.symmetric else state[1]
-        parts = [
-            self.ex.submit(
-                _tile_residual,
-                self._tiles[t],
-                L.blocks[ia],
-                R.blocks[ib],
-                self._tile_offsets(ia, ib),
-                name="resid",
-            )
-            for t, ia, ib in self._tiles_iter()
-        ]
-        return float(sum(self.ex.gather(parts)))
+        return self.pass_stats(value * self.loss_scale, sumsq, sumsq / self.p, stats, extra)
 
     def close(self) -> None:
         for tiles in (self._tiles, self._vtiles or []):
@@ -513,20 +421,6 @@ class CompletionEngine:
         U, s, V = randomized_svd(self, rank, seed=seed, n_power=n_power)
         return [U, V], s
 
-    def random_factors(self, rank: int, *, seed: int, scale: float) -> list:
-        """Gaussian factors with i.i.d. ``N(0, scale² / n_k)`` entries."""
-        from .factors import random_blocked
-
-        out = []
-        for k, Fb in enumerate(self.factor_bounds):
-            n = int(Fb[-1])
-            out.append(random_blocked(self.ex, Fb, rank, seed + k, scale / np.sqrt(n)))
-        return out
-
-    def transform(self, state: list, A: list) -> list:
-        """``F_k A_k`` for every factor."""
-        return [combine(F, A[k], None, None, name="scale") for k, F in enumerate(state)]
-
     def fit_sums(self, state: list) -> tuple[float, float]:
         """``(<P_Ω(X), Y_c>, ‖P_Ω(X)‖²)`` for ``X = L Rᵀ`` and the centred data (one pass)."""
         L = state[0]
@@ -544,12 +438,3 @@ class CompletionEngine:
         ]
         xy, xx = sum_small(self.ex.gather(parts))
         return float(xy), float(xx)
-
-    def from_numpy(self, arrays: list) -> list:
-        """Factors given as NumPy arrays, cut into this engine's row blocks."""
-        out = []
-        for F, Fb in zip(arrays, self.factor_bounds):
-            F = np.ascontiguousarray(F, dtype=np.float64)
-            blocks = self.ex.scatter([F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)])
-            out.append(Blocked(self.ex, Fb, F.shape[1], list(blocks)))
-        return out

@@ -101,17 +101,7 @@ def _assemble(path, j: int, chunk: int, total: int, dtypes: dict, *piece_lists) 
 def _create(path, total: int, chunk: int, dtypes: dict) -> None:
     import zarr
 
-    g = zarr.open_group(path, mode="a")
-    for name, dt in dtypes.items():
-        g.create_array(
-            name,
-            shape=(total,),
-            chunks=(chunk,),
-            dtype=dt,
-            compressors=None,
-            fill_value=0,
-            config={"write_empty_chunks": True},
-        )
+    layout.create_entry_arrays(zarr.open_group(path, mode="a"), total, dtypes, chunk)
 
 
 def _writes_graph(delayed, path, ranges, chunk, total, dtypes, producer):

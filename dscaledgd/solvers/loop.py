@@ -175,6 +175,8 @@ def run(
             with engine.ex.span("dscaledgd-iter"):
                 try:  # the ridge's curvature belongs in the preconditioner: λ + reg
                     P = precond.matrices(cur.stats, replace(step, damping=step.damping + cfg.reg))
+                    if hasattr(rule, "scale"):  # step sizes that need P (ScaledSM)
+                        step = rule.scale(cur.stats, step, P)
                 except GramSolveError as exc:
                     reason = f"Gram solve failed ({exc})"
                 if reason is None:

@@ -57,18 +57,22 @@ FORMAT_VERSION = 1
 
 #: Fewest observations per tile before the default grid stops splitting.
 _MIN_TILE_NNZ = 200_000
+#: Most bytes of entries (16 per entry) in a default tile: bounds a task's memory at import.
+_MAX_TILE_BYTES = 256 << 20
 
 
 def default_tiles(shape: tuple[int, int], nnz: int, nthreads: int | None = None) -> tuple[int, int]:
     """A tile grid sized to the parallelism: about two tiles per thread.
 
     Small data sets get fewer tiles (at least ``_MIN_TILE_NNZ`` entries each),
-    and the grid's aspect follows the matrix's so that the partial gradients
-    exchanged per iteration (``b·n1·r + a·n2·r`` numbers) stay small.
+    large ones more (at most about 256 MB of entries per tile), and the grid's
+    aspect follows the matrix's so that the partial gradients exchanged per
+    iteration (``b·n1·r + a·n2·r`` numbers) stay small.
     """
     n1, n2 = shape
     nthreads = nthreads or os.cpu_count() or 1
     t = max(1, min(2 * nthreads, nnz // _MIN_TILE_NNZ))
+    t = max(t, -(-16 * nnz // _MAX_TILE_BYTES))  # at most ~256 MB of entries per tile
     a = int(np.clip(round(np.sqrt(t * n1 / max(n2, 1))), 1, t))
     b = max(1, t // a)
     return min(a, n1), min(b, n2)
@@ -165,6 +169,33 @@ def duplicate_message(dup, row0: int, col0: int) -> str:
         f"({n_rep} repeated entries in all). Pass duplicates='sum', 'mean' or 'last' to "
         "combine them."
     )
+
+
+#: dtypes of the per-entry arrays of an Observations store
+ENTRY_FIELDS = {"rows": "int32", "cols": "int32", "values": "float64"}
+
+
+def create_entry_arrays(group, total: int, fields: dict | None = None, chunk: int | None = None):
+    """Create the 1-D per-entry arrays of a store (uncompressed, ``CHUNK``-sized chunks).
+
+    Chunks equal to the fill value are written too (``write_empty_chunks``):
+    every chunk then exists, which is how a truncated store is detected.
+    Returns ``{name: array}``.
+    """
+    fields = ENTRY_FIELDS if fields is None else fields
+    chunk = max(1, min(CHUNK, total)) if chunk is None else chunk
+    return {
+        name: group.create_array(
+            name,
+            shape=(total,),
+            chunks=(chunk,),
+            dtype=dt,
+            compressors=None,
+            fill_value=0,
+            config={"write_empty_chunks": True},
+        )
+        for name, dt in fields.items()
+    }
 
 
 @contextlib.contextmanager

@@ -358,17 +358,7 @@ class Observations:
             g = zarr.open_group(tmp, mode="w")
             nnz = self.nnz
             chunk = max(1, min(CHUNK, nnz))
-            arrs = {}
-            for name, dtype in (("rows", "int32"), ("cols", "int32"), ("values", "float64")):
-                arrs[name] = g.create_array(
-                    name,
-                    shape=(nnz,),
-                    chunks=(chunk,),
-                    dtype=dtype,
-                    compressors=None,
-                    fill_value=0,
-                    config={"write_empty_chunks": True},
-                )
+            arrs = layout.create_entry_arrays(g, nnz, chunk=chunk)
             for start in range(0, nnz, chunk):
                 stop = min(nnz, start + chunk)
                 arrs["rows"][start:stop] = np.asarray(self._rows[start:stop])

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..exceptions import InputDataError
+from . import layout
 
 __all__ = ["read_table", "TableBlock"]
 
@@ -261,18 +262,9 @@ def read_table(
     scratch = tempfile.mkdtemp(prefix=".dscaledgd-csv-", dir=parent)
     try:
         g = zarr.open_group(scratch, mode="w")
-        chunk = max(1, min(1 << 21, total))
-        arrs = {
-            name: g.create_array(
-                name,
-                shape=(total,),
-                chunks=(chunk,),
-                dtype=dt,
-                compressors=None,
-                config={"write_empty_chunks": True},
-            )
-            for name, dt in (("rows", "int64"), ("cols", "int64"), ("values", "float64"))
-        }
+        arrs = layout.create_entry_arrays(
+            g, total, {"rows": "int64", "cols": "int64", "values": "float64"}
+        )
         pos = 0
         for blk in _blocks(path, columns, sep, block_lines, string_ids):
             n = len(blk.values)

@@ -273,3 +273,5 @@ def test_default_tiles_follow_parallelism_and_size():
     assert a * b == 4 and a == b
     a, b = layout.default_tiles((1_000_000, 1000), 50_000_000, nthreads=2)
     assert (a, b) == (4, 1)
+    a, b = layout.default_tiles((600_000, 400_000), 200_000_000, nthreads=2)
+    assert a * b >= 12 and 16 * 200_000_000 / (a * b) <= 300 * 2**20  # tiles <= ~256 MB

@@ -1,0 +1,129 @@
+"""What every engine shares: pass statistics and the factor-level operations.
+
+An engine (DESIGN.md §1) owns the data and its chunking; this base class
+holds the parts that depend only on the factors being row-blocked
+:class:`~dscaledgd.engine.factors.Blocked` matrices: the preconditioning
+Grams, the update ``F A + G B``, the re-rooting of futures, initial factors,
+and the assembly of the iteration's one gather into :class:`PassStats`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .factors import Blocked, combine, random_blocked, sum_small
+
+__all__ = ["PassStats", "FactorEngine", "machine_memory"]
+
+
+@dataclass
+class PassStats:
+    """The small results of one data pass (all NumPy, on the client)."""
+
+    loss: float
+    residual: float
+    sumsq: float
+    #: an estimate of ``‖X − X*‖_F²`` on noiseless data (``‖P_Ω(X) − Y‖²/p``, ``‖A(X) − y‖²``)
+    err2: float
+    FF: list
+    FG: list
+    GG: list
+    H: list
+    extra: dict = field(default_factory=dict)
+    #: per factor ``Fᵀ diag(w) F`` when row weights are set (weighted ridge)
+    FWF: list | None = None
+
+
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (8 GiB when unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return 8 << 30
+
+
+class FactorEngine:
+    """Factor-level operations of an engine.
+
+    Subclasses set ``ex`` (the executor), ``symmetric``, ``factor_bounds``
+    (the row bounds of each factor), ``value_norm2`` (``‖data‖²``) and, for
+    the weighted ridge, ``_weights``.
+    """
+
+    _weights = None
+
+    @property
+    def n_factors(self) -> int:
+        return len(self.factor_bounds)
+
+    def pass_stats(self, loss, sumsq, err2, stats, extra=None) -> PassStats:
+        """Assemble the gathered per-block ``(FᵀF, FᵀG, GᵀG[, FᵀWF])`` into :class:`PassStats`."""
+        FF, FG, GG, FWF = [], [], [], []
+        for per_block in stats:
+            FF.append(sum_small([s[0] for s in per_block]))
+            FG.append(sum_small([s[1] for s in per_block]))
+            GG.append(sum_small([s[2] for s in per_block]))
+            if self._weights:
+                FWF.append(sum_small([s[3] for s in per_block]))
+        return PassStats(
+            loss=float(loss),
+            residual=float(np.sqrt(max(sumsq, 0.0) / self.value_norm2)),
+            sumsq=float(sumsq),
+            err2=float(err2),
+            FF=FF,
+            FG=FG,
+            GG=GG,
+            H=self.preconditioner_grams(FF),
+            extra=extra or {},
+            FWF=FWF or None,
+        )
+
+    def stats_parts(self, state: list, G: list) -> list:
+        """Per factor, the per-block Gram tasks of the pass at ``state``."""
+        return [
+            state[k].stats_parts(G[k], self._weights[k][0] if self._weights else None)
+            for k in range(self.n_factors)
+        ]
+
+    def preconditioner_grams(self, FF: list) -> list:
+        """The Gram that preconditions each factor: ``RᵀR`` for ``L``, ``LᵀL`` for ``R``."""
+        return [FF[0]] if self.symmetric else [FF[1], FF[0]]
+
+    def step(self, state: list, pas, A: list, B: list) -> list:
+        """New factors ``F_k A_k + G_k B_k``, block by block.
+
+        With row weights set, ``G_k`` is row-scaled by ``1/w`` (the degree
+        preconditioner of the weighted ridge).
+        """
+        return [
+            combine(F, A[k], pas.G[k], B[k], self._weights[k][1] if self._weights else None)
+            for k, F in enumerate(state)
+        ]
+
+    def materialize(self, state: list) -> list:
+        """Make ``state`` resident with no task history (bounds the scheduler's graph)."""
+        return [F.reroot() for F in state]
+
+    def random_factors(self, rank: int, *, seed: int, scale: float) -> list:
+        """Gaussian factors with i.i.d. ``N(0, scale² / n_k)`` entries."""
+        out = []
+        for k, Fb in enumerate(self.factor_bounds):
+            n = int(Fb[-1])
+            out.append(random_blocked(self.ex, Fb, rank, seed + k, scale / np.sqrt(n)))
+        return out
+
+    def transform(self, state: list, A: list) -> list:
+        """``F_k A_k`` for every factor."""
+        return [combine(F, A[k], None, None, name="scale") for k, F in enumerate(state)]
+
+    def from_numpy(self, arrays: list) -> list:
+        """Factors given as NumPy arrays, cut into this engine's row blocks."""
+        out = []
+        for F, Fb in zip(arrays, self.factor_bounds):
+            F = np.ascontiguousarray(F, dtype=np.float64)
+            blocks = self.ex.scatter([F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)])
+            out.append(Blocked(self.ex, Fb, F.shape[1], list(blocks)))
+        return out
