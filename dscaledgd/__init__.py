@@ -10,7 +10,7 @@ import logging
 
 from . import datasets
 from ._version import __version__
-from .api import complete
+from .api import complete, sense
 from .estimators import MatrixCompletion
 from .exceptions import (
     ConvergenceWarning,
@@ -19,6 +19,7 @@ from .exceptions import (
     InputDataError,
     InvalidParameterError,
 )
+from .problems.sensing import GaussianSensing, QuadraticSensing
 from .result import IterationState, SolveResult, load_result
 from .storage.observations import Observations
 
@@ -28,6 +29,9 @@ __all__ = [
     "__version__",
     "Observations",
     "complete",
+    "sense",
+    "GaussianSensing",
+    "QuadraticSensing",
     "MatrixCompletion",
     "SolveResult",
     "IterationState",

@@ -80,8 +80,9 @@ class MatrixCompletion(_Estimator):
         method: str = "scaledgd",
         loss: str = "l2",
         symmetric: bool = False,
-        damping: float = 0.0,
+        damping=None,
         init: str = "spectral",
+        init_scale: float = 1e-3,
         step_size=None,
         reg: float = 0.0,
         center=False,
@@ -105,6 +106,7 @@ class MatrixCompletion(_Estimator):
         self.symmetric = symmetric
         self.damping = damping
         self.init = init
+        self.init_scale = init_scale
         self.step_size = step_size
         self.reg = reg
         self.center = center

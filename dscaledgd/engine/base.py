@@ -54,6 +54,8 @@ class FactorEngine:
     """
 
     _weights = None
+    #: η of the default adaptive rule on this problem (completion: the measured 0.7)
+    default_eta = 0.7
 
     @property
     def n_factors(self) -> int:

@@ -77,10 +77,17 @@ class _Operator:
         return 8 * self.m * width
 
     def forward(self, X) -> np.ndarray:
-        """``A(X)`` (``L`` for quadratic sensing), computed block by block."""
-        return np.concatenate(
-            [forward_block(self.kind, self.block(b), X, X) for b in range(self.n_blocks)]
-        )
+        """The measurements of ``X`` (``n1 × n2``), or of ``L Lᵀ`` given ``L`` (quadratic).
+
+        Linear sensing takes the matrix ``X`` itself; quadratic sensing takes
+        the factor ``L`` (``n × r``) of the PSD ``X = L Lᵀ``.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        out = []
+        for b in range(self.n_blocks):
+            data = self.block(b)
+            out.append(measure_block(self.kind, data, X))
+        return np.concatenate(out)
 
     def adjoint(self, z) -> np.ndarray:
         """``A*(z)`` as an ``n1 × n2`` matrix."""
@@ -205,6 +212,14 @@ def as_operator(operator, shape=None):
 
 
 # ---------------------------------------------------------------- per block
+def measure_block(kind: str, data: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Measurements of a given matrix ``X`` (linear) or factor ``L`` (quadratic)."""
+    if kind == "quadratic":
+        P = data @ X
+        return np.einsum("ij,ij->i", P, P)
+    return data @ X.ravel()
+
+
 def forward_block(kind: str, data: np.ndarray, L: np.ndarray, R: np.ndarray) -> np.ndarray:
     """Measurements of ``X = L Rᵀ`` (linear) or ``L Lᵀ`` (quadratic) for one block."""
     if kind == "quadratic":

@@ -35,7 +35,7 @@ __all__ = [
     "Step",
     "FixedStep",
     "AdaptiveStep",
-    "guarded_gd",
+    "guarded",
     "predicted_grams",
     "update_matrices",
     "with_ridge",
@@ -259,6 +259,11 @@ class AdaptiveStep:
         return True
 
 
-def guarded_gd(eta: float = 0.5) -> AdaptiveStep:
-    """GD's default: fixed ``η`` (times ``1/σ̂₁``), halved on a guard restore."""
-    return AdaptiveStep(eta=eta, c=0.0, eta_min=1e-4, eta_shrink=0.5)
+def guarded(eta: float = 0.5, damping: float = 0.0) -> AdaptiveStep:
+    """Fixed ``η`` halved on each guard restore (no adaptive damping).
+
+    The default of GD (``η/σ̂₁``) and of ScaledGD(λ) from a small random start,
+    where the adaptive damping's ``μ (FᵀF)⁻¹`` term would freeze the tiny
+    factors.
+    """
+    return AdaptiveStep(eta=eta, c=0.0, damping=damping, eta_min=1e-4, eta_shrink=0.5)

@@ -1,80 +1,27 @@
-"""Public functions: validation → engine → solver.
-
-Each function validates its parameters (one message format), opens an
-executor (:func:`~dscaledgd.engine.cluster.executor_for`), builds the engine
-for its problem and runs the shared loop (:mod:`dscaledgd.solvers.loop`).
-"""
+"""``complete``: matrix completion with ScaledGD (and its test oracle)."""
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
 
-from ._validation import (
-    CALLABLE_OR_NONE,
-    NONE,
-    RANDOM_STATE,
-    Instance,
-    Interval,
+from .._validation import (
     Options,
     check_choice,
     check_param,
     resolve_rng,
     validate_params,
 )
-from .engine.blockwise import CACHE_POLICIES, CompletionEngine
-from .engine.cluster import SCHEDULERS, executor_for
-from .exceptions import DataWarning, InvalidParameterError
-from .result import SolveResult
-from .solvers import init as inits
-from .solvers.centering import CENTER_MODES, fit_offsets
-from .solvers.loop import LoopConfig, run
-from .solvers.scaledgd import AdaptiveStep, FixedStep, Preconditioner, guarded_gd
-from .storage.observations import Observations
+from ..engine.blockwise import CACHE_POLICIES, CompletionEngine
+from ..engine.cluster import SCHEDULERS, executor_for
+from ..exceptions import DataWarning, InvalidParameterError
+from ..result import SolveResult
+from ..solvers.centering import CENTER_MODES, fit_offsets
+from ..storage.observations import Observations
+from ._core import COMMON, LOSSES, METHODS, as_observations, check_init, check_rank, solve
 
-__all__ = ["complete", "METHODS", "LOSSES", "INITS"]
-
-METHODS = ("scaledgd", "gd")
-LOSSES = ("l2",)
-INITS = ("spectral",)
-
-_BOOL = [Instance((bool, np.bool_), "a bool")]
-_COMMON = {
-    "max_iter": [Interval("int", 1, None)],
-    "tol": [Interval("real", 0, None, "neither")],
-    "stall_tol": [Interval("real", 0, None, "left")],
-    "patience": [Interval("int", 1, None)],
-    "damping": [Interval("real", 0, None, "left")],
-    "step_size": [NONE, Interval("real", 0, 10, "right")],
-    "init_power_iter": [Interval("int", 0, 100)],
-    "reg": [Interval("real", 0, None, "left")],
-    "random_state": RANDOM_STATE,
-    "callback": CALLABLE_OR_NONE,
-    "progress": [NONE, *_BOOL],
-    "symmetric": _BOOL,
-    "scheduler": [NONE, Instance((str,), "a str")],
-    "address": [NONE, Instance((str,), "a str")],
-}
-
-
-def _as_observations(obs, func: str) -> Observations:
-    if isinstance(obs, Observations):
-        return obs
-    if isinstance(obs, str | os.PathLike):
-        return Observations.open_zarr(obs)
-    raise InvalidParameterError(
-        f"The 'obs' parameter of {func} must be an Observations or the path of an "
-        f"Observations Zarr store. Got {type(obs).__name__}. Build one with "
-        "Observations.from_coo or Observations.from_dense."
-    )
-
-
-def _check_rank(func: str, rank, shape) -> int:
-    n = min(shape)
-    check_param(func, "rank", rank, [Interval("int", 1, n, "left")])
-    return int(rank)
+__all__ = ["complete", "complete_oracle", "reference_copy"]
 
 
 def _warn_empty(obs: Observations, symmetric: bool) -> None:
@@ -100,9 +47,10 @@ def complete(
     method: str = "scaledgd",
     loss: str = "l2",
     symmetric: bool = False,
-    damping: float = 0.0,
+    damping: float | None = None,
     init: str = "spectral",
-    step_size: float | None = None,
+    init_scale: float = 1e-3,
+    step_size: float | str | None = None,
     reg: float = 0.0,
     center=False,
     validation=None,
@@ -140,20 +88,32 @@ def complete(
         Target rank, ``1 <= rank < min(n1, n2)``.
     method : {"scaledgd", "gd"}, default "scaledgd"
         ``"gd"`` is the vanilla gradient baseline with step ``η / σ̂₁``.
-    loss : {"l2"}, default "l2"
+    loss : {"l2", "l1"}, default "l2"
+        ``"l1"`` minimises ``(1/p) Σ_Ω |<L_i, R_j> − y_ij|`` with the scaled
+        subgradient method (ScaledSM), robust to outliers among the entries.
     symmetric : bool, default False
         Fit the PSD model ``X = L Lᵀ`` from square observations.
-    damping : float, default 0.0
-        ``λ ≥ 0`` of ScaledGD(λ): preconditioner ``(RᵀR + λI)⁻¹``.
-    init : "spectral" or tuple of arrays, default "spectral"
+    damping : float or None, default None
+        ``λ ≥ 0`` of ScaledGD(λ): preconditioner ``(RᵀR + λI)⁻¹``. ``None``
+        means 0 for a spectral or warm start, and for ``init="random"`` the
+        spectral value before the largest gap of the spectral estimate (an
+        estimate of ``σ_min`` when the rank is over-specified).
+    init : {"spectral", "random"} or tuple of arrays, default "spectral"
         ``"spectral"``: balanced factors from ``SVD_r(Y/p)`` (randomized, on
-        the tiles). A tuple ``(L0, R0)`` (``(L0,)`` when symmetric) of arrays
-        of shapes ``(n1, rank)`` and ``(n2, rank)`` starts from those factors
-        (warm start).
-    step_size : float or None, default None
-        ``None`` uses the adaptive default rule (never diverges silently; see
-        :class:`~dscaledgd.solvers.scaledgd.AdaptiveStep`); a float fixes
-        ``η`` as in the papers (``0.5`` reproduces them).
+        the tiles). ``"random"``: ScaledGD(λ)'s small random start, factors
+        with i.i.d. ``N(0, init_scale² σ̂₁ / n)`` entries. A tuple ``(L0, R0)``
+        (``(L0,)`` when symmetric) of arrays of shapes ``(n1, rank)`` and
+        ``(n2, rank)`` starts from those factors (warm start).
+    init_scale : float, default 1e-3
+        ``α`` of the random start, relative to ``√σ̂₁``. The final error has a
+        floor that grows with α (ALGORITHMS.md §6); a ``DataWarning`` is given
+        when ``damping < α σ̂₁`` (the first steps then overshoot).
+    step_size : float, "polyak", "geometric" or None, default None
+        ``None`` uses the adaptive default rule for l2 (never diverges
+        silently; see :class:`~dscaledgd.solvers.scaledgd.AdaptiveStep`), a
+        guarded fixed ``η = 0.5`` for a random start, and the geometric
+        ScaledSM rule for l1. A float fixes ``η`` as in the papers (``0.5``
+        reproduces them).
     reg : float, default 0.0
         Ridge penalty: the objective becomes ``f + (reg/2)(‖L‖² + ‖R‖²)``.
         The step stays ``−η (∇f + reg·F) P`` with ``P`` SPD, a descent step
@@ -220,15 +180,15 @@ def complete(
     'converged'
     """
     func = "complete"
-    obs = _as_observations(obs, func)
-    rank = _check_rank(func, rank, obs.shape)
+    obs = as_observations(obs, func)
+    rank = check_rank(func, rank, obs.shape)
     check_choice(func, "method", method, METHODS)
     check_choice(func, "loss", loss, LOSSES)
-    init = _check_init(func, init, obs.shape, rank, symmetric)
+    init = check_init(func, init, obs.shape, rank, symmetric)
     check_choice(func, "cache", cache, CACHE_POLICIES)
     check_param(func, "center", center, [Options(CENTER_MODES)])
     if validation is not None:
-        validation = _as_observations(validation, func)
+        validation = as_observations(validation, func)
         if validation.shape != obs.shape:
             raise InvalidParameterError(
                 f"The 'validation' parameter of complete must have the shape of the training "
@@ -249,6 +209,7 @@ def complete(
         symmetric=symmetric,
         damping=damping,
         init=init,
+        init_scale=init_scale,
         step_size=step_size,
         max_iter=max_iter,
         tol=tol,
@@ -261,7 +222,7 @@ def complete(
         address=address,
         init_power_iter=init_power_iter,
     )
-    validate_params(func, params, _COMMON)
+    validate_params(func, params, COMMON)
     if scheduler is not None:
         check_choice(func, "scheduler", scheduler, SCHEDULERS)
     if symmetric and obs.shape[0] != obs.shape[1]:
@@ -300,29 +261,9 @@ def complete(
             if reg > 0:
                 engine.set_row_weights()
             params["_ids"] = {"row": obs.row_ids, "col": obs.col_ids}
-            return _solve(engine, rank, rng, params, desc="complete")
+            return solve(engine, rank, rng, params, desc="complete")
         finally:
             engine.close()
-
-
-def _check_init(func, init, shape, rank, symmetric):
-    if isinstance(init, str):
-        return check_choice(func, "init", init, INITS)
-    if not isinstance(init, tuple | list):
-        raise InvalidParameterError(
-            f"The 'init' parameter of {func} must be one of {{{', '.join(map(repr, INITS))}}} "
-            f"or a tuple of factor arrays. Got {type(init).__name__}."
-        )
-    dims = shape[:1] if symmetric else shape
-    arrays = tuple(np.asarray(F, dtype=np.float64) for F in init)
-    want = [(n, rank) for n in dims]
-    got = [a.shape for a in arrays]
-    if got != want or not all(np.all(np.isfinite(a)) for a in arrays):
-        raise InvalidParameterError(
-            f"The 'init' parameter of {func} must hold {len(want)} finite arrays of shapes "
-            f"{want}. Got shapes {got}."
-        )
-    return arrays
 
 
 def reference_copy(obs: Observations) -> Observations:
@@ -337,93 +278,3 @@ def complete_oracle(obs, rank: int, **kwargs) -> SolveResult:
     Same parameters; the data pass is plain NumPy on one tile and runs inline.
     """
     return complete(obs, rank, _oracle=True, **kwargs)
-
-
-def _solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
-    """Initialise, run the shared loop and package the result."""
-    seed = int(rng.integers(2**62))
-    if isinstance(params["init"], tuple):
-        state = engine.from_numpy(list(params["init"]))
-        L0, R0 = params["init"][0], params["init"][-1]
-        values = np.sqrt(np.clip(np.linalg.eigvals((L0.T @ L0) @ (R0.T @ R0)).real, 0, None))
-        values = np.sort(values)[::-1]
-        init_passes = 0
-    else:
-        state, values = inits.spectral_init(
-            engine, rank, seed=seed, n_power=params["init_power_iter"]
-        )
-        q = params["init_power_iter"]
-        init_passes = (q + 2 if params["symmetric"] else 2 * q + 2) + 1  # + LS rescaling
-    sigma1 = float(values[0]) if len(values) and values[0] > 0 else 1.0
-    method = params["method"]
-    precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
-    if params["step_size"] is not None:
-        rule = FixedStep(params["step_size"], params["damping"])
-    elif method == "gd":
-        rule = guarded_gd()
-    else:
-        rule = AdaptiveStep(damping=params["damping"])
-    cfg = LoopConfig(
-        tol=params["tol"],
-        max_iter=params["max_iter"],
-        stall_tol=params["stall_tol"],
-        patience=params["patience"],
-        callback=params["callback"],
-        progress=params["progress"],
-        reg=params["reg"],
-    )
-    # factor-norm reference of the guard: the initial factors for a spectral start; the
-    # data scale (an upper bound of Σσ_i for balanced factors) for a given start
-    norm_ref = (
-        0.0
-        if params["init"] == "spectral"
-        else float(np.sqrt(rank * engine.value_norm2 / engine.p))
-    )
-    out = run(engine, state, rule, precond, cfg, norm_ref=norm_ref, desc=desc)
-    factors = tuple(_finalize(engine.ex, F) for F in out.state)
-    info = {
-        "init_values": np.asarray(values).tolist(),
-        "init_passes": init_passes,
-        "passes": out.passes,
-        "events": out.events,
-        "step_rule": rule.name,
-        "executor": engine.ex.kind,
-        "tiles": list(engine.grid),
-        "cache": engine.cache,
-    }
-    stored = {k: v for k, v in params.items() if k not in ("callback",) and not k.startswith("_")}
-    if isinstance(stored["init"], tuple):
-        stored["init"] = "warm-start"
-    stored["random_state"] = (
-        params["random_state"]
-        if isinstance(params["random_state"], int | type(None))
-        else repr(params["random_state"])
-    )
-    return SolveResult(
-        factors=factors,
-        status=out.status,
-        n_iter=out.n_iter,
-        converged=out.status in ("converged", "stalled", "early_stopped"),
-        message=out.message,
-        history=out.history,
-        params=stored,
-        info=info,
-        offsets=params.get("_offsets", {"mean": 0.0, "row_bias": None, "col_bias": None}),
-        ids=params.get("_ids", {"row": None, "col": None}),
-        _client=engine.ex.client if _lasting(engine.ex) else None,
-    )
-
-
-def _lasting(ex) -> bool:
-    """The executor's client outlives this run (its futures stay valid)."""
-    return ex.kind == "distributed" and not getattr(ex, "owned", False)
-
-
-def _finalize(ex, F):
-    """Factors at the edge: futures-backed on a lasting client, else gathered."""
-    import dask.array as da
-
-    if _lasting(ex):
-        return F.to_dask()
-    arr = F.gather()
-    return da.from_array(arr, chunks=(tuple(int(x) for x in np.diff(F.bounds)), F.ncols))

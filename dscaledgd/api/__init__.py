@@ -1,0 +1,14 @@
+"""Public functions: validation → engine → solver.
+
+``complete`` (matrix completion) lives in :mod:`.completion`, ``sense``
+(matrix sensing, robust l1 recovery) in :mod:`.sensing` and ``rpca`` in
+:mod:`.rpca`; :mod:`._core` holds what they share (the solve driver).
+"""
+
+from __future__ import annotations
+
+from ._core import INITS, LOSSES, METHODS
+from .completion import complete, complete_oracle, reference_copy
+from .sensing import sense
+
+__all__ = ["complete", "complete_oracle", "reference_copy", "sense", "METHODS", "LOSSES", "INITS"]

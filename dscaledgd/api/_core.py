@@ -1,0 +1,236 @@
+"""Shared machinery of the public functions: validation helpers, the solve driver.
+
+Every public function (``complete``, ``sense``, ``rpca``) validates its own
+parameters, builds its engine and calls :func:`solve`, which initialises,
+runs the one loop (:mod:`dscaledgd.solvers.loop`) and packages the result.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from .._validation import (
+    CALLABLE_OR_NONE,
+    NONE,
+    RANDOM_STATE,
+    Instance,
+    Interval,
+    Options,
+    check_choice,
+    check_param,
+)
+from ..exceptions import DataWarning, InvalidParameterError
+from ..result import SolveResult
+from ..solvers import init as inits
+from ..solvers.loop import LoopConfig, run
+from ..solvers.scaledgd import AdaptiveStep, FixedStep, Preconditioner, guarded
+from ..solvers.subgradient import GeometricStep, PolyakStep
+from ..storage.observations import Observations
+
+__all__ = ["solve", "COMMON", "as_observations", "check_rank", "check_init"]
+
+METHODS = ("scaledgd", "gd")
+LOSSES = ("l2", "l1")
+INITS = ("spectral", "random")
+
+_BOOL = [Instance((bool, np.bool_), "a bool")]
+COMMON = {
+    "max_iter": [Interval("int", 1, None)],
+    "tol": [Interval("real", 0, None, "neither")],
+    "stall_tol": [Interval("real", 0, None, "left")],
+    "patience": [Interval("int", 1, None)],
+    "damping": [NONE, Interval("real", 0, None, "left")],
+    "init_scale": [Interval("real", 0, None, "neither")],
+    "step_size": [NONE, Interval("real", 0, 10, "right"), Options(("polyak", "geometric"))],
+    "init_power_iter": [Interval("int", 0, 100)],
+    "reg": [Interval("real", 0, None, "left")],
+    "random_state": RANDOM_STATE,
+    "callback": CALLABLE_OR_NONE,
+    "progress": [NONE, *_BOOL],
+    "symmetric": _BOOL,
+    "scheduler": [NONE, Instance((str,), "a str")],
+    "address": [NONE, Instance((str,), "a str")],
+}
+
+
+def as_observations(obs, func: str) -> Observations:
+    if isinstance(obs, Observations):
+        return obs
+    if isinstance(obs, str | os.PathLike):
+        return Observations.open_zarr(obs)
+    raise InvalidParameterError(
+        f"The 'obs' parameter of {func} must be an Observations or the path of an "
+        f"Observations Zarr store. Got {type(obs).__name__}. Build one with "
+        "Observations.from_coo or Observations.from_dense."
+    )
+
+
+def check_rank(func: str, rank, shape) -> int:
+    n = min(shape)
+    check_param(func, "rank", rank, [Interval("int", 1, n, "left")])
+    return int(rank)
+
+
+def check_init(func, init, shape, rank, symmetric):
+    if isinstance(init, str):
+        return check_choice(func, "init", init, INITS)
+    if not isinstance(init, tuple | list):
+        raise InvalidParameterError(
+            f"The 'init' parameter of {func} must be one of {{{', '.join(map(repr, INITS))}}} "
+            f"or a tuple of factor arrays. Got {type(init).__name__}."
+        )
+    dims = shape[:1] if symmetric else shape
+    arrays = tuple(np.asarray(F, dtype=np.float64) for F in init)
+    want = [(n, rank) for n in dims]
+    got = [a.shape for a in arrays]
+    if got != want or not all(np.all(np.isfinite(a)) for a in arrays):
+        raise InvalidParameterError(
+            f"The 'init' parameter of {func} must hold {len(want)} finite arrays of shapes "
+            f"{want}. Got shapes {got}."
+        )
+    return arrays
+
+
+def default_damping(values) -> float:
+    """ScaledGD(λ)'s default λ: the spectral value just before the largest gap.
+
+    With an over-specified rank the spectral estimate's values beyond the true
+    rank sit at the noise level; the largest ratio ``σ_i / σ_{i+1}`` marks the
+    true rank, and ``σ̂_min`` of the signal is taken as λ (ALGORITHMS.md §6:
+    λ ≈ σ_min; measured, λ = σ_min/10 was ten times slower).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[v > 0]
+    if len(v) == 0:
+        return 1.0
+    if len(v) == 1:
+        return float(v[0])
+    return float(v[int(np.argmax(v[:-1] / v[1:]))])
+
+
+def initial_state(engine, rank: int, seed: int, params: dict):
+    """``(state, spectral values, data passes)`` of the requested initialisation."""
+    init = params["init"]
+    q = params["init_power_iter"]
+    spectral_passes = getattr(engine, "spectral_passes", lambda q: 2 * q + 2)(q)
+    if isinstance(init, tuple):
+        state = engine.from_numpy(list(init))
+        L0, R0 = init[0], init[-1]
+        values = np.sqrt(np.clip(np.linalg.eigvals((L0.T @ L0) @ (R0.T @ R0)).real, 0, None))
+        return state, np.sort(values)[::-1], 0
+    if init == "spectral":
+        state, values = inits.spectral_init(engine, rank, seed=seed, n_power=q)
+        return state, values, spectral_passes + 1  # + the least-squares rescaling pass
+    _, values = engine.spectral(rank, seed=seed, n_power=q)
+    values = np.clip(np.asarray(values, dtype=np.float64), 0.0, None)
+    scale = params["init_scale"] * np.sqrt(max(values[0], np.finfo(float).tiny))
+    return inits.random_init(engine, rank, seed=seed + 1, scale=scale), values, spectral_passes
+
+
+def choose_rule(params: dict, damping: float, eta: float = 0.7):
+    """The step rule of a run (see the function docstrings for the defaults)."""
+    step = params.get("step_size")
+    loss = params.get("loss", "l2")
+    f_star = params.get("f_star")
+    if step == "polyak":
+        return PolyakStep(f_star=f_star or 0.0, damping=damping)
+    if step == "geometric":
+        return GeometricStep(damping=damping)
+    if step is not None:
+        return FixedStep(step, damping)
+    if loss == "l1":
+        return PolyakStep(f_star, damping) if f_star is not None else GeometricStep(damping=damping)
+    if params["method"] == "gd" or params["init"] == "random":
+        return guarded(0.5, damping)
+    return AdaptiveStep(eta=eta, damping=damping)
+
+
+def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
+    """Initialise, run the shared loop and package the result."""
+    seed = int(rng.integers(2**62))
+    state, values, init_passes = initial_state(engine, rank, seed, params)
+    sigma1 = float(values[0]) if len(values) and values[0] > 0 else 1.0
+    method = params["method"]
+    precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
+    damping = params["damping"]
+    if damping is None:
+        damping = default_damping(values) if params["init"] == "random" else 0.0
+    if params["init"] == "random" and method != "gd" and damping < params["init_scale"] * sigma1:
+        warnings.warn(
+            f"{desc}: damping={damping:.3g} is small for init_scale={params['init_scale']:g} "
+            f"(below init_scale·σ̂₁ = {params['init_scale'] * sigma1:.3g}): the first steps "
+            "from the small random start may overshoot. Raise damping, or leave it at None "
+            "for the default (σ̂ before the largest spectral gap).",
+            DataWarning,
+            stacklevel=3,
+        )
+    rule = choose_rule(params, damping, getattr(engine, "default_eta", 0.7))
+    cfg = LoopConfig(
+        tol=params["tol"],
+        max_iter=params["max_iter"],
+        stall_tol=params["stall_tol"],
+        patience=params["patience"],
+        callback=params["callback"],
+        progress=params["progress"],
+        reg=params["reg"],
+    )
+    # factor-norm reference of the guard: the initial factors for a spectral start; the
+    # data scale (an upper bound of Σσ_i for balanced factors) for a given start
+    norm_ref = (
+        0.0
+        if params["init"] == "spectral"
+        else float(np.sqrt(rank * engine.value_norm2 / engine.p))
+    )
+    params = {**params, "damping": damping}
+    out = run(engine, state, rule, precond, cfg, norm_ref=norm_ref, desc=desc)
+    factors = tuple(_finalize(engine.ex, F) for F in out.state)
+    info = {
+        "init_values": np.asarray(values).tolist(),
+        "init_passes": init_passes,
+        "passes": out.passes,
+        "events": out.events,
+        "step_rule": rule.name,
+        "damping": damping,
+        "executor": engine.ex.kind,
+        "tiles": list(engine.grid),
+        "cache": engine.cache,
+    }
+    stored = {k: v for k, v in params.items() if k not in ("callback",) and not k.startswith("_")}
+    if isinstance(stored["init"], tuple):
+        stored["init"] = "warm-start"
+    stored["random_state"] = (
+        params["random_state"]
+        if isinstance(params["random_state"], int | type(None))
+        else repr(params["random_state"])
+    )
+    return SolveResult(
+        factors=factors,
+        status=out.status,
+        n_iter=out.n_iter,
+        converged=out.status in ("converged", "stalled", "early_stopped"),
+        message=out.message,
+        history=out.history,
+        params=stored,
+        info=info,
+        offsets=params.get("_offsets", {"mean": 0.0, "row_bias": None, "col_bias": None}),
+        ids=params.get("_ids", {"row": None, "col": None}),
+        _client=engine.ex.client if _lasting(engine.ex) else None,
+    )
+
+
+def _lasting(ex) -> bool:
+    """The executor's client outlives this run (its futures stay valid)."""
+    return ex.kind == "distributed" and not getattr(ex, "owned", False)
+
+
+def _finalize(ex, F):
+    """Factors at the edge: futures-backed on a lasting client, else gathered."""
+    import dask.array as da
+
+    if _lasting(ex):
+        return F.to_dask()
+    arr = F.gather()
+    return da.from_array(arr, chunks=(tuple(int(x) for x in np.diff(F.bounds)), F.ncols))
