@@ -10,8 +10,8 @@ import logging
 
 from . import datasets
 from ._version import __version__
-from .api import complete, sense
-from .estimators import MatrixCompletion
+from .api import complete, rpca, sense
+from .estimators import MatrixCompletion, MatrixSensing, RobustPCA
 from .exceptions import (
     ConvergenceWarning,
     DataWarning,
@@ -30,9 +30,12 @@ __all__ = [
     "Observations",
     "complete",
     "sense",
+    "rpca",
     "GaussianSensing",
     "QuadraticSensing",
     "MatrixCompletion",
+    "MatrixSensing",
+    "RobustPCA",
     "SolveResult",
     "IterationState",
     "load_result",

@@ -11,7 +11,7 @@ import inspect
 
 from . import api
 
-__all__ = ["MatrixCompletion"]
+__all__ = ["MatrixCompletion", "MatrixSensing", "RobustPCA"]
 
 
 class _Estimator:
@@ -138,3 +138,130 @@ class MatrixCompletion(_Estimator):
     def score(self, obs) -> float:
         """Negative RMSE on ``obs`` (greater is better, scikit-learn convention)."""
         return -self.result_.rmse(obs)
+
+
+class MatrixSensing(_Estimator):
+    """Matrix sensing / robust l1 recovery (see :func:`dscaledgd.sense`).
+
+    ``fit(y, operator)``; parameters are those of :func:`dscaledgd.sense`.
+
+    Attributes
+    ----------
+    factors_, n_iter_, history_, converged_, result_
+    """
+
+    def __init__(
+        self,
+        rank: int = 10,
+        *,
+        loss: str = "l2",
+        symmetric: bool = False,
+        step=None,
+        f_star=None,
+        outlier_fraction=None,
+        method: str = "scaledgd",
+        damping=None,
+        init="spectral",
+        init_scale: float = 1e-3,
+        shape=None,
+        max_iter: int = 500,
+        tol: float = 1e-10,
+        stall_tol: float = 1e-8,
+        patience: int = 10,
+        random_state=None,
+        client=None,
+        address=None,
+        scheduler=None,
+        cache: str = "auto",
+        callback=None,
+        progress=None,
+    ):
+        self.rank = rank
+        self.loss = loss
+        self.symmetric = symmetric
+        self.step = step
+        self.f_star = f_star
+        self.outlier_fraction = outlier_fraction
+        self.method = method
+        self.damping = damping
+        self.init = init
+        self.init_scale = init_scale
+        self.shape = shape
+        self.max_iter = max_iter
+        self.tol = tol
+        self.stall_tol = stall_tol
+        self.patience = patience
+        self.random_state = random_state
+        self.client = client
+        self.address = address
+        self.scheduler = scheduler
+        self.cache = cache
+        self.callback = callback
+        self.progress = progress
+
+    def fit(self, y, operator):
+        """Fit to measurements ``y`` of ``operator``."""
+        return self._fit_result(api.sense(y, operator, **self.get_params()))
+
+
+class RobustPCA(_Estimator):
+    """Robust PCA ``Y ≈ L Rᵀ + S`` (see :func:`dscaledgd.rpca`).
+
+    Attributes
+    ----------
+    L_, R_, S_ : dask arrays
+    factors_, n_iter_, history_, converged_, result_
+    """
+
+    def __init__(
+        self,
+        rank: int = 10,
+        *,
+        alpha: float = 0.1,
+        mask=None,
+        method: str = "scaledgd",
+        damping=None,
+        init="spectral",
+        step_size=None,
+        grid=None,
+        max_iter: int = 500,
+        tol: float = 1e-10,
+        stall_tol: float = 1e-8,
+        patience: int = 10,
+        init_power_iter: int = 4,
+        random_state=None,
+        client=None,
+        address=None,
+        scheduler=None,
+        callback=None,
+        progress=None,
+    ):
+        self.rank = rank
+        self.alpha = alpha
+        self.mask = mask
+        self.method = method
+        self.damping = damping
+        self.init = init
+        self.step_size = step_size
+        self.grid = grid
+        self.max_iter = max_iter
+        self.tol = tol
+        self.stall_tol = stall_tol
+        self.patience = patience
+        self.init_power_iter = init_power_iter
+        self.random_state = random_state
+        self.client = client
+        self.address = address
+        self.scheduler = scheduler
+        self.callback = callback
+        self.progress = progress
+
+    def fit(self, Y, y=None):
+        """Split ``Y`` (``y`` is ignored)."""
+        self._fit_result(api.rpca(Y, **self.get_params()))
+        self.L_, self.R_, self.S_ = self.result_.L, self.result_.R, self.result_.S
+        return self
+
+    def transform(self, Y=None):
+        """The low-rank part ``L Rᵀ`` (dask array)."""
+        return self.L_ @ self.R_.T

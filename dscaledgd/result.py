@@ -124,6 +124,8 @@ class SolveResult:
     offsets: dict = field(default_factory=lambda: {"mean": 0.0, "row_bias": None, "col_bias": None})
     #: ``{"row": ids or None, "col": ids or None}``: original ids of an imported table
     ids: dict = field(default_factory=lambda: {"row": None, "col": None})
+    #: the sparse component ``S`` of a robust PCA fit (dask array), else ``None``
+    sparse: object = None
     #: the distributed client holding futures-backed factors (not serialised)
     _client: object = field(default=None, repr=False, compare=False)
 
@@ -137,6 +139,11 @@ class SolveResult:
     def R(self):
         """Right factor, shape ``(n2, rank)``; the same array as ``L`` when symmetric."""
         return self.factors[-1]
+
+    @property
+    def S(self):
+        """Sparse component of :func:`dscaledgd.rpca` (dask array; ``None`` otherwise)."""
+        return self.sparse
 
     @property
     def symmetric(self) -> bool:

@@ -37,10 +37,16 @@ def small():
             {"method": "sgd"},
             r"'method' parameter of complete must be one of \{'scaledgd', 'gd'\}. Got 'sgd'.",
         ),
-        ({"loss": "huber"}, r"'loss' parameter of complete must be one of \{'l2', 'l1'\}. Got 'huber'."),
+        (
+            {"loss": "huber"},
+            r"'loss' parameter of complete must be one of \{'l2', 'l1'\}. Got 'huber'.",
+        ),
         ({"init": "svd"}, r"'init' parameter of complete must be one of \{'spectral', 'random'\}"),
         ({"init": (np.ones((60, 2)),)}, r"'init' parameter of complete must hold 2 finite arrays"),
-        ({"damping": -1.0}, r"'damping' parameter of complete must be None or a float in \[0, inf\)"),
+        (
+            {"damping": -1.0},
+            r"'damping' parameter of complete must be None or a float in \[0, inf\)",
+        ),
         (
             {"step_size": 0.0},
             r"'step_size' parameter of complete must be None, a float in \(0, 10\] or one of \{'polyak', 'geometric'\}",

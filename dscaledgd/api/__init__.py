@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from ._core import INITS, LOSSES, METHODS
 from .completion import complete, complete_oracle, reference_copy
+from .rpca import rpca
 from .sensing import sense
 
-__all__ = ["complete", "complete_oracle", "reference_copy", "sense", "METHODS", "LOSSES", "INITS"]
+__all__ = [
+    "complete",
+    "complete_oracle",
+    "reference_copy",
+    "sense",
+    "rpca",
+    "METHODS",
+    "LOSSES",
+    "INITS",
+]

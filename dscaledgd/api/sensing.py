@@ -114,8 +114,11 @@ def sense(
     max_iter, tol, stall_tol, patience, random_state, client, address,
     scheduler, cache, callback, progress
         As in :func:`dscaledgd.complete`; ``tol`` bounds the relative
-        residual ``‖A(X) − y‖/‖y‖`` (with outliers, use ``max_iter`` or the
-        stall rule). ``cache``: keep the generated operator blocks on the
+        residual ``‖A(X) − y‖/‖y‖`` (with outliers it never reaches 0). For
+        l1, ``stall_tol`` bounds the relative step ``‖ΔX‖/‖X‖`` instead of the
+        loss change (the l1 loss is dominated by ``f*``), so it also caps the
+        accuracy at about ``stall_tol``: lower it for high accuracy.
+        ``cache``: keep the generated operator blocks on the
         workers (``"memory"``) or regenerate them every pass (``"generate"``).
 
     Returns

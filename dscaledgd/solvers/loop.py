@@ -46,7 +46,14 @@ import numpy as np
 
 from ..exceptions import ConvergenceWarning
 from ..result import HISTORY_KEYS, IterationState
-from .scaledgd import GramSolveError, Preconditioner, update_matrices, with_ridge
+from .scaledgd import (
+    GramSolveError,
+    Preconditioner,
+    scaled_grad_norm2,
+    update_matrices,
+    with_ridge,
+    x_norm2,
+)
 
 __all__ = ["LoopConfig", "LoopOutcome", "run"]
 
@@ -206,7 +213,7 @@ def run(
                 cur = best  # restore the best accepted iterate and its gradient
                 continue
             best_before = best.stats.loss
-            cur = new
+            prev, cur = cur, new
             n_iter += 1
             if cur.stats.loss < best.stats.loss:
                 best = cur
@@ -216,8 +223,17 @@ def run(
                 bar.set_postfix(loss=f"{cur.stats.loss:.3e}", step=f"{step.eta:.3g}")
             # stall: the best loss stopped improving while the loss sits at it (not in
             # a transient: ScaledGD's loss may rise far above its minimum and recover)
-            gain = (best_before - best.stats.loss) / max(best.stats.loss, 1e-300)
-            at_floor = cur.stats.loss <= 2.0 * best.stats.loss
+            # relative step ‖ΔX‖/‖X‖ (first order: η ‖G‖* in the scaled metric)
+            moved = step.eta * np.sqrt(max(scaled_grad_norm2(prev.stats, P), 0.0))
+            rel_step = moved / max(np.sqrt(max(x_norm2(cur.stats), 0.0)), 1e-300)
+            if getattr(rule, "stall_on_step", False):  # l1: the iterates stopped moving
+                gain, at_floor = rel_step, True
+            else:  # the loss stopped improving, and the iterates barely move (not a
+                # plateau of a small random start, where X still grows fast)
+                gain = (best_before - best.stats.loss) / max(best.stats.loss, 1e-300)
+                at_floor = cur.stats.loss <= 2.0 * best.stats.loss and (
+                    cfg.reg > 0 or rel_step < np.sqrt(cfg.stall_tol)
+                )
             quiet = quiet + 1 if (gain < cfg.stall_tol and at_floor) else 0
             val = cur.stats.extra.get("validation")
             if val is not None:

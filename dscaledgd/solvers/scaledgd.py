@@ -151,6 +151,11 @@ def predicted_grams(FF, FG, GG, eta, P):
     return FF - eta * (X + X.T) + eta**2 * (P @ GG @ P)
 
 
+def x_norm2(stats) -> float:
+    """``‖X‖_F²`` from the Grams: ``tr(F_kᵀF_k H_k)`` (the same for every k)."""
+    return float(np.sum(stats.FF[0] * stats.H[0]))
+
+
 def scaled_grad_norm2(stats, P: list) -> float:
     """``Σ_k <G_k, G_k P_k>``, the squared gradient norm in the scaled metric."""
     return float(sum(np.sum(GG * Pk) for GG, Pk in zip(stats.GG, P)))

@@ -1,0 +1,274 @@
+"""Robust PCA on dense chunks: the engine behind :func:`dscaledgd.rpca`.
+
+``Y = X* + S*`` is a dense ``n1 × n2`` matrix (NumPy or Dask, NaN = missing)
+cut into a grid of blocks that stay on the workers. One pass at
+``X = L Rᵀ`` (ALGORITHMS.md §5):
+
+1. per block, ``Z = Y − X`` and its per-row and per-column top-``k``
+   magnitudes (:mod:`dscaledgd.problems.rpca`);
+2. per row block and per column block, the candidates are merged into the
+   ``k``-th largest: the thresholds of ``T_{2α}`` (tasks, not the client);
+3. per block, ``S = T_{2α}(Z)`` and ``D = X + S − Y = S − Z`` on the observed
+   entries, the partial gradients ``D R_b`` and ``Dᵀ L_a`` and ``Σ D²``.
+
+The loss is ``f = (1/2p) ‖P_Ω(X + S − Y)‖²`` with ``p`` the observed
+fraction, so ``∇_L = D R / p``; ``X`` is recomputed in step 3 rather than
+holding ``Z`` between the steps (memory: the ``Y`` blocks plus one block of
+temporaries per task).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..problems import rpca as pr
+from ..storage.layout import balanced_bounds
+from .base import FactorEngine
+from .factors import Blocked, getitem, sum_small, tree_sum
+
+__all__ = ["RPCAEngine"]
+
+
+def _block_of(Y, r0, r1, c0, c1):
+    return np.ascontiguousarray(Y[r0:r1, c0:c1], dtype=np.float64)
+
+
+def _counts(Yb):
+    return pr.observed_counts(Yb)
+
+
+def _residual(Yb, L, R):
+    return Yb - L @ R.T  # NaN (missing) stays NaN
+
+
+def _candidates(Yb, L, R, kr, kc):
+    Z = Yb if L is None else _residual(Yb, L, R)
+    return pr.row_topk(Z, kr), pr.col_topk(Z, kc)
+
+
+def _merge(parts, k, axis, ks):
+    return pr.thresholds(pr.merge_topk(list(parts), k, axis), ks, axis)
+
+
+def _sparse_block(Yb, L, R, rthr, cthr):
+    Z = Yb if L is None else _residual(Yb, L, R)
+    return pr.sparsify(Z, rthr, cthr)
+
+
+def _grad_block(Yb, L, R, rthr, cthr, scale):
+    Z = _residual(Yb, L, R)
+    S = pr.sparsify(Z, rthr, cthr)
+    D = np.where(np.isnan(Z), 0.0, S - Z)  # X + S − Y on the observed entries
+    sq = float(np.sum(D * D))
+    return scale * (D @ R), scale * (D.T @ L), np.array([sq, sq])
+
+
+def _spmm_block(Yb, Sb, V, transpose):
+    M = np.where(np.isnan(Yb), 0.0, Yb - Sb)
+    return M.T @ V if transpose else M @ V
+
+
+@dataclass
+class RPCAPass:
+    G: list
+    small: list
+
+
+class RPCAEngine(FactorEngine):
+    """Robust PCA passes over the dense blocks of ``Y`` on an executor.
+
+    Parameters
+    ----------
+    Y : ndarray or dask array, shape (n1, n2)
+        NaN marks a missing entry.
+    ex : Executor
+    alpha : float in (0, 1)
+        Outlier fraction bound of the model; the iterations use ``T_{2α}``
+        and the initialisation ``T_α``.
+    grid : (a, b), optional
+        Row and column blocks (default: the Dask chunks, else about two row
+        stripes per thread).
+    """
+
+    default_eta = 0.5  # ALGORITHMS.md §5
+
+    def __init__(self, Y, ex, *, alpha: float, grid=None):
+        self.ex, self.symmetric, self.alpha = ex, False, float(alpha)
+        n1, n2 = (int(s) for s in Y.shape)
+        if hasattr(Y, "chunks") and grid is None:
+            rb = np.concatenate([[0], np.cumsum(Y.chunks[0])]).astype(np.int64)
+            cb = np.concatenate([[0], np.cumsum(Y.chunks[1])]).astype(np.int64)
+        else:
+            a, b = grid or (max(1, min(n1, 2 * ex.nthreads)), 1)
+            rb = balanced_bounds(np.ones(n1), a)
+            cb = balanced_bounds(np.ones(n2), b)
+        self.obs = SimpleNamespace(row_bounds=rb, col_bounds=cb, shape=(n1, n2))
+        self.factor_bounds = [rb, cb]
+        self.grid = (len(rb) - 1, len(cb) - 1)
+        self.cache = "memory"
+        self._Y = self._place(Y)
+        counts = ex.gather([ex.submit(_counts, yb, name="counts") for yb in self._Y])
+        a, b = self.grid
+        self.row_counts = np.concatenate(
+            [sum(counts[ia * b + ib][0] for ib in range(b)) for ia in range(a)]
+        )
+        self.col_counts = np.concatenate(
+            [sum(counts[ia * b + ib][1] for ia in range(a)) for ib in range(b)]
+        )
+        nobs = int(self.row_counts.sum())
+        self.p = nobs / (n1 * n2)
+        self.grad_scale = 1.0 / self.p
+        self.loss_scale = 0.5 / self.p
+        sumsq = [ex.submit(lambda yb: float(np.nansum(yb * yb)), yb, name="norm") for yb in self._Y]
+        self.value_norm2 = float(sum(ex.gather(sumsq)))
+        self.S0 = None
+
+    # ------------------------------------------------------------ layout
+    def _place(self, Y) -> list:
+        rb, cb = self.factor_bounds
+        a, b = self.grid
+        spans = [
+            (int(rb[i]), int(rb[i + 1]), int(cb[j]), int(cb[j + 1]))
+            for i in range(a)
+            for j in range(b)
+        ]
+        slots = [(t // b) * self.ex.n_workers // a for t in range(a * b)]
+        if hasattr(Y, "dask"):  # each block computed where it will live
+            import dask
+
+            blocks = dask.compute(*[Y[r0:r1, c0:c1] for r0, r1, c0, c1 in spans])
+            return self.ex.scatter(
+                [np.asarray(x, dtype=np.float64) for x in blocks], placement=slots
+            )
+        Y = np.asarray(Y, dtype=np.float64)
+        return self.ex.scatter([_block_of(Y, *sp) for sp in spans], placement=slots)
+
+    def _blocks(self):
+        a, b = self.grid
+        for t in range(a * b):
+            yield t, t // b, t % b
+
+    # ------------------------------------------------------- thresholds
+    def _thresholds(self, L, R, alpha: float):
+        """Per-row-block and per-column-block thresholds of ``T_α(Y − L Rᵀ)`` (handles)."""
+        ex = self.ex
+        kr_all = pr.topk_sizes(self.row_counts, alpha)
+        kc_all = pr.topk_sizes(self.col_counts, alpha)
+        Kr, Kc = int(kr_all.max()), int(kc_all.max())
+        a, b = self.grid
+        rparts, cparts = [[] for _ in range(a)], [[] for _ in range(b)]
+        for t, ia, ib in self._blocks():
+            c = ex.submit(
+                _candidates,
+                self._Y[t],
+                None if L is None else L.blocks[ia],
+                None if R is None else R.blocks[ib],
+                Kr,
+                Kc,
+                name="topk",
+            )
+            rparts[ia].append(getitem(ex, c, 0))
+            cparts[ib].append(getitem(ex, c, 1))
+        rb, cb = self.factor_bounds
+        rthr = [
+            ex.submit(_merge, rparts[ia], Kr, 1, kr_all[rb[ia] : rb[ia + 1]], name="thr")
+            for ia in range(a)
+        ]
+        cthr = [
+            ex.submit(_merge, cparts[ib], Kc, 0, kc_all[cb[ib] : cb[ib + 1]], name="thr")
+            for ib in range(b)
+        ]
+        return rthr, cthr
+
+    def sparse_blocks(self, state, alpha: float) -> list:
+        """The blocks of ``T_α(Y − L Rᵀ)`` (``state=None``: ``T_α(Y)``), as handles."""
+        L, R = (None, None) if state is None else state
+        rthr, cthr = self._thresholds(L, R, alpha)
+        return [
+            self.ex.submit(
+                _sparse_block,
+                self._Y[t],
+                None if L is None else L.blocks[ia],
+                None if R is None else R.blocks[ib],
+                rthr[ia],
+                cthr[ib],
+                name="sparse",
+            )
+            for t, ia, ib in self._blocks()
+        ]
+
+    # ------------------------------------------------------------ protocol
+    def pass_(self, state: list) -> RPCAPass:
+        ex = self.ex
+        L, R = state
+        rthr, cthr = self._thresholds(L, R, 2 * self.alpha)
+        a, b = self.grid
+        gl, gr, values = [[] for _ in range(a)], [[] for _ in range(b)], []
+        for t, ia, ib in self._blocks():
+            g = ex.submit(
+                _grad_block,
+                self._Y[t],
+                L.blocks[ia],
+                R.blocks[ib],
+                rthr[ia],
+                cthr[ib],
+                self.grad_scale,
+                name="grad",
+            )
+            gl[ia].append(getitem(ex, g, 0))
+            gr[ib].append(getitem(ex, g, 1))
+            values.append(getitem(ex, g, 2))
+        G = [
+            Blocked(ex, Fb, state[k].ncols, [tree_sum(ex, p) for p in parts])
+            for k, (Fb, parts) in enumerate(zip(self.factor_bounds, (gl, gr)))
+        ]
+        return RPCAPass(G=G, small=[self.stats_parts(state, G), values])
+
+    def scalars(self, pas: RPCAPass):
+        stats, values = self.ex.gather(pas.small)
+        _, sumsq = sum_small(values)
+        return self.pass_stats(sumsq * self.loss_scale, sumsq, sumsq / self.p, stats)
+
+    def close(self) -> None:
+        self.ex.release(*self._Y)
+
+    # ----------------------------------------------------- initialisation
+    def spectral_passes(self, n_power: int) -> int:
+        return 2 * n_power + 4  # + the T_α pass (two sweeps)
+
+    def matmat(self, V: Blocked) -> Blocked:
+        return self._spmm(V, transpose=False)
+
+    def rmatmat(self, U: Blocked) -> Blocked:
+        return self._spmm(U, transpose=True)
+
+    def _spmm(self, V: Blocked, transpose: bool) -> Blocked:
+        rb, cb = self.factor_bounds
+        a, b = self.grid
+        parts = [[] for _ in range(b if transpose else a)]
+        for t, ia, ib in self._blocks():
+            src, dst = (ia, ib) if transpose else (ib, ia)
+            parts[dst].append(
+                self.ex.submit(
+                    _spmm_block, self._Y[t], self.S0[t], V.blocks[src], transpose, name="spmm"
+                )
+            )
+        blocks = [tree_sum(self.ex, p, 1.0 / self.p) for p in parts]
+        return Blocked(self.ex, cb if transpose else rb, V.ncols, blocks)
+
+    def spectral(self, rank: int, *, seed: int, n_power: int = 4):
+        """``SVD_r((Y − S₀)/p)`` with ``S₀ = T_α(Y)`` (randomized, on the blocks)."""
+        from .spectral import randomized_svd
+
+        self.S0 = self.sparse_blocks(None, self.alpha)
+        try:
+            U, s, V = randomized_svd(self, rank, seed=seed, n_power=n_power)
+        finally:
+            self.S0 = None
+        return [U, V], s
+
+    def fit_sums(self, state: list) -> tuple[float, float]:
+        return 1.0, 1.0  # the papers' initialisation, unscaled
