@@ -156,6 +156,13 @@ class SolveResult:
         kw = {"scheduler": self._client} if self._client is not None else {}
         return tuple(np.ascontiguousarray(F) for F in dask.compute(*self.factors, **kw))
 
+    def compute_sparse(self) -> np.ndarray | None:
+        """The sparse component of :func:`dscaledgd.rpca` as a NumPy array (run's client)."""
+        if self.sparse is None:
+            return None
+        kw = {"scheduler": self._client} if self._client is not None else {}
+        return np.asarray(self.sparse.compute(**kw))
+
     def _numpy_factors(self):
         F = self.compute_factors()
         return F[0], F[-1]

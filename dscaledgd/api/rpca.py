@@ -58,7 +58,14 @@ def rpca(
         RPCA: ``k`` then counts the observed entries of each row/column).
     rank : int
     alpha : float in (0, 1)
-        Upper bound on the fraction of corrupted entries per row and column.
+        Upper bound on the fraction of corrupted entries per row and column
+        (of the *observed* entries of that line when ``Y`` has missing
+        values). ``T_α`` keeps at most ``⌊α·count⌋`` entries per line, so an
+        ``alpha`` below the true per-line fraction leaves outliers in the
+        initialisation; when only an average rate is known, pass a safe bound
+        (about 1.5× it, as in Yi et al. 2016). Measured on 150 × 150 with 20%
+        missing and outliers planted at rate 0.05 before masking: ``alpha=0.05``
+        stalls near residual 1e-2, ``alpha=0.075`` converges in 135 iterations.
     mask : array-like of bool, optional
         ``True`` where observed (alternative to NaN).
     method, damping, init, step_size, max_iter, tol, stall_tol, patience,
