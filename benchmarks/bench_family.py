@@ -35,6 +35,7 @@ from dscaledgd.problems.rpca import t_alpha_dense
 
 KAPPAS = (1, 5, 10, 20)
 SEED_X, SEED_A, SEED_OUT = 11, 12, 13  # planted factors, operator, outliers
+GD = {"method": "gd"}
 
 
 # ------------------------------------------------------------------ helpers
@@ -51,6 +52,10 @@ class Run:
             return str(self.hits[target])
         tail = "div " if self.res.status == "diverged" else ""
         return f"{tail}>{self.res.n_iter} ({self.errs[-1]:.1e})" if self.errs else "-"
+
+    def err(self):
+        """The last error seen (at the last target reached, or at the cap)."""
+        return f"{self.errs[-1]:.1e}" if self.errs else "-"
 
 
 def track(solver, err, targets, cap, stop=True, **kw):
@@ -142,10 +147,8 @@ def part_sensing(a):
         sg = go(cap, y=ys[k], operator=A, rank=r)
         gd = go(gd_cap, y=ys[k], operator=A, rank=r, method="gd") if k in gd_kappas else None
         runs += [x for x in (sg, gd) if x]
-        c14, g = (
-            sg.cell(1e-14),
-            ([gd.cell(1e-14), f"{gd.errs[-1]:.1e}", f"{gd.secs:.0f}"] if gd else ["not run"] * 3),
-        )
+        c14 = sg.cell(1e-14)
+        g = [gd.cell(1e-14), gd.err(), f"{gd.secs:.0f}"] if gd else ["not run"] * 3
         rows.append([k, sg.cell(1e-12), c14, floor(sg), check(c14, 385), f"{sg.secs:.0f}", *g])
         print(rows[-1], flush=True)
     notes = (
@@ -178,35 +181,15 @@ def _robust(a, quadratic):
         y_star = A.forward(t.U * np.sqrt(t.s)) if quadratic else A.forward(t.dense())
         out = outliers(y_star, ps)
         f_star = float(np.abs(out).sum())
-        go = partial(
-            track,
-            dsg.sense,
-            t.relative_error,
-            (1e-12,),
-            cap,
-            y=y_star + out,
-            operator=A,
-            rank=r,
-            loss="l1",
-            symmetric=quadratic,
-            outlier_fraction=ps,
-        )
+        kw = dict(y=y_star + out, operator=A, rank=r, loss="l1", symmetric=quadratic)
+        go = partial(track, dsg.sense, t.relative_error, (1e-12,), cap, outlier_fraction=ps, **kw)
         pol = go(step="polyak", f_star=f_star)
         geo = go(step="geometric")
         sm = go(step="polyak", f_star=f_star, method="gd")
         runs += [pol, geo, sm]
         c = pol.cell(1e-12)
-        rows.append(
-            [
-                k,
-                c,
-                check(c, target),
-                geo.cell(1e-12),
-                sm.cell(1e-12),
-                f"{sm.errs[-1]:.1e}",
-                f"{pol.secs:.0f}/{geo.secs:.0f}/{sm.secs:.0f}",
-            ]
-        )
+        secs = f"{pol.secs:.0f}/{geo.secs:.0f}/{sm.secs:.0f}"
+        rows.append([k, c, check(c, target), geo.cell(1e-12), sm.cell(1e-12), sm.err(), secs])
         print(rows[-1], flush=True)
     head = f"κ|ScaledSM Polyak →1e-12|check ({target})|ScaledSM geometric|SM Polyak|SM err|s"
     common = (
@@ -237,14 +220,8 @@ def part_quadratic(a):
         "not say whether this target has outliers; the reference QS_l1.m (m = 8nr = 4000) "
         f"uses them, so: {common} Target: ≈ 180–190 iterations to 1e-12 at every κ (185)."
     )
-    emit(
-        "Family §4: quadratic sensing with 20% outliers, ScaledSM vs SM",
-        head,
-        rows,
-        notes,
-        runs,
-        t0,
-    )
+    title = "Family §4: quadratic sensing with 20% outliers, ScaledSM vs SM"
+    emit(title, head, rows, notes, runs, t0)
 
 
 def part_rpca(a):
@@ -256,27 +233,14 @@ def part_rpca(a):
     rows, runs = [], []
     for k in kappas:
         t = dsg.datasets.make_low_rank((n, n), r, cond=k, random_state=SEED_X)
-        go = partial(
-            track, dsg.rpca, t.relative_error, (1e-12, 1e-14), Y=t.dense() + S, rank=r, alpha=alpha
-        )
+        kw = dict(Y=t.dense() + S, rank=r, alpha=alpha)
+        go = partial(track, dsg.rpca, t.relative_error, (1e-12, 1e-14), **kw)
         sg = go(cap)
         gd = go(1000 if k == 20 and not a.quick else gd_cap, method="gd")
         runs += [sg, gd]
         c14 = sg.cell(1e-14)
-        rows.append(
-            [
-                k,
-                sg.cell(1e-12),
-                c14,
-                floor(sg),
-                check(c14, 185),
-                f"{sg.secs:.0f}",
-                gd.cell(1e-12),
-                gd.cell(1e-14),
-                f"{gd.errs[-1]:.1e}",
-                f"{gd.secs:.0f}",
-            ]
-        )
+        g = [gd.cell(1e-12), gd.cell(1e-14), gd.err(), f"{gd.secs:.0f}"]
+        rows.append([k, sg.cell(1e-12), c14, floor(sg), check(c14, 185), f"{sg.secs:.0f}", *g])
         print(rows[-1], flush=True)
     notes = (
         f"Robust PCA n1 = n2 = {n}, r = {r}, α = {alpha}; S* = T_α(randn(n, n)) fixed across κ "
@@ -318,36 +282,13 @@ def part_overparam(a):
     for name, n, rs, rank, k, m, al in settings[:1] if a.quick else settings:
         t, A, y = _psd(n, rs, k, m)
         smin = float(t.s.min())
-        go = partial(
-            track,
-            dsg.sense,
-            t.relative_error,
-            tg,
-            y=y,
-            operator=A,
-            rank=rank,
-            symmetric=True,
-            init="random",
-            init_scale=al,
-        )
-        for label, extra in [
-            ("ScaledGD(λ), default λ", {}),
-            ("ScaledGD(λ)", {"damping": smin}),
-            ("ScaledGD(λ)", {"damping": smin / 10}),
-            ("GD", {"method": "gd"}),
-        ]:
+        kw = dict(y=y, operator=A, rank=rank, symmetric=True, init="random", init_scale=al)
+        go = partial(track, dsg.sense, t.relative_error, tg, **kw)
+        lams = [("ScaledGD(λ), default λ", {}), ("ScaledGD(λ)", {"damping": smin})]
+        for label, extra in lams + [("ScaledGD(λ)", {"damping": smin / 10}), ("GD", GD)]:
             run = go(gd_cap if label == "GD" else cap, **extra)
             runs.append(run)
-            rows.append(
-                [
-                    name,
-                    al,
-                    label,
-                    _lam(run, smin),
-                    *(run.cell(x) for x in tg),
-                    f"{run.errs[-1]:.1e}",
-                ]
-            )
+            rows.append([name, al, label, _lam(run, smin), *map(run.cell, tg), run.err()])
             print(rows[-1], flush=True)
     notes = (
         "PSD Gaussian sensing X* = U diag(linspace(1, 1/κ, 2)) Uᵀ (σ_min = 1/κ), A_k i.i.d. "
@@ -361,40 +302,21 @@ def part_overparam(a):
         "'final err' = at the last target or the cap."
     )
     head = "setting|α|method|λ|→1e-2|→1e-4|→1e-6|final err"
-    emit("Family §6: ScaledGD(λ), overparameterised PSD sensing vs GD", head, rows, notes, runs, t0)
+    title = "Family §6: ScaledGD(λ), overparameterised PSD sensing vs GD"
+    emit(title, head, rows, notes, runs, t0)
 
     # error floor over α × λ (no early stop)
     t0, (t, A, y) = time.time(), _psd(30, 2, 10, 800)
     smin, rows, runs = float(t.s.min()), [], []
     for al in (1e-3, 1e-6, 1e-9):
-        go = partial(
-            track,
-            dsg.sense,
-            t.relative_error,
-            (1e-4, 1e-6),
-            cap,
-            stop=False,
-            y=y,
-            operator=A,
-            rank=6,
-            symmetric=True,
-            init="random",
-            init_scale=al,
-        )
-        for extra in [{}, *({"damping": f * smin} for f in (0.1, 1 / 3, 1, 3)), {"method": "gd"}]:
+        kw = dict(y=y, operator=A, rank=6, symmetric=True, init="random", init_scale=al)
+        go = partial(track, dsg.sense, t.relative_error, (1e-4, 1e-6), cap, stop=False, **kw)
+        for extra in [{}, *({"damping": f * smin} for f in (0.1, 1 / 3, 1, 3)), GD]:
             run = go(**extra)
             runs.append(run)
             lam = "default: " if not extra else ""
-            rows.append(
-                [
-                    al,
-                    lam + _lam(run, smin),
-                    run.cell(1e-4),
-                    run.cell(1e-6),
-                    floor(run),
-                    f"{run.errs[-1]:.1e}",
-                ]
-            )
+            cells = [run.cell(1e-4), run.cell(1e-6), floor(run), run.err()]
+            rows.append([al, lam + _lam(run, smin), *cells])
             print(rows[-1], flush=True)
     notes = (
         "PSD Gaussian sensing n = 30, true rank 2, search rank 6, κ = 10 (σ_min = 0.1), "
@@ -402,14 +324,8 @@ def part_overparam(a):
         "stop). 'floor' = the smallest error and its iteration."
     )
     head = f"α|λ|→1e-4|→1e-6|floor|err @{cap}"
-    emit(
-        "Family §6: ScaledGD(λ) error floor vs α and λ (n = 30, r* = 2, rank 6, κ = 10)",
-        head,
-        rows,
-        notes,
-        runs,
-        t0,
-    )
+    title = "Family §6: ScaledGD(λ) error floor vs α and λ (n = 30, r* = 2, rank 6, κ = 10)"
+    emit(title, head, rows, notes, runs, t0)
 
 
 PARTS = {

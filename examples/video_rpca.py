@@ -117,6 +117,7 @@ def main(argv=None) -> dict:
         help="cluster: embedded 2-worker LocalCluster on 127.0.0.1 (default)",
     )
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--grid", default=None, help="row x column blocks of Y, e.g. 2x1")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=DEFAULT_OUT, help="PNG to write")
     args = ap.parse_args(argv)
@@ -137,6 +138,7 @@ def main(argv=None) -> dict:
         stall_tol=args.stall_tol,
         random_state=args.seed,
         progress=False,
+        grid=None if args.grid is None else tuple(int(g) for g in args.grid.split("x")),
     )
     with warnings.catch_warnings():
         # on real video the residual never reaches tol: max_iter is the normal stop
