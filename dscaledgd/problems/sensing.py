@@ -77,12 +77,21 @@ class _Operator:
         return 8 * self.m * width
 
     def forward(self, X) -> np.ndarray:
-        """The measurements of ``X`` (``n1 × n2``), or of ``L Lᵀ`` given ``L`` (quadratic).
+        """The measurements ``A(X)`` of a matrix ``X`` (``n1 × n2``).
 
-        Linear sensing takes the matrix ``X`` itself; quadratic sensing takes
-        the factor ``L`` (``n × r``) of the PSD ``X = L Lᵀ``.
+        Quadratic sensing measures ``y_k = a_kᵀ X a_k``; it also takes the
+        factor ``L`` (``n × r`` with ``r < n``) of a PSD ``X = L Lᵀ``, for which
+        ``y_k = ‖a_kᵀ L‖²`` without forming ``X``.
         """
         X = np.asarray(X, dtype=np.float64)
+        n1, n2 = self.shape
+        factor = self.kind == "quadratic" and X.ndim == 2 and X.shape[0] == n1 and X.shape[1] < n1
+        if X.shape != (n1, n2) and not factor:
+            raise InputDataError(
+                f"forward needs a matrix of shape {(n1, n2)}"
+                + (f" or a factor of shape ({n1}, r < {n1})" if self.kind == "quadratic" else "")
+                + f"; got shape {X.shape}."
+            )
         out = []
         for b in range(self.n_blocks):
             data = self.block(b)
@@ -213,10 +222,12 @@ def as_operator(operator, shape=None):
 
 # ---------------------------------------------------------------- per block
 def measure_block(kind: str, data: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Measurements of a given matrix ``X`` (linear) or factor ``L`` (quadratic)."""
+    """Measurements of a given matrix ``X``, or of ``L Lᵀ`` given a factor ``L`` (quadratic)."""
     if kind == "quadratic":
         P = data @ X
-        return np.einsum("ij,ij->i", P, P)
+        if X.shape[0] == X.shape[1]:  # the matrix: a_kᵀ X a_k
+            return np.einsum("ij,ij->i", P, data)
+        return np.einsum("ij,ij->i", P, P)  # the factor L: ‖a_kᵀ L‖²
     return data @ X.ravel()
 
 

@@ -269,9 +269,14 @@ def run(
                 break
             if quiet >= cfg.patience and cur.stats.residual > cfg.tol:
                 status = "stalled"
+                what = (
+                    "the relative step |dX|/|X| stayed below"
+                    if getattr(rule, "stall_on_step", False)
+                    else "the best loss improved by less than"
+                )
                 message = (
-                    f"the best loss improved by less than stall_tol={cfg.stall_tol:g} (relative) "
-                    f"for {cfg.patience} iterations; relative residual {cur.stats.residual:.3g}"
+                    f"{what} stall_tol={cfg.stall_tol:g} for {cfg.patience} iterations; "
+                    f"relative residual {cur.stats.residual:.3g}"
                 )
     finally:
         if bar is not None:

@@ -39,6 +39,13 @@ def test_quadratic_measurements_and_adjoint(rng):
     L = rng.standard_normal((6, 2))
     a = np.concatenate([op.block(k) for k in range(op.n_blocks)])
     np.testing.assert_allclose(op.forward(L), np.sum((a @ L) ** 2, axis=1), rtol=1e-13)
+    np.testing.assert_allclose(op.forward(L @ L.T), op.forward(L), rtol=1e-12)  # X or its factor
+    with pytest.raises(
+        InputDataError, match=r"forward needs a matrix of shape \(6, 6\) or a factor"
+    ):
+        op.forward(rng.standard_normal((5, 2)))
+    with pytest.raises(InputDataError, match=r"forward needs a matrix of shape \(7, 4\); got"):
+        dsg.GaussianSensing((7, 4), 30, random_state=0).forward(np.zeros((4, 7)))
     z = rng.standard_normal(50)
     np.testing.assert_allclose(
         op.adjoint(z), sum(zk * np.outer(ak, ak) for zk, ak in zip(z, a)), rtol=1e-12, atol=1e-12
