@@ -81,3 +81,22 @@ def test_array_operator_matches_the_generated_one(rng):
 def test_bad_operator_parameters(kw, match):
     with pytest.raises(InvalidParameterError, match=match):
         dsg.GaussianSensing(**kw)
+
+
+def test_zarr_measurement_array_solves_like_the_generated_operator(tmp_path):
+    import zarr
+
+    t = dsg.datasets.make_low_rank((12, 10), 2, cond=5, random_state=0)
+    g = dsg.GaussianSensing((12, 10), 400, random_state=1, chunks=150)
+    A = np.concatenate([g.block(k) for k in range(g.n_blocks)])
+    z = zarr.create_array(tmp_path / "A.zarr", shape=A.shape, chunks=(150, 120), dtype="f8")
+    z[:] = A
+    op = ps.as_operator(zarr.open_array(tmp_path / "A.zarr", mode="r"), shape=(12, 10))
+    assert op.n_blocks == g.n_blocks
+    y = g.forward(t.dense())
+    kw = dict(scheduler="sync", random_state=0, tol=1e-12)
+    a = dsg.sense(y, g, 2, **kw)
+    b = dsg.sense(y, zarr.open_array(tmp_path / "A.zarr", mode="r"), 2, shape=(12, 10), **kw)
+    assert a.n_iter == b.n_iter and b.status == "converged"
+    np.testing.assert_allclose(a.history["loss"], b.history["loss"], rtol=1e-10)
+    assert t.relative_error(*b.compute_factors()) < 1e-10
