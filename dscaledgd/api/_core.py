@@ -21,7 +21,9 @@ from .._validation import (
     Options,
     check_choice,
     check_param,
+    validate_params,
 )
+from ..engine.cluster import SCHEDULERS
 from ..exceptions import DataWarning, InvalidParameterError
 from ..result import SolveResult
 from ..solvers import init as inits
@@ -54,6 +56,24 @@ COMMON = {
     "scheduler": [NONE, Instance((str,), "a str")],
     "address": [NONE, Instance((str,), "a str")],
 }
+
+
+#: the run parameters every entry point passes to :func:`solve`
+RUN_KEYS = (
+    "rank", "method", "loss", "symmetric", "damping", "init", "init_scale", "step_size",
+    "reg", "max_iter", "tol", "stall_tol", "patience", "random_state", "callback",
+    "progress", "scheduler", "address", "init_power_iter",
+)  # fmt: skip
+
+
+def collect_params(func: str, scope: dict, **overrides) -> dict:
+    """The run parameters from an entry point's arguments (``scope``), validated."""
+    params = {k: scope[k] for k in RUN_KEYS if k in scope}
+    params.update(overrides)
+    validate_params(func, params, COMMON)
+    if params.get("scheduler") is not None:
+        check_choice(func, "scheduler", params["scheduler"], SCHEDULERS)
+    return params
 
 
 def as_observations(obs, func: str) -> Observations:

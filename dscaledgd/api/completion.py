@@ -11,15 +11,14 @@ from .._validation import (
     check_choice,
     check_param,
     resolve_rng,
-    validate_params,
 )
 from ..engine.blockwise import CACHE_POLICIES, CompletionEngine
-from ..engine.cluster import SCHEDULERS, executor_for
+from ..engine.cluster import executor_for
 from ..exceptions import DataWarning, InvalidParameterError
 from ..result import SolveResult
 from ..solvers.centering import CENTER_MODES, fit_offsets
 from ..storage.observations import Observations
-from ._core import COMMON, LOSSES, METHODS, as_observations, check_init, check_rank, solve
+from ._core import LOSSES, METHODS, as_observations, check_init, check_rank, collect_params, solve
 
 __all__ = ["complete", "complete_oracle", "reference_copy"]
 
@@ -200,31 +199,7 @@ def complete(
             "The 'center' parameter of complete is not supported with symmetric=True (the PSD "
             "model has no biases). Pass center=False."
         )
-    params = dict(
-        reg=reg,
-        center=center,
-        rank=rank,
-        method=method,
-        loss=loss,
-        symmetric=symmetric,
-        damping=damping,
-        init=init,
-        init_scale=init_scale,
-        step_size=step_size,
-        max_iter=max_iter,
-        tol=tol,
-        stall_tol=stall_tol,
-        patience=patience,
-        random_state=random_state,
-        callback=callback,
-        progress=progress,
-        scheduler=scheduler,
-        address=address,
-        init_power_iter=init_power_iter,
-    )
-    validate_params(func, params, COMMON)
-    if scheduler is not None:
-        check_choice(func, "scheduler", scheduler, SCHEDULERS)
+    params = collect_params(func, locals(), center=center)
     if symmetric and obs.shape[0] != obs.shape[1]:
         raise InvalidParameterError(
             f"The 'symmetric' parameter of complete is True but the observations have shape "

@@ -6,12 +6,12 @@ import dataclasses
 
 import numpy as np
 
-from .._validation import Interval, check_choice, check_param, resolve_rng, validate_params
-from ..engine.cluster import SCHEDULERS, executor_for
+from .._validation import Interval, check_choice, check_param, resolve_rng
+from ..engine.cluster import executor_for
 from ..engine.rpca import RPCAEngine
 from ..exceptions import InputDataError, InvalidParameterError
 from ..result import SolveResult
-from ._core import COMMON, METHODS, check_init, check_rank, finalize_blocks, solve
+from ._core import METHODS, check_init, check_rank, collect_params, finalize_blocks, solve
 
 __all__ = ["rpca"]
 
@@ -120,31 +120,9 @@ def rpca(
     rank = check_rank(func, rank, shape)
     check_choice(func, "method", method, METHODS)
     init = check_init(func, init, shape, rank, False)
-    params = dict(
-        rank=rank,
-        method=method,
-        loss="l2",
-        symmetric=False,
-        damping=damping,
-        init=init,
-        init_scale=1e-3,
-        step_size=step_size,
-        reg=0.0,
-        max_iter=max_iter,
-        tol=tol,
-        stall_tol=stall_tol,
-        patience=patience,
-        random_state=random_state,
-        callback=callback,
-        progress=progress,
-        scheduler=scheduler,
-        address=address,
-        init_power_iter=init_power_iter,
-        alpha=alpha,
+    params = collect_params(
+        func, locals(), loss="l2", symmetric=False, init_scale=1e-3, reg=0.0, alpha=alpha
     )
-    validate_params(func, params, COMMON)
-    if scheduler is not None:
-        check_choice(func, "scheduler", scheduler, SCHEDULERS)
     if grid is not None and (len(grid) != 2 or not all(1 <= g <= s for g, s in zip(grid, shape))):
         raise InvalidParameterError(
             f"The 'grid' parameter of rpca must be (a, b) with 1 <= a <= {shape[0]} and "

@@ -6,13 +6,13 @@ import math
 
 import numpy as np
 
-from .._validation import NONE, Interval, check_choice, check_param, resolve_rng, validate_params
-from ..engine.cluster import SCHEDULERS, executor_for
+from .._validation import NONE, Interval, check_choice, check_param, resolve_rng
+from ..engine.cluster import executor_for
 from ..engine.sensing import SensingEngine
 from ..exceptions import InputDataError, InvalidParameterError
 from ..problems.sensing import as_operator
 from ..result import SolveResult
-from ._core import COMMON, LOSSES, METHODS, check_init, check_rank, solve
+from ._core import COMMON, LOSSES, METHODS, check_init, check_rank, collect_params, solve
 
 __all__ = ["sense"]
 
@@ -176,32 +176,15 @@ def sense(
         func, "outlier_fraction", outlier_fraction, [NONE, Interval("real", 0, 0.5, "left")]
     )
     init = check_init(func, init, op.shape, rank, symmetric)
-    params = dict(
-        rank=rank,
-        method=method,
-        loss=loss,
-        symmetric=symmetric,
-        damping=damping,
-        init=init,
-        init_scale=init_scale,
+    params = collect_params(
+        func,
+        locals(),
         step_size=step,
         f_star=f_star,
         reg=0.0,
-        max_iter=max_iter,
-        tol=tol,
-        stall_tol=stall_tol,
-        patience=patience,
-        random_state=random_state,
-        callback=callback,
-        progress=progress,
-        scheduler=scheduler,
-        address=address,
         init_power_iter=0,
         outlier_fraction=outlier_fraction,
     )
-    validate_params(func, params, COMMON)
-    if scheduler is not None:
-        check_choice(func, "scheduler", scheduler, SCHEDULERS)
     rng = resolve_rng(random_state)
     with executor_for(client, address=address, scheduler=scheduler) as ex:
         engine = SensingEngine(y, op, ex, symmetric=symmetric, loss=loss, cache=cache)
