@@ -22,6 +22,8 @@ executor, ``random_state=0``. Baselines report the error at their cap.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -120,9 +122,21 @@ def outliers(y_star, ps, seed=SEED_OUT):
     return 10 * np.abs(y_star).max() * u * support
 
 
+def _commit():
+    """The library's git commit (and whether dscaledgd/ has uncommitted changes)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    git = partial(subprocess.run, capture_output=True, text=True, cwd=here)
+    try:
+        head = git(["git", "rev-parse", "--short", "HEAD"]).stdout.strip()
+        dirty = git(["git", "status", "--porcelain", "--", "../dscaledgd"]).stdout.strip()
+    except OSError:
+        return "unknown commit"
+    return f"commit {head}" + (" + uncommitted changes in dscaledgd/" if dirty else "")
+
+
 def emit(title, head, rows, notes, runs, t0):
     extra = sorted({f"- {n}" for r in runs for n in r.notes})
-    notes = notes + f"\nWall time of this part: {time.time() - t0:.0f} s."
+    notes = notes + f"\nWall time of this part: {time.time() - t0:.0f} s. Library: {_commit()}."
     if extra:
         notes += "\n\nLibrary messages (other than the expected max_iter warnings):\n" + "\n".join(
             extra
@@ -157,10 +171,11 @@ def part_sensing(a):
         "rule (η = 0.5 with the adaptive damping); GD = method='gd' (η = 0.5/σ̂₁). 'floor' = "
         "smallest error seen and its iteration. ALGORITHMS.md §3 targets: ScaledGD ≈ 385 "
         "iterations to 1e-14 at every κ ('check': within ±15%, else the ratio); GD at κ = 20 "
-        f"≈ 1.7e-2 after 300. Caps: ScaledGD {cap}, GD {gd_cap}. GD was run only for κ ∈ "
-        f"{set(gd_kappas)}, to bound this part's wall time (every iteration is two passes over "
-        f"the {8 * m * n * n / 2**30:.1f} GiB operator)."
+        f"≈ 1.7e-2 after 300. Caps: ScaledGD {cap}, GD {gd_cap}. Every iteration is two passes "
+        f"over the {8 * m * n * n / 2**30:.1f} GiB operator."
     )
+    if set(gd_kappas) != set(kappas):
+        notes += f" GD was run only for κ ∈ {set(gd_kappas)} (--gd-kappas), to bound wall time."
     head = f"κ|ScaledGD →1e-12|→1e-14|ScaledGD floor|check (385)|s|GD →1e-14|GD err @{gd_cap}|GD s"
     emit("Family §3: Gaussian sensing, ScaledGD vs GD", head, rows, notes, runs, t0)
 
@@ -343,7 +358,9 @@ def main():
     )
     ap.add_argument("part", choices=(*PARTS, "all"))
     ap.add_argument("--quick", action="store_true", help="small sizes, κ ∈ {1, 20}: smoke run")
-    ap.add_argument("--gd-kappas", type=int, nargs="+", default=[20], help="GD runs, sensing")
+    ap.add_argument(
+        "--gd-kappas", type=int, nargs="+", default=list(KAPPAS), help="GD runs, sensing"
+    )
     ap.add_argument("--rpca-gd-cap", type=int, default=600, help="GD cap for κ < 20, rpca")
     a = ap.parse_args()
     for name, part in PARTS.items():

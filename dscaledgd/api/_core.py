@@ -176,14 +176,16 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     method = params["method"]
     precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
     damping = params["damping"]
-    if damping is None:
+    if method == "gd":
+        damping = 0.0  # the identity preconditioner has no λ
+    elif damping is None:
         damping = default_damping(values) if params["init"] == "random" else 0.0
     if params["init"] == "random" and method != "gd" and damping < params["init_scale"] * sigma1:
         warnings.warn(
             f"{desc}: damping={damping:.3g} is small for init_scale={params['init_scale']:g} "
             f"(below init_scale·σ̂₁ = {params['init_scale'] * sigma1:.3g}): the first steps "
             "from the small random start may overshoot. Raise damping, or leave it at None "
-            "for the default (σ̂ before the largest spectral gap).",
+            "for the default (the smallest of the rank spectral values).",
             DataWarning,
             stacklevel=3,
         )

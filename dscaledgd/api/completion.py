@@ -95,8 +95,8 @@ def complete(
     damping : float or None, default None
         ``λ ≥ 0`` of ScaledGD(λ): preconditioner ``(RᵀR + λI)⁻¹``. ``None``
         means 0 for a spectral or warm start, and for ``init="random"`` the
-        spectral value before the largest gap of the spectral estimate (an
-        estimate of ``σ_min`` when the rank is over-specified).
+        smallest of the ``rank`` spectral values (``σ̂_min``, or the estimate's
+        noise level when the rank is over-specified). Ignored by ``"gd"``.
     init : {"spectral", "random"} or tuple of arrays, default "spectral"
         ``"spectral"``: balanced factors from ``SVD_r(Y/p)`` (randomized, on
         the tiles). ``"random"``: ScaledGD(λ)'s small random start, factors

@@ -106,7 +106,8 @@ def sense(
         subgradient method SM for l1), with step ``η/σ̂₁``.
     damping : float or None
         ``λ`` of ScaledGD(λ); ``None`` means 0, or for ``init="random"`` the
-        spectral value before the largest gap (an estimate of ``σ_min``).
+        smallest of the ``rank`` spectral values (``σ̂_min``, or the estimate's
+        noise level when the rank is over-specified). Ignored by ``"gd"``.
     init : {"spectral", "random"} or tuple of arrays
         Spectral: ``SVD_r`` of the (truncated) ``A*(y)``; for quadratic
         sensing the top-rank algebraic eigenpairs of
