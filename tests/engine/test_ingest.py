@@ -18,7 +18,7 @@ def _coo(rng, shape=(300, 200), nnz=5000):
     return lin // shape[1], lin % shape[1], rng.standard_normal(nnz)
 
 
-def _same(a: Observations, b: Observations):
+def assert_same_observations(a: Observations, b: Observations):
     assert a.shape == b.shape and a.tiles == b.tiles and a.nnz == b.nnz
     np.testing.assert_array_equal(a.row_bounds, b.row_bounds)
     np.testing.assert_array_equal(a.tile_ptr, b.tile_ptr)
@@ -52,7 +52,7 @@ def test_dask_coo_equals_numpy_path(tmp_path, rng, monkeypatch, chunks, tiles, z
             path=tmp_path / "o.zarr",
         )
     assert got.path == os.path.abspath(tmp_path / "o.zarr")
-    _same(got, ref)
+    assert_same_observations(got, ref)
     # no scratch or temporary directories left behind
     assert sorted(os.listdir(tmp_path)) == ["o.zarr"]
 
@@ -68,7 +68,7 @@ def test_dask_coo_on_distributed_client(tmp_path, rng, client):
             tiles=(2, 3),
             path=tmp_path / "o.zarr",
         )
-    _same(got, ref)
+    assert_same_observations(got, ref)
 
 
 @pytest.mark.parametrize("policy", ["sum", "mean", "last"])
@@ -85,7 +85,7 @@ def test_dask_duplicate_policies_match_numpy(tmp_path, rng, policy):
             duplicates=policy,
             path=tmp_path / "o.zarr",
         )
-    _same(got, ref)
+    assert_same_observations(got, ref)
 
 
 def test_dask_errors_name_the_entry_and_write_nothing(tmp_path, rng):
@@ -139,7 +139,7 @@ def test_dask_input_without_path_goes_to_a_temporary_store(rng):
     with dask.config.set(scheduler="threads"):
         got = Observations.from_coo(*(da.from_array(x, chunks=200) for x in (r, c, v)))
     assert got.path is not None and os.path.isdir(got.path)
-    _same(got, Observations.from_coo(r, c, v, tiles=got.tiles))
+    assert_same_observations(got, Observations.from_coo(r, c, v, tiles=got.tiles))
 
 
 def test_from_dense_dask_matches_numpy(tmp_path, rng):
@@ -150,7 +150,7 @@ def test_from_dense_dask_matches_numpy(tmp_path, rng):
         got = Observations.from_dense(
             da.from_array(M, chunks=(40, 30)), tiles=(2, 2), path=tmp_path / "o.zarr"
         )
-    _same(got, ref)
+    assert_same_observations(got, ref)
     mask = rng.random((90, 70)) < 0.3
     M2 = np.where(np.isnan(M), 0.0, M)
     ref2 = Observations.from_dense(M2, mask=mask, tiles=(1, 2))
@@ -161,7 +161,7 @@ def test_from_dense_dask_matches_numpy(tmp_path, rng):
             tiles=(1, 2),
             path=tmp_path / "m.zarr",
         )
-    _same(got2, ref2)
+    assert_same_observations(got2, ref2)
     M2[3, 4] = np.inf
     mask[3, 4] = True
     with pytest.raises(InputDataError, match=r"is inf"):

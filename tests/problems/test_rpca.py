@@ -64,7 +64,9 @@ def _assert_bitwise(a: np.ndarray, b: np.ndarray) -> None:
     assert a.tobytes() == b.tobytes(), np.argwhere(a.view(np.int64) != b.view(np.int64))[:5]
 
 
-def _check_all(Z: np.ndarray, alpha: float, chunks: tuple[int, int]) -> np.ndarray:
+def assert_matches_dense_reference(
+    Z: np.ndarray, alpha: float, chunks: tuple[int, int]
+) -> np.ndarray:
     S = rpca.t_alpha_dense(Z, alpha)
     _assert_bitwise(rpca.t_alpha_chunked(Z, alpha, chunks), S)
     keep = _brute_keep(Z, alpha)
@@ -239,7 +241,7 @@ def test_chunked_equals_dense_and_brute_force(seed, n1, n2, alpha, ties, nan_fra
     b1 = data.draw(st.integers(1, n1 + 2), label="b1")
     b2 = data.draw(st.integers(1, n2 + 2), label="b2")
     Z = _matrix(seed, n1, n2, ties=ties, nan_frac=nan_frac)
-    _check_all(Z, alpha, (b1, b2))
+    assert_matches_dense_reference(Z, alpha, (b1, b2))
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)
@@ -249,7 +251,7 @@ def test_chunked_equals_dense_and_brute_force(seed, n1, n2, alpha, ties, nan_fra
 def test_chunked_fixed_grid(alpha, nan_frac, ties, chunks):
     # 40 x 47 so every alpha gives k > 0; 7 and 11 and 13 do not divide the shape.
     Z = _matrix(2024, 40, 47, ties=ties, nan_frac=nan_frac)
-    S = _check_all(Z, alpha, chunks)
+    S = assert_matches_dense_reference(Z, alpha, chunks)
     assert np.count_nonzero(S) > 0  # the comparison is not vacuous
 
 
@@ -257,10 +259,10 @@ def test_ties_all_equal_row_keeps_everything_passing_the_column_rule(rng):
     n1, n2, alpha = 20, 30, 0.1  # k_r = 3, k_c = 2
     Z = rng.uniform(-1.0, 1.0, size=(n1, n2))
     Z[0] = 5.0 * rng.choice([-1.0, 1.0], size=n2)  # all-equal magnitudes, largest in every column
-    S = _check_all(Z, alpha, (6, 7))
+    S = assert_matches_dense_reference(Z, alpha, (6, 7))
     np.testing.assert_array_equal(S[0], Z[0])  # 30 kept although k_r = 3
     # the same along columns
-    S_t = _check_all(np.ascontiguousarray(Z.T), alpha, (7, 6))
+    S_t = assert_matches_dense_reference(np.ascontiguousarray(Z.T), alpha, (7, 6))
     np.testing.assert_array_equal(S_t[:, 0], Z[0])
 
 
@@ -299,7 +301,7 @@ def test_planted_exact_support_when_every_line_has_k_outliers(rng):
     for t in range(5):
         S_star[i, (i + 7 * t) % n] = rng.choice([-1.0, 1.0], n) * rng.uniform(10.0, 20.0, n)
     Y = noise + S_star
-    S = _check_all(Y, alpha, (16, 9))
+    S = assert_matches_dense_reference(Y, alpha, (16, 9))
     np.testing.assert_array_equal(S != 0, S_star != 0)
     np.testing.assert_array_equal(S[S_star != 0], Y[S_star != 0])
 
@@ -325,7 +327,7 @@ def test_planted_support_contained_when_counts_below_k(rng, nan_frac):
     assert support.sum() > 20
     Y[support] += rng.choice([-1.0, 1.0], support.sum()) * rng.uniform(10.0, 20.0, support.sum())
     Y[~obs] = np.nan
-    S = _check_all(Y, alpha, (11, 13))
+    S = assert_matches_dense_reference(Y, alpha, (11, 13))
     kept = S != 0
     assert np.all(kept[support])  # every outlier recovered
     np.testing.assert_array_equal(S[support], Y[support])
