@@ -114,21 +114,27 @@ def check_init(func, init, shape, rank, symmetric):
     return arrays
 
 
-def default_damping(values) -> float:
-    """ScaledGD(λ)'s default λ: the smallest of the ``rank`` spectral values.
+def default_damping(values, fraction: float = 1.0) -> float:
+    """ScaledGD(λ)'s default λ: ``fraction`` × the smallest of the ``rank`` spectral values.
 
-    With the exact rank this is ``σ̂_min`` itself, the theory's choice
-    (ALGORITHMS.md §6: λ ≈ σ_min). With an over-specified rank the extra
-    values sit at the noise level of the spectral estimate, an upper estimate
-    of the smallest singular value that can be resolved. Measured on PSD
-    sensing (n = 30, true rank 2, κ = 10, search rank 6): the largest-gap
-    alternative picked ``σ̂₁`` (σ₂ = 0.1 was below the noise, 0.22) and
-    crawled; λ = σ_min reached 1e-4 in 57 iterations, λ = σ_min/10 ten times
-    slower.
+    With the exact rank the smallest value is ``σ̂_min`` itself, the theory's
+    choice (ALGORITHMS.md §6: λ ≈ σ_min). With an over-specified rank the
+    extra values sit at the noise level of the spectral estimate, an upper
+    estimate of the smallest singular value that can be resolved (1.7–3×
+    σ_min on the measured instances). The engine sets ``fraction``
+    (``FactorEngine.damping_fraction``): 1 for completion, 1/2 for sensing.
+    λ trades speed for the error floor, and the floor rises much faster on
+    completion. Measured to 1e-4 (true rank 2, search rank 5, κ = 10,
+    α = 1e-6, tests/test_scaledgd_lambda.py): completion 60×50, p = 0.5 took
+    210 iterations at the full noise level and never got below 2.4e-4 at half
+    of it; Gaussian sensing (m = 40n) went from 112 to 64 (asymmetric) and 89
+    to 53 (PSD) at half, with floors near 1e-6. The largest-gap alternative
+    picked ``σ̂₁`` on PSD sensing (σ₂ = 0.1 was below the noise, 0.22) and
+    crawled; λ = σ_min/10 is ten times slower than λ = σ_min.
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[v > 0]
-    return float(v[-1]) if len(v) else 1.0
+    return fraction * float(v[-1]) if len(v) else 1.0
 
 
 def initial_state(engine, rank: int, seed: int, params: dict):
@@ -179,13 +185,14 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     if method == "gd":
         damping = 0.0  # the identity preconditioner has no λ
     elif damping is None:
-        damping = default_damping(values) if params["init"] == "random" else 0.0
+        frac = getattr(engine, "damping_fraction", 1.0)
+        damping = default_damping(values, frac) if params["init"] == "random" else 0.0
     if params["init"] == "random" and method != "gd" and damping < params["init_scale"] * sigma1:
         warnings.warn(
             f"{desc}: damping={damping:.3g} is small for init_scale={params['init_scale']:g} "
             f"(below init_scale·σ̂₁ = {params['init_scale'] * sigma1:.3g}): the first steps "
             "from the small random start may overshoot. Raise damping, or leave it at None "
-            "for the default (the smallest of the rank spectral values).",
+            "for the default (a fraction of the smallest of the rank spectral values).",
             DataWarning,
             stacklevel=3,
         )

@@ -105,9 +105,10 @@ def sense(
         ``"gd"`` is the unpreconditioned baseline (GD for l2, the plain
         subgradient method SM for l1), with step ``η/σ̂₁``.
     damping : float or None
-        ``λ`` of ScaledGD(λ); ``None`` means 0, or for ``init="random"`` the
-        smallest of the ``rank`` spectral values (``σ̂_min``, or the estimate's
-        noise level when the rank is over-specified). Ignored by ``"gd"``.
+        ``λ`` of ScaledGD(λ); ``None`` means 0, or for ``init="random"`` half
+        the smallest of the ``rank`` spectral values (``σ̂_min``, or the
+        estimate's noise level when the rank is over-specified). Ignored by
+        ``"gd"``.
     init : {"spectral", "random"} or tuple of arrays
         Spectral: ``SVD_r`` of the (truncated) ``A*(y)``; for quadratic
         sensing the top-rank algebraic eigenpairs of

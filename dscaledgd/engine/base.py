@@ -56,6 +56,9 @@ class FactorEngine:
     _weights = None
     #: η of the default adaptive rule on this problem (completion: the measured 0.7)
     default_eta = 0.7
+    #: ScaledGD(λ)'s default λ as a fraction of the smallest spectral value
+    #: (``api._core.default_damping``; completion: the full noise level)
+    damping_fraction = 1.0
 
     @property
     def n_factors(self) -> int:
