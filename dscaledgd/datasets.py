@@ -390,7 +390,7 @@ def make_completion_store(
 
     Memory stays bounded by one tile: the per-tile counts are drawn first
     (Binomial, so the mask is exactly Bernoulli with ``p = nnz / (n1 n2)``),
-    then each tile's positions, values and blocked order are generated and
+    then each tile's positions, values and banded order are generated and
     written in turn. The planted factors are Gaussian, ``U = G₁/√n1`` and
     ``V = G₂ diag(s)/√n2`` with ``s = linspace(1, 1/cond, rank)``, generated
     row-chunk by row-chunk from the seed (nearly orthogonal at these sizes;
@@ -443,7 +443,7 @@ def make_completion_store(
             lin = lin[np.sort(trng.choice(len(lin), size=m, replace=False))]
             lr = (lin // w).astype(np.int32)
             lc = (lin % w).astype(np.int32)
-            order = layout.blocked_order(np.zeros(m, np.int64), lr, lc, w)
+            order = layout.blocked_order(np.zeros(m, np.int64), lr, lc)
             lr, lc = lr[order], lc[order]
             U = _seeded_rows(seed_u, int(rb[ia]), int(rb[ia + 1]), rank) / np.sqrt(n1)
             V = _seeded_rows(seed_v, int(cb[ib]), int(cb[ib + 1]), rank) * s / np.sqrt(n2)

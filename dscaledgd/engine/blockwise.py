@@ -80,8 +80,11 @@ def _chunks(tile):
 
 # ------------------------------------------------------------------ tasks
 def _tile_grad(tile, L, R, loss, kernel, scale=1.0, offsets=None):
-    gL = np.zeros_like(L)
-    gR = np.zeros_like(R)
+    r = L.shape[1]
+    if kernel == "reference":
+        gL, gR = np.zeros_like(L), np.zeros_like(R)
+    else:  # the fused kernel sweeps interleaved [F | ∇F] blocks (problems.completion)
+        LG, RG = cp.interleave(L), cp.interleave(R)
     acc = np.zeros(2)
     for rows, cols, vals in _chunks(tile):
         if kernel == "reference":
@@ -89,8 +92,10 @@ def _tile_grad(tile, L, R, loss, kernel, scale=1.0, offsets=None):
             gL += pl
             gR += pr
         else:
-            v, sq = cp.fused_pass(rows, cols, vals, L, R, gL, gR, loss, offsets)
+            v, sq = cp.fused_pass_interleaved(rows, cols, vals, LG, RG, loss, offsets)
         acc += (v, sq)
+    if kernel != "reference":
+        gL, gR = np.ascontiguousarray(LG[:, r:]), np.ascontiguousarray(RG[:, r:])
     if scale != 1.0:  # scaling here spares a reduction task for single-partial blocks
         gL *= scale
         gR *= scale

@@ -162,12 +162,12 @@ def _chunk_stats(chunk, shape):
     return info
 
 
-def _chunk_scatter(chunk, k, offset, row_bounds, col_bounds, width):
+def _chunk_scatter(chunk, k, offset, row_bounds, col_bounds):
     rows, cols, vals = chunk
     tile, lr, lc = layout.tile_of(
         np.asarray(rows, np.int64), np.asarray(cols, np.int64), row_bounds, col_bounds
     )
-    order = layout.blocked_order(tile, lr, lc, width)
+    order = layout.blocked_order(tile, lr, lc)
     T = (len(row_bounds) - 1) * (len(col_bounds) - 1)
     data = {
         "rows": lr[order],
@@ -192,17 +192,17 @@ def _read_tile_pieces(scratch, t, offsets, cum):
     }
 
 
-def _tile_merge(scratch, t, offsets, cum, width, policy):
+def _tile_merge(scratch, t, offsets, cum, policy):
     p = _read_tile_pieces(scratch, t, offsets, cum)
     tile = np.full(len(p["values"]), t, dtype=np.int64)
     _, lr, lc, vals, dup = layout.sort_tile_entries(
-        tile, p["rows"], p["cols"], p["values"], p["pos"], width, policy
+        tile, p["rows"], p["cols"], p["values"], p["pos"], policy
     )
     return lr, lc, vals, dup
 
 
-def _tile_count(scratch, t, offsets, cum, width, policy):
-    lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, width, policy)
+def _tile_count(scratch, t, offsets, cum, policy):
+    lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, policy)
     return {
         "n": len(vals),
         "dup": dup,
@@ -212,8 +212,8 @@ def _tile_count(scratch, t, offsets, cum, width, policy):
     }
 
 
-def _tile_final(scratch, t, offsets, cum, width, policy):
-    lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, width, policy)
+def _tile_final(scratch, t, offsets, cum, policy):
+    lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, policy)
     info = {
         "n": len(vals),
         "dup": dup,
@@ -290,7 +290,6 @@ def ingest_chunks(
     ccount = sum(s["ccount"] for s in stats)
     row_bounds = layout.balanced_bounds(rcount, tiles[0])
     col_bounds = layout.balanced_bounds(ccount, tiles[1])
-    width = int(np.diff(col_bounds).max())
     T = tiles[0] * tiles[1]
     chunk = max(1, min(CHUNK, total))
 
@@ -308,7 +307,7 @@ def ingest_chunks(
             total,
             _SCRATCH,
             lambda k: delayed(_chunk_scatter)(
-                producers[k], k, int(offsets[k]), row_bounds, col_bounds, width
+                producers[k], k, int(offsets[k]), row_bounds, col_bounds
             ),
         )
         counts = np.array(dask.compute(*infos, *done)[: len(infos)])  # (chunks, T)
@@ -319,10 +318,7 @@ def ingest_chunks(
             sizes = counts.sum(0)
         else:
             cinfo = dask.compute(
-                *[
-                    delayed(_tile_count)(scratch, t, offsets[:-1], cum, width, duplicates)
-                    for t in range(T)
-                ]
+                *[delayed(_tile_count)(scratch, t, offsets[:-1], cum, duplicates) for t in range(T)]
             )
             sizes = np.array([c["n"] for c in cinfo])
         ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -337,9 +333,7 @@ def ingest_chunks(
                 out_chunk,
                 nnz,
                 _FIELDS,
-                lambda t: delayed(_tile_final, nout=2)(
-                    scratch, t, offsets[:-1], cum, width, duplicates
-                ),
+                lambda t: delayed(_tile_final, nout=2)(scratch, t, offsets[:-1], cum, duplicates),
             )
             tinfo = dask.compute(*tinfo, *done)[:T]
             dups = [(i["dup"], t) for t, i in enumerate(tinfo) if i["dup"] is not None]

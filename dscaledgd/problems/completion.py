@@ -20,7 +20,7 @@ This module holds
 
 All kernels work on *tile-local* indices: ``rows`` index into the tile's
 row block of ``L`` and ``cols`` into its column block of ``R``. Entries are
-expected in the blocked order written by :mod:`dscaledgd.storage`, which
+expected in the banded order written by :mod:`dscaledgd.storage`, which
 keeps the touched rows of ``L`` and ``R`` cache-resident; any order gives
 the same result up to floating-point summation order.
 
@@ -38,6 +38,8 @@ __all__ = [
     "LOSSES",
     "loss_code",
     "fused_pass",
+    "fused_pass_interleaved",
+    "interleave",
     "residual_sumsq",
     "bias_sums",
     "sddmm",
@@ -62,29 +64,27 @@ def _fused_body(r_const, code_const, centered):
     Constant ``r`` lets LLVM unroll and vectorise the inner loops; measured
     1.1-1.4x faster than a run-time ``r`` at r = 10. Numba caches each
     specialisation on disk (keyed by the closure constants).
+
+    The kernel works on *interleaved* blocks ``LG = [L | ∇L]`` and
+    ``RG = [R | ∇R]`` (:func:`interleave`): an entry's factor row and its
+    gradient row share cache lines, so each entry touches two row pairs
+    instead of four rows. Measured on a 12.5M-entry tile in banded order
+    (r = 10, one thread): 7-17% faster than separate arrays.
     """
 
     @njit(nogil=True, cache=True, fastmath=True)
-    def kernel(rows, cols, vals, L, R, gL, gR, ro, co, mu):  # pragma: no cover - jitted
-        r = r_const if r_const > 0 else L.shape[1]
+    def kernel(rows, cols, vals, LG, RG, ro, co, mu):  # pragma: no cover - jitted
+        r = r_const if r_const > 0 else LG.shape[1] // 2
         s = 0.0
         sq = 0.0
-        acc = np.zeros(r)
-        cur = -1
         for k in range(vals.shape[0]):
             i = rows[k]
             j = cols[k]
-            if i != cur:
-                if cur >= 0:
-                    for q in range(r):
-                        gL[cur, q] += acc[q]
-                        acc[q] = 0.0
-                cur = i
             z = -vals[k]
             if centered:
                 z += mu + ro[i] + co[j]
             for q in range(r):
-                z += L[i, q] * R[j, q]
+                z += LG[i, q] * RG[j, q]
             sq += z * z
             if code_const == 0:
                 g = z
@@ -92,11 +92,8 @@ def _fused_body(r_const, code_const, centered):
                 s += abs(z)
                 g = 1.0 if z > 0.0 else (-1.0 if z < 0.0 else 0.0)
             for q in range(r):
-                acc[q] += g * R[j, q]
-                gR[j, q] += g * L[i, q]
-        if cur >= 0:
-            for q in range(r):
-                gL[cur, q] += acc[q]
+                LG[i, r + q] += g * RG[j, q]
+                RG[j, r + q] += g * LG[i, q]
         if code_const == 0:
             s = sq
         return s, sq
@@ -107,6 +104,16 @@ def _fused_body(r_const, code_const, centered):
 @functools.cache
 def _fused_kernel(r: int, code: int, centered: bool = False):
     return _fused_body(r if r <= _MAX_LITERAL_RANK else 0, code, centered)
+
+
+def interleave(F, G=None):
+    """``[F | G]`` as one C-contiguous ``(m, 2r)`` block (``G = 0`` when omitted)."""
+    m, r = F.shape
+    out = np.zeros((m, 2 * r))
+    out[:, :r] = F
+    if G is not None:
+        out[:, r:] = G
+    return out
 
 
 _NO = np.zeros(1)
@@ -135,7 +142,7 @@ def fused_pass(
         Tile-local indices.
     vals : ndarray of float64, shape (nnz,)
     L : ndarray, shape (m, r)
-        The tile's row block of the left factor. C-contiguous float64.
+        The tile's row block of the left factor.
     R : ndarray, shape (n, r)
         The tile's column block of the right factor.
     gL, gR : ndarray, shapes (m, r) and (n, r)
@@ -152,12 +159,24 @@ def fused_pass(
 
     Notes
     -----
-    One sweep over the entries; memory is the four factor blocks only.
+    One sweep over the entries. This wrapper interleaves the blocks for each
+    call; to sweep a tile in several pieces, interleave once and call
+    :func:`fused_pass_interleaved` per piece.
     """
+    LG, RG = interleave(L, gL), interleave(R, gR)
+    out = fused_pass_interleaved(rows, cols, vals, LG, RG, loss, offsets)
     r = L.shape[1]
+    gL[:] = LG[:, r:]
+    gR[:] = RG[:, r:]
+    return out
+
+
+def fused_pass_interleaved(rows, cols, vals, LG, RG, loss: str = "l2", offsets=None):
+    """:func:`fused_pass` on interleaved blocks ``LG = [L | gL]``, ``RG = [R | gR]``."""
+    r = LG.shape[1] // 2
     centered, ro, co, mu = _offsets(offsets)
     kernel = _fused_kernel(r if r <= _MAX_LITERAL_RANK else 0, LOSSES[loss], centered)
-    return kernel(rows, cols, vals, L, R, gL, gR, ro, co, mu)
+    return kernel(rows, cols, vals, LG, RG, ro, co, mu)
 
 
 @njit(nogil=True, cache=True, fastmath=True)

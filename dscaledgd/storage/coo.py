@@ -126,8 +126,7 @@ def build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) -
         col_bounds = layout.balanced_bounds(np.bincount(cols, minlength=shape[1]), tiles[1])
     tile, lr, lc = layout.tile_of(rows, cols, row_bounds, col_bounds)
     pos = np.arange(len(vals), dtype=np.int64)
-    width = int(np.diff(col_bounds).max())
-    tile, lr, lc, vals, dup = layout.sort_tile_entries(tile, lr, lc, vals, pos, width, duplicates)
+    tile, lr, lc, vals, dup = layout.sort_tile_entries(tile, lr, lc, vals, pos, duplicates)
     if dup is not None:
         b = len(col_bounds) - 1
         raise InputDataError(

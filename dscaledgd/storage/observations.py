@@ -380,7 +380,7 @@ class Observations:
                 "nnz": self.nnz,
                 "row_bounds": self.row_bounds.tolist(),
                 "col_bounds": self.col_bounds.tolist(),
-                "cache_block": layout.CACHE_BLOCK,
+                "cache_band": layout.CACHE_BAND,
                 "value_norm2": self.value_norm2,
                 **{k: v for k, v in self.attrs.items() if k not in ("type",)},
             }
@@ -569,6 +569,5 @@ _CORE_META = {
     "nnz",
     "row_bounds",
     "col_bounds",
-    "cache_block",
     "value_norm2",
 }

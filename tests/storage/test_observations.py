@@ -47,14 +47,15 @@ def test_shape_inferred_and_density(rng):
     assert obs.density == pytest.approx(400 / (obs.shape[0] * obs.shape[1]))
 
 
-def test_blocked_order_across_cache_blocks():
-    B = layout.CACHE_BLOCK
-    rows = np.array([B + 1, 0, B, 1, 0])
-    cols = np.array([0, B + 5, 3, 2, 1])
-    tile = np.zeros(5, dtype=np.int64)
-    order = layout.blocked_order(tile, rows.astype(np.int32), cols.astype(np.int32), 2 * B)
-    # block (0,0): (0,1), (1,2); block (0,1): (0,B+5); block (1,0): (B,3), (B+1,0)
-    assert list(zip(rows[order], cols[order])) == [(0, 1), (1, 2), (0, B + 5), (B, 3), (B + 1, 0)]
+def test_banded_order_across_column_bands():
+    W = layout.CACHE_BAND
+    rows = np.array([W + 1, 0, W, 1, 0, 3])
+    cols = np.array([0, W + 5, 3, 2, 1, 2 * W])
+    tile = np.zeros(6, dtype=np.int64)
+    order = layout.blocked_order(tile, rows.astype(np.int32), cols.astype(np.int32))
+    # band 0 by (i, j): (0,1), (1,2), (W,3), (W+1,0); band 1: (0,W+5); band 2: (3,2W)
+    got = [(int(i), int(j)) for i, j in zip(rows[order], cols[order])]
+    assert got == [(0, 1), (1, 2), (W, 3), (W + 1, 0), (0, W + 5), (3, 2 * W)]
 
 
 def test_balanced_bounds_balance_and_nonempty():
