@@ -68,17 +68,25 @@ def report(title: str, body: str, notes: str = "") -> None:
 
 
 def local_cluster(n_workers: int = 2, **kwargs):
-    """A LocalCluster of worker processes on 127.0.0.1 (1 thread each) and its client."""
+    """A LocalCluster of worker processes on 127.0.0.1 (1 thread each) and its client.
+
+    The workers get the embedded cluster's malloc settings
+    (``dscaledgd.engine.cluster.WORKER_MALLOC_ENV``).
+    """
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        **kwargs,
-    )
+    from dscaledgd.engine.cluster import worker_environ
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            **kwargs,
+        )
     return cluster, Client(cluster)
 
 

@@ -238,3 +238,21 @@ def test_embedded_local_cluster_when_no_client(small):
     assert res.info["executor"] == "distributed" and res.status == "converged"
     with pytest.raises(ValueError):
         get_client()  # and the embedded one was closed
+
+
+def test_embedded_cluster_workers_get_the_malloc_settings():
+    import dask
+
+    from dscaledgd.engine.cluster import WORKER_MALLOC_ENV, _embedded_cluster
+
+    before = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    cluster, client = _embedded_cluster(1, 1, None)
+    try:
+        seen = next(iter(client.run(lambda: dict(os.environ)).values()))
+    finally:
+        client.close()
+        cluster.close()
+    for key, value in WORKER_MALLOC_ENV.items():
+        assert seen[key] == str(value)
+    assert seen["OMP_NUM_THREADS"] == "1"  # Dask's own settings are kept
+    assert dask.config.get("distributed.nanny.pre-spawn-environ") == before  # not leaked

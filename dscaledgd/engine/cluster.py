@@ -245,7 +245,29 @@ class DistributedExecutor(Executor):
         return span(name)
 
 
+#: glibc malloc settings for the embedded cluster's workers. Dask's default
+#: ``MALLOC_TRIM_THRESHOLD_=65536`` also turns off glibc's adaptive mmap
+#: threshold, so every array over 128 KB (a 50k × 10 factor block, a partial
+#: gradient) is a fresh ``mmap`` and page-faults on first touch: ``X @ A`` on
+#: 50k × 10 took 4.4 ms instead of 0.7 ms. Serving blocks up to 32 MB from the
+#: heap and trimming it above 128 MB made a 50M-nnz iteration about 7% faster
+#: (0.72 vs 0.78 s, two alternating rounds each) for 20–40 MB more RSS per
+#: worker. Users' own clusters keep their settings (README, "Performance").
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 33554432, "MALLOC_TRIM_THRESHOLD_": 134217728}
+
+
+def worker_environ() -> dict:
+    """Dask's pre-spawn worker environment with :data:`WORKER_MALLOC_ENV` applied."""
+    import dask
+    import distributed  # noqa: F401  (loads the distributed config)
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    env.update(WORKER_MALLOC_ENV)
+    return env
+
+
 def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, memory_limit):
+    import dask
     from distributed import Client, LocalCluster
 
     ncpu = os.cpu_count() or 1
@@ -253,14 +275,15 @@ def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, mem
         n_workers = min(ncpu, 4)
     if threads_per_worker is None:
         threads_per_worker = max(1, ncpu // n_workers)
-    cluster = LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        memory_limit=memory_limit if memory_limit is not None else "auto",
-    )
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            memory_limit=memory_limit if memory_limit is not None else "auto",
+        )
     client = Client(cluster)
     logger.info(
         "dscaledgd: started an embedded LocalCluster; dashboard at %s", cluster.dashboard_link
