@@ -73,12 +73,11 @@ def local_cluster(n_workers: int = 2, **kwargs):
     The workers get the embedded cluster's malloc settings
     (``dscaledgd.engine.cluster.WORKER_MALLOC_ENV``).
     """
-    import dask
     from distributed import Client, LocalCluster
 
-    from dscaledgd.engine.cluster import worker_environ
+    from dscaledgd.engine.cluster import worker_malloc_env
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+    with worker_malloc_env():
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,

@@ -240,11 +240,14 @@ def test_embedded_local_cluster_when_no_client(small):
         get_client()  # and the embedded one was closed
 
 
-def test_embedded_cluster_workers_get_the_malloc_settings():
+def test_embedded_cluster_workers_get_the_malloc_settings(monkeypatch):
     import dask
 
     from dscaledgd.engine.cluster import WORKER_MALLOC_ENV, _embedded_cluster
 
+    # an earlier LocalCluster leaves Dask's value in os.environ, where it beats the config
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     before = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     cluster, client = _embedded_cluster(1, 1, None)
     try:
@@ -255,4 +258,7 @@ def test_embedded_cluster_workers_get_the_malloc_settings():
     for key, value in WORKER_MALLOC_ENV.items():
         assert seen[key] == str(value)
     assert seen["OMP_NUM_THREADS"] == "1"  # Dask's own settings are kept
-    assert dask.config.get("distributed.nanny.pre-spawn-environ") == before  # not leaked
+    # nothing leaks into this process: neither the config nor os.environ
+    assert dask.config.get("distributed.nanny.pre-spawn-environ") == before
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ

@@ -256,18 +256,36 @@ class DistributedExecutor(Executor):
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 33554432, "MALLOC_TRIM_THRESHOLD_": 134217728}
 
 
-def worker_environ() -> dict:
-    """Dask's pre-spawn worker environment with :data:`WORKER_MALLOC_ENV` applied."""
+@contextlib.contextmanager
+def worker_malloc_env() -> Iterator[None]:
+    """Start the LocalClusters created inside with :data:`WORKER_MALLOC_ENV`.
+
+    A Nanny reads ``distributed.nanny.pre-spawn-environ``, but a variable
+    already in ``os.environ`` wins, and the Nanny writes its values into
+    ``os.environ`` of the process that starts it (any earlier LocalCluster
+    leaves ``MALLOC_TRIM_THRESHOLD_=65536`` there). So both are set for the
+    duration and ``os.environ`` is restored afterwards: nothing leaks into
+    the caller's process.
+    """
     import dask
     import distributed  # noqa: F401  (loads the distributed config)
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     env.update(WORKER_MALLOC_ENV)
-    return env
+    saved = {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}
+    os.environ.update({k: str(v) for k, v in WORKER_MALLOC_ENV.items()})
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, memory_limit):
-    import dask
     from distributed import Client, LocalCluster
 
     ncpu = os.cpu_count() or 1
@@ -275,7 +293,7 @@ def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, mem
         n_workers = min(ncpu, 4)
     if threads_per_worker is None:
         threads_per_worker = max(1, ncpu // n_workers)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+    with worker_malloc_env():
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
