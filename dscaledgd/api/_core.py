@@ -126,7 +126,7 @@ def default_damping(values, fraction: float = 1.0) -> float:
     λ trades speed for the error floor, and the floor rises much faster on
     completion. Measured to 1e-4 (true rank 2, search rank 5, κ = 10,
     α = 1e-6, tests/test_scaledgd_lambda.py): completion 60×50, p = 0.5 took
-    210 iterations at the full noise level and never got below 2.4e-4 at half
+    210 iterations at the full noise level and never got below 2.3e-4 at half
     of it; Gaussian sensing (m = 40n) went from 112 to 64 (asymmetric) and 89
     to 53 (PSD) at half, with floors near 1e-6. The largest-gap alternative
     picked ``σ̂₁`` on PSD sensing (σ₂ = 0.1 was below the noise, 0.22) and
