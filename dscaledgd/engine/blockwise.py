@@ -80,22 +80,19 @@ def _chunks(tile):
 
 # ------------------------------------------------------------------ tasks
 def _tile_grad(tile, L, R, loss, kernel, scale=1.0, offsets=None):
+    # gradients accumulate in interleaved [F | ∇F] blocks, the fused kernel's layout
     r = L.shape[1]
-    if kernel == "reference":
-        gL, gR = np.zeros_like(L), np.zeros_like(R)
-    else:  # the fused kernel sweeps interleaved [F | ∇F] blocks (problems.completion)
-        LG, RG = cp.interleave(L), cp.interleave(R)
+    LG, RG = cp.interleave(L), cp.interleave(R)
     acc = np.zeros(2)
     for rows, cols, vals in _chunks(tile):
         if kernel == "reference":
             (v, sq), pl, pr = cp.reference_pass(rows, cols, vals, L, R, loss, offsets)
-            gL += pl
-            gR += pr
+            LG[:, r:] += pl
+            RG[:, r:] += pr
         else:
             v, sq = cp.fused_pass_interleaved(rows, cols, vals, LG, RG, loss, offsets)
         acc += (v, sq)
-    if kernel != "reference":
-        gL, gR = np.ascontiguousarray(LG[:, r:]), np.ascontiguousarray(RG[:, r:])
+    gL, gR = np.ascontiguousarray(LG[:, r:]), np.ascontiguousarray(RG[:, r:])
     if scale != 1.0:  # scaling here spares a reduction task for single-partial blocks
         gL *= scale
         gR *= scale

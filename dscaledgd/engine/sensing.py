@@ -99,6 +99,8 @@ class SensingEngine(FactorEngine):
     cache : {"auto", "memory", "generate"}
     """
 
+    damping_fraction = 0.5
+
     def __init__(self, y, op, ex, *, symmetric: bool, loss: str, cache: str = "auto"):
         self.op, self.ex, self.symmetric, self.loss = op, ex, symmetric, loss
         self.kind = op.kind
@@ -134,7 +136,6 @@ class SensingEngine(FactorEngine):
         )
         # loss and gradient scaling (module docstring)
         self.default_eta = 0.5
-        self.damping_fraction = 0.5
         self.grad_scale = (0.5 if loss == "l2" else 1.0) if symmetric else 1.0
         self.loss_scale = (0.25 if symmetric else 0.5) if loss == "l2" else 1.0
         self._weights_spec = None  # truncation of the spectral initialisation
