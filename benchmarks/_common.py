@@ -67,26 +67,15 @@ def report(title: str, body: str, notes: str = "") -> None:
         fh.write(block)
 
 
-def local_cluster(n_workers: int = 2, **kwargs):
-    """A LocalCluster of worker processes on 127.0.0.1 (1 thread each) and its client.
+def local_cluster(n_workers: int = 2):
+    """The embedded LocalCluster of ``dscaledgd`` with ``n_workers`` × 1 thread, and its client.
 
-    The workers get the embedded cluster's malloc settings
+    Worker processes on 127.0.0.1 with the embedded cluster's malloc settings
     (``dscaledgd.engine.cluster.WORKER_MALLOC_ENV``).
     """
-    from distributed import Client, LocalCluster
+    from dscaledgd.engine.cluster import _embedded_cluster
 
-    from dscaledgd.engine.cluster import worker_malloc_env
-
-    with worker_malloc_env():
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            **kwargs,
-        )
-    return cluster, Client(cluster)
+    return _embedded_cluster(n_workers, 1, None)
 
 
 def steps_to(obs, truth, rank, target, max_iter, *, count="iteration", **kw):

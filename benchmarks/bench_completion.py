@@ -14,17 +14,19 @@ Dask overhead. Also the fused kernel alone on the same tiles.
     python benchmarks/bench_completion.py iterations [--max-iter 3000]
     python benchmarks/bench_completion.py flat        # the issue's 1500×1100, r = 8, p = 0.25
     python benchmarks/bench_completion.py flat-p --max-iter 400   # p = 0.25 / 0.35 / 0.5 × damping c
+    python benchmarks/bench_completion.py throughput [--nnz 10e6 50e6]
 
 Part ``flat-p`` is a diagnostic: it repeats ``flat`` at higher sampling rates
 and, besides the default, runs the default rule with other values of its
 damping constant ``c`` (``AdaptiveStep(c=...)``, set through an internal hook:
 the public API has no parameter for it).
-    python benchmarks/bench_completion.py throughput [--nnz 10e6 50e6]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -71,23 +73,17 @@ def part_flat(args):
     report("κ-flatness at adequate sampling: 1500×1100, r = 8, p = 0.25", body, notes)
 
 
+@contextlib.contextmanager
 def _with_c(c):
-    """Patch the default rule's damping constant (diagnostic only; internal hook)."""
-    import contextlib
-    import functools
-
+    """The default rule with damping constant ``c`` (diagnostic only; internal hook)."""
     from dscaledgd.api import _core
     from dscaledgd.solvers.scaledgd import AdaptiveStep
 
-    @contextlib.contextmanager
-    def cm():
-        _core.AdaptiveStep = functools.partial(AdaptiveStep, c=c)
-        try:
-            yield
-        finally:
-            _core.AdaptiveStep = AdaptiveStep
-
-    return cm()
+    _core.AdaptiveStep = functools.partial(AdaptiveStep, c=c)
+    try:
+        yield
+    finally:
+        _core.AdaptiveStep = AdaptiveStep
 
 
 def part_flat_p(args):
