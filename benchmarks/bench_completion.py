@@ -14,19 +14,20 @@ Dask overhead. Also the fused kernel alone on the same tiles.
     python benchmarks/bench_completion.py iterations [--max-iter 3000]
     python benchmarks/bench_completion.py flat        # the issue's 1500×1100, r = 8, p = 0.25
     python benchmarks/bench_completion.py flat-p --max-iter 400   # p = 0.25 / 0.35 / 0.5 × damping c
+    python benchmarks/bench_completion.py flat-eta --max-iter 400 # step η of the default, seeds 1-5
     python benchmarks/bench_completion.py throughput [--nnz 10e6 50e6]
 
 Part ``flat-p`` is a diagnostic: it repeats ``flat`` at higher sampling rates
 and, besides the default, runs the default rule with other values of its
 damping constant ``c`` (``AdaptiveStep(c=...)``, set through an internal hook:
-the public API has no parameter for it).
+the public API has no parameter for it). Part ``flat-eta`` does the same for the
+rule's step ``η`` (constant 0.75 / 0.8, and 0.75 only while the error is large).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,7 @@ import numpy as np
 from _common import local_cluster, report, steps_to, table
 
 import dscaledgd as dsg
+from dscaledgd.solvers.scaledgd import AdaptiveStep, Step, x_norm2
 
 
 # ---------------------------------------------------------------- flatness
@@ -74,16 +76,35 @@ def part_flat(args):
 
 
 @contextlib.contextmanager
-def _with_c(c):
-    """The default rule with damping constant ``c`` (diagnostic only; internal hook)."""
-    from dscaledgd.api import _core
-    from dscaledgd.solvers.scaledgd import AdaptiveStep
+def _with_rule(cls=None, **forced):
+    """The default rule with some of its parameters forced (diagnostic only; internal hook).
 
-    _core.AdaptiveStep = functools.partial(AdaptiveStep, c=c)
+    ``forced`` overrides what ``choose_rule`` passes (e.g. ``eta``); ``cls`` replaces
+    :class:`AdaptiveStep` by a subclass.
+    """
+    from dscaledgd.api import _core
+
+    def factory(*a, **kw):
+        return (cls or AdaptiveStep)(*a, **{**kw, **forced})
+
+    _core.AdaptiveStep = factory
     try:
         yield
     finally:
         _core.AdaptiveStep = AdaptiveStep
+
+
+class _EtaWhileUnresolved(AdaptiveStep):
+    """η = 0.75 while the relative error estimate √(err2/‖X‖²) exceeds 1e-4, then the
+    rule's own η (a measured and rejected schedule; see docs/step_rule.md)."""
+
+    eta_hi, t = 0.75, 1e-4
+
+    def propose(self, stats):
+        step = super().propose(stats)
+        large = stats.err2 > self.t**2 * x_norm2(stats)
+        eta = self.eta * self.eta_hi / self.eta0 if large else self.eta
+        return Step(eta, step.damping, step.mu)
 
 
 def part_flat_p(args):
@@ -98,7 +119,7 @@ def part_flat_p(args):
                     obs, truth = dsg.datasets.make_completion(
                         (1500, 1100), 8, p, cond=cond, random_state=seed
                     )
-                    with _with_c(c):
+                    with _with_rule(c=c):
                         counts.append(iters_to(obs, truth, 8, 1e-12, args.max_iter))
                 label = f"{c}" + (" (default)" if c == 0.3 else "")
                 rows.append([p, label, seed, *counts, _spread(counts)])
@@ -110,6 +131,35 @@ def part_flat_p(args):
         "spectral init. 'div' = the guard gave up; '>N' = not reached."
     )
     report("κ-flatness vs sampling rate and the damping constant c", body, notes)
+
+
+def part_flat_eta(args):
+    """Flatness vs the step η of the default rule (adaptive damping kept), seeds 1-5."""
+    variants = [
+        ("0.7 (default)", {}),
+        ("0.75", {"eta": 0.75}),
+        ("0.8", {"eta": 0.8}),
+        ("0.75 while err > 1e-4, then 0.7", {"cls": _EtaWhileUnresolved}),
+    ]
+    rows = []
+    for label, forced in variants:
+        for seed in range(1, 6):
+            counts = []
+            for cond in (1, 10, 100, 1000):
+                obs, truth = dsg.datasets.make_completion(
+                    (1500, 1100), 8, 0.25, cond=cond, random_state=seed
+                )
+                with _with_rule(**forced):
+                    counts.append(iters_to(obs, truth, 8, 1e-12, args.max_iter))
+            rows.append([label, seed, *counts, _spread(counts)])
+            print(rows[-1], flush=True)
+    body = table(["η", "seed", "κ=1", "κ=10", "κ=100", "κ=1000", "max/min"], rows)
+    notes = (
+        "Iterations to relative error 1e-12; 1500×1100, r = 8, p = 0.25, linear spectrum, "
+        "spectral init; the default rule (adaptive damping c = 0.3, guard) with other step "
+        "sizes η. The bar: max/min ≤ 1.2."
+    )
+    report("κ-flatness vs the step η of the default rule (seeds 1-5)", body, notes)
 
 
 # ---------------------------------------------------------------- iterations
@@ -252,7 +302,7 @@ def main():
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("part", choices=("iterations", "flat", "flat-p", "throughput"))
+    ap.add_argument("part", choices=("iterations", "flat", "flat-p", "flat-eta", "throughput"))
     ap.add_argument("--max-iter", type=int, default=3000)
     ap.add_argument("--nnz", nargs="+", default=["10e6", "50e6"])
     ap.add_argument("--iters", type=int, default=8)
@@ -262,6 +312,7 @@ def main():
         "iterations": part_iterations,
         "flat": part_flat,
         "flat-p": part_flat_p,
+        "flat-eta": part_flat_eta,
         "throughput": part_throughput,
     }[args.part](args)
 

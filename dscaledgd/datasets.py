@@ -425,6 +425,7 @@ def make_completion_store(
     rms = np.linalg.norm(s) / np.sqrt(n1 * n2)
     path = os.fspath(path)
     chunk = max(1, min(layout.CHUNK, total))
+    band = layout.band_width(total, (n1, n2))
     with layout.atomic_dir(path, overwrite=overwrite) as tmp:
         g = zarr.open_group(tmp, mode="w")
         arrs = layout.create_entry_arrays(g, total, chunk=chunk)
@@ -443,7 +444,7 @@ def make_completion_store(
             lin = lin[np.sort(trng.choice(len(lin), size=m, replace=False))]
             lr = (lin // w).astype(np.int32)
             lc = (lin % w).astype(np.int32)
-            order = layout.blocked_order(np.zeros(m, np.int64), lr, lc)
+            order = layout.blocked_order(np.zeros(m, np.int64), lr, lc, band)
             lr, lc = lr[order], lc[order]
             U = _seeded_rows(seed_u, int(rb[ia]), int(rb[ia + 1]), rank) / np.sqrt(n1)
             V = _seeded_rows(seed_v, int(cb[ib]), int(cb[ib + 1]), rank) * s / np.sqrt(n2)

@@ -162,12 +162,12 @@ def _chunk_stats(chunk, shape):
     return info
 
 
-def _chunk_scatter(chunk, k, offset, row_bounds, col_bounds):
+def _chunk_scatter(chunk, k, offset, row_bounds, col_bounds, band):
     rows, cols, vals = chunk
     tile, lr, lc = layout.tile_of(
         np.asarray(rows, np.int64), np.asarray(cols, np.int64), row_bounds, col_bounds
     )
-    order = layout.blocked_order(tile, lr, lc)
+    order = layout.blocked_order(tile, lr, lc, band)
     T = (len(row_bounds) - 1) * (len(col_bounds) - 1)
     data = {
         "rows": lr[order],
@@ -192,17 +192,17 @@ def _read_tile_pieces(scratch, t, offsets, cum):
     }
 
 
-def _tile_merge(scratch, t, offsets, cum, policy):
+def _tile_merge(scratch, t, offsets, cum, policy, band):
     p = _read_tile_pieces(scratch, t, offsets, cum)
     tile = np.full(len(p["values"]), t, dtype=np.int64)
     _, lr, lc, vals, dup = layout.sort_tile_entries(
-        tile, p["rows"], p["cols"], p["values"], p["pos"], policy
+        tile, p["rows"], p["cols"], p["values"], p["pos"], policy, band
     )
     return lr, lc, vals, dup
 
 
-def _tile_count(scratch, t, offsets, cum, policy):
-    lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, policy)
+def _tile_count(scratch, t, offsets, cum, policy, band):
+    lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, policy, band)
     return {
         "n": len(vals),
         "dup": dup,
@@ -212,8 +212,8 @@ def _tile_count(scratch, t, offsets, cum, policy):
     }
 
 
-def _tile_final(scratch, t, offsets, cum, policy):
-    lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, policy)
+def _tile_final(scratch, t, offsets, cum, policy, band):
+    lr, lc, vals, dup = _tile_merge(scratch, t, offsets, cum, policy, band)
     info = {
         "n": len(vals),
         "dup": dup,
@@ -291,6 +291,7 @@ def ingest_chunks(
     row_bounds = layout.balanced_bounds(rcount, tiles[0])
     col_bounds = layout.balanced_bounds(ccount, tiles[1])
     T = tiles[0] * tiles[1]
+    band = layout.band_width(total, shape)
     chunk = max(1, min(CHUNK, total))
 
     scratch = tempfile.mkdtemp(
@@ -307,7 +308,7 @@ def ingest_chunks(
             total,
             _SCRATCH,
             lambda k: delayed(_chunk_scatter)(
-                producers[k], k, int(offsets[k]), row_bounds, col_bounds
+                producers[k], k, int(offsets[k]), row_bounds, col_bounds, band
             ),
         )
         counts = np.array(dask.compute(*infos, *done)[: len(infos)])  # (chunks, T)
@@ -318,7 +319,10 @@ def ingest_chunks(
             sizes = counts.sum(0)
         else:
             cinfo = dask.compute(
-                *[delayed(_tile_count)(scratch, t, offsets[:-1], cum, duplicates) for t in range(T)]
+                *[
+                    delayed(_tile_count)(scratch, t, offsets[:-1], cum, duplicates, band)
+                    for t in range(T)
+                ]
             )
             sizes = np.array([c["n"] for c in cinfo])
         ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -333,7 +337,9 @@ def ingest_chunks(
                 out_chunk,
                 nnz,
                 _FIELDS,
-                lambda t: delayed(_tile_final, nout=2)(scratch, t, offsets[:-1], cum, duplicates),
+                lambda t: delayed(_tile_final, nout=2)(
+                    scratch, t, offsets[:-1], cum, duplicates, band
+                ),
             )
             tinfo = dask.compute(*tinfo, *done)[:T]
             dups = [(i["dup"], t) for t, i in enumerate(tinfo) if i["dup"] is not None]

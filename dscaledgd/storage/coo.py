@@ -126,7 +126,8 @@ def build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) -
         col_bounds = layout.balanced_bounds(np.bincount(cols, minlength=shape[1]), tiles[1])
     tile, lr, lc = layout.tile_of(rows, cols, row_bounds, col_bounds)
     pos = np.arange(len(vals), dtype=np.int64)
-    tile, lr, lc, vals, dup = layout.sort_tile_entries(tile, lr, lc, vals, pos, duplicates)
+    band = layout.band_width(len(vals), shape)
+    tile, lr, lc, vals, dup = layout.sort_tile_entries(tile, lr, lc, vals, pos, duplicates, band)
     if dup is not None:
         b = len(col_bounds) - 1
         raise InputDataError(

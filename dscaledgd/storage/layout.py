@@ -8,13 +8,16 @@ Layout (DESIGN.md §2, recorded in docs/design.md):
   ``[tile_ptr[t], tile_ptr[t + 1])`` of the 1-D arrays ``rows``, ``cols``
   (int32, *tile-local*) and ``values`` (float64);
 * inside a tile, entries are in **banded order**: sorted by
-  ``(j // W, i, j)`` with column band ``W = CACHE_BAND``. While the fused
-  kernel sweeps one band, the band's rows of ``R`` and of its gradient stay
-  in L2 and the rows of ``L`` stream in order. Measured against the earlier
-  8192 × 8192 cache blocks (2 threads, 50k × 50k tiles, r = 10, median):
-  74M vs 53M entries/s at density 5e-3, 67M vs 53M at 1e-3, 16M vs 16M at
-  1e-4. Any order gives the same result up to summation order; stores
-  written in the older order stay valid.
+  ``(j // W, i, j)`` with column band ``W = band_width(nnz, shape)``. While
+  the fused kernel sweeps one band, the band's rows of ``R`` and of its
+  gradient stay in cache and the rows of ``L`` stream in order. Each band
+  re-streams ``L``, so sparse matrices want wide bands (fewer sweeps of
+  ``L``) and dense ones narrow bands (``R`` stays in L2): ``W`` is the power
+  of two nearest ``1.25 / density``, clamped to [1024, 16384]. Measured with
+  ``python benchmarks/bench_layout.py`` (RESULTS.md): at density 1e-4,
+  ``W = 16384`` is 2.2–2.6× faster than 1024 and 2048; at 5e-3, 1024 is 6%
+  faster than 2048. Any order gives the same result up to summation order;
+  stores written in another order stay valid.
 
 Zarr group (format version 1)::
 
@@ -42,7 +45,7 @@ from collections.abc import Iterator
 import numpy as np
 
 __all__ = [
-    "CACHE_BAND",
+    "band_width",
     "CHUNK",
     "FORMAT_VERSION",
     "balanced_bounds",
@@ -53,9 +56,9 @@ __all__ = [
     "check_output_path",
 ]
 
-#: Column band of the order inside a tile: the band's rows of ``R`` and of its
-#: gradient take 2 · 2048 · 8r bytes (330 KB at r = 10, within a 512 KB L2).
-CACHE_BAND = 2048
+#: Bounds of the column band of the order inside a tile; the band's rows of ``R``
+#: and of its gradient take ``2 · W · 8r`` bytes (164 KB at W = 1024, r = 10).
+MIN_BAND, MAX_BAND = 1024, 16384
 #: Entries per Zarr chunk of the 1-D arrays (16 MB of float64 values).
 CHUNK = 1 << 21
 FORMAT_VERSION = 1
@@ -115,13 +118,23 @@ def tile_of(rows: np.ndarray, cols: np.ndarray, row_bounds, col_bounds):
     return tile, lr, lc
 
 
-def blocked_order(tile: np.ndarray, lr: np.ndarray, lc: np.ndarray) -> np.ndarray:
-    """Stable permutation sorting entries by ``(tile, j//W, i, j)``, ``W = CACHE_BAND``.
+def band_width(nnz: int, shape: tuple[int, int]) -> int:
+    """The column band ``W`` of a store's banded order: the power of two nearest
+    ``1.25 / density``, clamped to ``[MIN_BAND, MAX_BAND]`` (about one entry per row
+    and band, measured best by ``benchmarks/bench_layout.py``)."""
+    density = nnz / max(1, int(shape[0]) * int(shape[1]))
+    if not density > 0:
+        return MAX_BAND
+    return int(np.clip(2 ** round(np.log2(1.25 / density)), MIN_BAND, MAX_BAND))
+
+
+def blocked_order(tile: np.ndarray, lr: np.ndarray, lc: np.ndarray, band: int) -> np.ndarray:
+    """Stable permutation sorting entries by ``(tile, j//W, i, j)``, ``W = band``.
 
     Equal ``(tile, i, j)`` keys stay in input order, which the ``"last"``
     duplicate policy relies on.
     """
-    W = CACHE_BAND
+    W = int(band)
     i64 = np.int64
     lr64 = lr.astype(i64)
     lc64 = lc.astype(i64)
@@ -134,8 +147,9 @@ def blocked_order(tile: np.ndarray, lr: np.ndarray, lc: np.ndarray) -> np.ndarra
     return np.lexsort((local, tile))
 
 
-def sort_tile_entries(tile, lr, lc, vals, pos, policy: str):
-    """Banded order plus the duplicate policy, for the entries of one or many tiles.
+def sort_tile_entries(tile, lr, lc, vals, pos, policy: str, band: int):
+    """Banded order (column band ``band``) plus the duplicate policy, for the entries
+    of one or many tiles.
 
     ``pos`` is each entry's position in the input (int64), used for ``"last"``
     (stable order) and to name duplicates. Returns ``(tile, lr, lc, vals, dup)``
@@ -143,7 +157,7 @@ def sort_tile_entries(tile, lr, lc, vals, pos, policy: str):
     ``(first_pos, later_pos, n_repeated, tile, lr, lc)`` describing the
     duplicate whose repeat comes first in the input (nothing is combined then).
     """
-    order = blocked_order(tile, lr, lc)
+    order = blocked_order(tile, lr, lc, band)
     tile, lr, lc, vals, pos = tile[order], lr[order], lc[order], vals[order], pos[order]
     same = (tile[1:] == tile[:-1]) & (lr[1:] == lr[:-1]) & (lc[1:] == lc[:-1])
     if not same.any():

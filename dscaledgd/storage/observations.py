@@ -380,7 +380,7 @@ class Observations:
                 "nnz": self.nnz,
                 "row_bounds": self.row_bounds.tolist(),
                 "col_bounds": self.col_bounds.tolist(),
-                "cache_band": layout.CACHE_BAND,
+                "cache_band": layout.band_width(self.nnz, self.shape),
                 "value_norm2": self.value_norm2,
                 **{k: v for k, v in self.attrs.items() if k not in ("type",)},
             }

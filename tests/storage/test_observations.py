@@ -40,6 +40,45 @@ def test_from_coo_round_trip_any_grid(rng, tiles):
         assert np.all(np.diff(key) > 0)
 
 
+@pytest.mark.parametrize(
+    "density, band",
+    [
+        (0.5, 1024),
+        (5e-3, 1024),
+        (1e-3, 1024),
+        (5e-4, 2048),
+        (2e-4, 8192),
+        (1e-4, 16384),
+        (1e-7, 16384),
+        (0.0, 16384),
+    ],
+)
+def test_band_width_follows_density(density, band):
+    # the power of two nearest 1.25/density, clamped to [1024, 16384]
+    n = 1_000_000
+    assert layout.band_width(int(density * n * n), (n, n)) == band
+
+
+def test_sparse_store_is_banded_with_its_band_width(tmp_path):
+    # 200k × 40k with 60k entries: density 7.5e-6, so W = 16384 (three bands of columns)
+    rng = np.random.default_rng(3)
+    shape, nnz = (200_000, 40_000), 60_000
+    lin = rng.choice(shape[0] * shape[1], nnz, replace=False)
+    obs = Observations.from_coo(
+        lin // shape[1], lin % shape[1], rng.standard_normal(nnz), shape=shape, tiles=(1, 1)
+    )
+    W = layout.band_width(nnz, shape)
+    assert W == layout.MAX_BAND
+    lr, lc, _ = obs.read_tile(0)
+    key = (lc.astype(np.int64) // W) * (shape[0] * W) + lr.astype(np.int64) * W + lc % W
+    assert np.all(np.diff(key) > 0)
+    assert len(np.unique(lc // W)) == 3 and not np.all(np.diff(lr.astype(np.int64)) >= 0)
+    obs.to_zarr(tmp_path / "o.zarr")
+    import zarr
+
+    assert zarr.open_group(tmp_path / "o.zarr", mode="r").attrs["dscaledgd"]["cache_band"] == W
+
+
 def test_shape_inferred_and_density(rng):
     r, c, v = _random_coo(rng)
     obs = Observations.from_coo(r, c, v)
@@ -48,11 +87,11 @@ def test_shape_inferred_and_density(rng):
 
 
 def test_banded_order_across_column_bands():
-    W = layout.CACHE_BAND
+    W = layout.MIN_BAND
     rows = np.array([W + 1, 0, W, 1, 0, 3])
     cols = np.array([0, W + 5, 3, 2, 1, 2 * W])
     tile = np.zeros(6, dtype=np.int64)
-    order = layout.blocked_order(tile, rows.astype(np.int32), cols.astype(np.int32))
+    order = layout.blocked_order(tile, rows.astype(np.int32), cols.astype(np.int32), W)
     # band 0 by (i, j): (0,1), (1,2), (W,3), (W+1,0); band 1: (0,W+5); band 2: (3,2W)
     got = [(int(i), int(j)) for i, j in zip(rows[order], cols[order])]
     assert got == [(0, 1), (1, 2), (W, 3), (W + 1, 0), (0, W + 5), (3, 2 * W)]
