@@ -15,7 +15,7 @@ Layout (DESIGN.md §2, recorded in docs/design.md):
   ``L``) and dense ones narrow bands (``R`` stays in L2): ``W`` is the power
   of two nearest ``1.25 / density``, clamped to [1024, 16384]. Measured with
   ``python benchmarks/bench_layout.py`` (RESULTS.md): at density 1e-4,
-  ``W = 16384`` is 2.2–2.6× faster than 1024 and 2048; at 5e-3, 1024 is 6%
+  ``W = 16384`` is 2.0–2.6× faster than 1024 and 2048; at 5e-3, 1024 is 11%
   faster than 2048. Any order gives the same result up to summation order;
   stores written in another order stay valid.
 
