@@ -107,6 +107,17 @@ class _EtaWhileUnresolved(AdaptiveStep):
         return Step(eta, step.damping, step.mu)
 
 
+def _kappa_sweep(p, seed, max_iter, **forced):
+    """Iterations to 1e-12 at κ = 1, 10, 100, 1000 on the flat instance (1500×1100, r = 8,
+    sampling rate ``p``) with the default rule, some parameters forced (:func:`_with_rule`)."""
+    counts = []
+    for cond in (1, 10, 100, 1000):
+        obs, truth = dsg.datasets.make_completion((1500, 1100), 8, p, cond=cond, random_state=seed)
+        with _with_rule(**forced):
+            counts.append(iters_to(obs, truth, 8, 1e-12, max_iter))
+    return counts
+
+
 def part_flat_p(args):
     """Where the flatness goes: sampling rate × the adaptive damping constant c."""
     plan = {0.25: (0.3, 0.2), 0.35: (0.3, 0.12, 0.06), 0.5: (0.3, 0.1, 0.05, 0.02)}
@@ -114,13 +125,7 @@ def part_flat_p(args):
     for p, cs in plan.items():
         for c in cs:
             for seed in (1, 2):
-                counts = []
-                for cond in (1, 10, 100, 1000):
-                    obs, truth = dsg.datasets.make_completion(
-                        (1500, 1100), 8, p, cond=cond, random_state=seed
-                    )
-                    with _with_rule(c=c):
-                        counts.append(iters_to(obs, truth, 8, 1e-12, args.max_iter))
+                counts = _kappa_sweep(p, seed, args.max_iter, c=c)
                 label = f"{c}" + (" (default)" if c == 0.3 else "")
                 rows.append([p, label, seed, *counts, _spread(counts)])
                 print(rows[-1], flush=True)
@@ -144,13 +149,7 @@ def part_flat_eta(args):
     rows = []
     for label, forced in variants:
         for seed in range(1, 6):
-            counts = []
-            for cond in (1, 10, 100, 1000):
-                obs, truth = dsg.datasets.make_completion(
-                    (1500, 1100), 8, 0.25, cond=cond, random_state=seed
-                )
-                with _with_rule(**forced):
-                    counts.append(iters_to(obs, truth, 8, 1e-12, args.max_iter))
+            counts = _kappa_sweep(0.25, seed, args.max_iter, **forced)
             rows.append([label, seed, *counts, _spread(counts)])
             print(rows[-1], flush=True)
     body = table(["η", "seed", "κ=1", "κ=10", "κ=100", "κ=1000", "max/min"], rows)

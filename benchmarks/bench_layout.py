@@ -44,8 +44,7 @@ def _tiles(m, density, widths, r, rng):
         vals = rng.standard_normal(nnz)
         by_w = {}
         for W in widths:
-            key = (cols // W).astype(np.int64) * (m * W) + rows.astype(np.int64) * W + cols % W
-            o = np.argsort(key, kind="stable")
+            o = layout.blocked_order(np.zeros(nnz, np.int64), rows, cols, W)
             by_w[W] = (rows[o], cols[o], vals[o])
         L = cp.interleave(rng.standard_normal((m, r)))
         R = cp.interleave(rng.standard_normal((m, r)))

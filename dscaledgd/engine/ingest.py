@@ -162,12 +162,13 @@ def _chunk_stats(chunk, shape):
     return info
 
 
-def _chunk_scatter(chunk, k, offset, row_bounds, col_bounds, band):
+def _chunk_scatter(chunk, k, offset, row_bounds, col_bounds):
     rows, cols, vals = chunk
     tile, lr, lc = layout.tile_of(
         np.asarray(rows, np.int64), np.asarray(cols, np.int64), row_bounds, col_bounds
     )
-    order = layout.blocked_order(tile, lr, lc, band)
+    # group by tile only (stable: input order kept); the per-tile merge sorts into banded order
+    order = np.argsort(tile, kind="stable")
     T = (len(row_bounds) - 1) * (len(col_bounds) - 1)
     data = {
         "rows": lr[order],
@@ -308,7 +309,7 @@ def ingest_chunks(
             total,
             _SCRATCH,
             lambda k: delayed(_chunk_scatter)(
-                producers[k], k, int(offsets[k]), row_bounds, col_bounds, band
+                producers[k], k, int(offsets[k]), row_bounds, col_bounds
             ),
         )
         counts = np.array(dask.compute(*infos, *done)[: len(infos)])  # (chunks, T)
