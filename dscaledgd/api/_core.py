@@ -27,7 +27,9 @@ from ..engine.cluster import SCHEDULERS
 from ..exceptions import DataWarning, InvalidParameterError
 from ..result import SolveResult
 from ..solvers import init as inits
+from ..solvers import scaledgd as _sgd
 from ..solvers.loop import LoopConfig, run
+from ..solvers.reseed import CoherentReseed
 from ..solvers.scaledgd import AdaptiveStep, FixedStep, Preconditioner, guarded
 from ..solvers.subgradient import GeometricStep, PolyakStep
 from ..storage.observations import Observations
@@ -174,6 +176,18 @@ def choose_rule(params: dict, damping: float, eta: float = 0.7):
     return AdaptiveStep(eta=eta, damping=damping)
 
 
+def _reseed(engine, rule, params: dict):
+    """The coherent-component re-seed of the default rule on unregularised completion."""
+    on = (
+        getattr(engine, "reseed_coherent", False)
+        and isinstance(rule, _sgd.AdaptiveStep)
+        and rule.c0 > 0
+        and params["reg"] == 0
+        and not engine.symmetric
+    )
+    return CoherentReseed() if on else None
+
+
 def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     """Initialise, run the shared loop and package the result."""
     seed = int(rng.integers(2**62))
@@ -205,6 +219,7 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         callback=params["callback"],
         progress=params["progress"],
         reg=params["reg"],
+        seed=seed + 2,
     )
     # factor-norm reference of the guard: the initial factors for a spectral start; the
     # data scale (an upper bound of Σσ_i for balanced factors) for a given start
@@ -214,7 +229,16 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         else float(np.sqrt(rank * engine.value_norm2 / engine.p))
     )
     params = {**params, "damping": damping}
-    out = run(engine, state, rule, precond, cfg, norm_ref=norm_ref, desc=desc)
+    out = run(
+        engine,
+        state,
+        rule,
+        precond,
+        cfg,
+        norm_ref=norm_ref,
+        desc=desc,
+        reseed=_reseed(engine, rule, params),
+    )
     factors = tuple(_finalize(engine.ex, F) for F in out.state)
     info = {
         "init_values": np.asarray(values).tolist(),

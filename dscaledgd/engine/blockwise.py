@@ -157,6 +157,9 @@ class CompletionEngine(FactorEngine):
         Entries per streamed read.
     """
 
+    #: re-seed coherent spurious components under the default rule (solvers/reseed.py)
+    reseed_coherent = True
+
     def __init__(
         self,
         obs,

@@ -29,7 +29,8 @@ or a Gram that cannot be factorised (thresholds from the step rule). It does
 **not** enforce monotone decrease. On divergence it restores the best accepted
 iterate (kept as a snapshot, with its gradient) and asks the step rule to
 recover; a rule that cannot (a fixed step) ends the run with status
-``"diverged"`` and a warning. Every restore is recorded in ``info["events"]``.
+``"diverged"`` and a warning. Every restore is recorded in ``info["events"]``,
+and so is every re-seed of a coherent spurious component (:mod:`.reseed`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class LoopConfig:
     materialize_every: int = 20
     #: ridge penalty (reg/2)(‖L‖² + ‖R‖²) added to the objective
     reg: float = 0.0
+    #: seed of the random directions of a re-seed (:mod:`.reseed`)
+    seed: int = 0
 
 
 @dataclass
@@ -116,8 +119,13 @@ def run(
     *,
     norm_ref: float,
     desc: str = "dscaledgd",
+    reseed=None,
 ) -> LoopOutcome:
-    """Iterate from ``state`` until a stopping rule fires. See the module docstring."""
+    """Iterate from ``state`` until a stopping rule fires. See the module docstring.
+
+    ``reseed``: an optional :class:`~dscaledgd.solvers.reseed.CoherentReseed`
+    applied to every accepted point (its extra pass is counted).
+    """
     t0 = time.perf_counter()
     hist = {k: [] for k in HISTORY_KEYS}
     events: list = []
@@ -278,6 +286,15 @@ def run(
                     f"{what} stall_tol={cfg.stall_tol:g} for {cfg.patience} iterations; "
                     f"relative residual {cur.stats.residual:.3g}"
                 )
+            if reseed is not None and status is None:
+                out = reseed(engine, cur.state, cur.stats, rule.c, cfg.seed)
+                pt = evaluate(out[0]) if out is not None else None
+                if pt is not None and _finite(pt.stats):
+                    cur = pt
+                    events.append({"iteration": n_iter, **out[1], "passes": passes})
+                    logger.info("dscaledgd: re-seeded components %s", out[1]["components"])
+                    if cur.stats.loss < best.stats.loss:
+                        best = cur
     finally:
         if bar is not None:
             bar.close()

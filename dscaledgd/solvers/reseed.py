@@ -1,0 +1,128 @@
+"""Re-seeding of coherent spurious components (matrix completion, default rule).
+
+At large κ the spectral estimate's smallest components are buried in the
+sampling noise. The estimate then carries a *spurious* component in their
+place. That component is highly coherent: on 1500×1100, r = 8, p = 0.25,
+κ = 1000, its singular vectors have coherence ``n · max_i a_i²`` of 100–380,
+against about 10 for the true factors. The sampled loss barely sees it (its
+sampled curvature is 0.33–0.85 of nominal), so it decays only about 0.8 per
+iteration, and the true component cannot take its place until it has gone.
+That wait is most of the extra iterations at κ = 1000 (docs/step_rule.md).
+
+After an accepted step, this module looks at the components of ``X = L Rᵀ``
+whose singular value is below the current error level ``√err2``. Those that
+are also coherent (above ``tau``) are replaced by a random direction with
+the singular value ``c √err2``. That is the scale at which the adaptive
+damping ``μ = c² err2`` lets a direction move freely. The true component
+then grows into the freed slot. A spurious component can never be resolved
+at its size, so nothing that could be fitted is thrown away. Incoherent
+components are never touched. At most ``max_events`` re-seeds happen per run,
+so a component that the data really support (for example, a coherent true
+factor on real data) costs at most that many extra passes.
+
+The singular frames come from the ``r × r`` Grams. The coherence is one
+reduction over the factor rows (``n × m`` work, no data pass), and the
+replacement is one blockwise ``F M + Z N`` with a seeded Gaussian ``Z``.
+Only the accepted point is re-seeded. The re-seeded point costs one extra
+data pass, which the loop counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+
+from ..engine.factors import combine, random_blocked
+
+__all__ = ["CoherentReseed", "singular_frames"]
+
+
+def singular_frames(FF_L: np.ndarray, FF_R: np.ndarray):
+    """``(s, W_L, W_R)`` with ``L Rᵀ = (L W_L) diag(s) (R W_R)ᵀ`` an SVD.
+
+    From the Grams only. With ``LᵀL = C_L C_Lᵀ`` (Cholesky), ``L C_L⁻ᵀ`` has
+    orthonormal columns. So the SVD ``U s Vᵀ`` of the ``r × r`` matrix
+    ``C_Lᵀ C_R`` gives ``W_L = C_L⁻ᵀ U`` and ``W_R = C_R⁻ᵀ V``.
+    Raises ``numpy.linalg.LinAlgError`` when a Gram is not positive definite.
+    """
+    CL = np.linalg.cholesky(0.5 * (FF_L + FF_L.T))
+    CR = np.linalg.cholesky(0.5 * (FF_R + FF_R.T))
+    U, s, Vt = np.linalg.svd(CL.T @ CR)
+    WL = sla.solve_triangular(CL.T, U, lower=False)
+    WR = sla.solve_triangular(CR.T, Vt.T, lower=False)
+    return s, WL, WR
+
+
+def _colmax_sq(X, W):
+    return np.max((X @ W) ** 2, axis=0) if len(X) else np.zeros(W.shape[1])
+
+
+class CoherentReseed:
+    """Replace small, coherent components of ``L Rᵀ`` by random directions.
+
+    Parameters
+    ----------
+    tau : float, default 150
+        Coherence ``n · max_i a_i²`` (of either singular vector) above which a
+        small component counts as spurious. A Gaussian vector has about
+        ``2 ln n`` (15 at n = 1500, 23 at n = 1e5). The measured spurious
+        components had 100–380. A vector of length ``n`` has at most ``n``,
+        so matrices with fewer than ``tau`` rows or columns are never
+        re-seeded.
+    beta : float, default 1
+        Only components with singular value below ``beta · √err2`` are
+        candidates.
+    max_events : int, default 3
+        Re-seeds per run.
+    """
+
+    def __init__(self, tau: float = 150.0, beta: float = 1.0, max_events: int = 3):
+        self.tau, self.beta, self.max_events = float(tau), float(beta), int(max_events)
+        self.events = 0
+
+    def __call__(self, engine, state: list, stats, c: float, seed: int):
+        """The re-seeded state and an event record, or ``None`` if nothing changes."""
+        if self.events >= self.max_events or len(state) != 2 or stats.err2 <= 0:
+            return None
+        if min(F.n for F in state) <= self.tau:
+            return None
+        try:
+            s, WL, WR = singular_frames(stats.FF[0], stats.FF[1])
+        except np.linalg.LinAlgError:
+            return None
+        level = np.sqrt(stats.err2)
+        cand = np.flatnonzero(s < self.beta * level)
+        if len(cand) == 0:
+            return None
+        coh = np.zeros(len(cand))
+        for F, W in zip(state, (WL, WR)):
+            parts = [
+                engine.ex.submit(_colmax_sq, b, W[:, cand], name="coherence") for b in F.blocks
+            ]
+            colmax = np.max(np.vstack(engine.ex.gather(parts)), axis=0)
+            coh = np.maximum(coh, F.n * colmax)
+        bad = cand[coh > self.tau]
+        if len(bad) == 0:
+            return None
+        self.events += 1
+        r = len(s)
+        new_s = s.copy()
+        new_s[bad] = c * level
+        keep = np.ones(r, dtype=bool)
+        keep[bad] = False
+        new = []
+        for k, (F, W) in enumerate(zip(state, (WL, WR))):
+            M = W * np.sqrt(np.where(keep, new_s, 0.0))  # the kept components, balanced
+            N = np.zeros((len(bad), r))
+            N[np.arange(len(bad)), bad] = np.sqrt(new_s[bad])
+            Z = random_blocked(
+                engine.ex, F.bounds, len(bad), seed + 2 * self.events + k, 1.0 / np.sqrt(F.n)
+            )
+            new.append(combine(F, M, Z, N, name="reseed"))
+        event = {
+            "event": "reseeded",
+            "components": bad.tolist(),
+            "singular_values": s[bad].tolist(),
+            "coherence": coh[coh > self.tau].tolist(),
+        }
+        return new, event
