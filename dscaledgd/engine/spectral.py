@@ -17,10 +17,10 @@ import scipy.linalg as sla
 
 from .factors import Blocked, combine, random_blocked, sum_small
 
-__all__ = ["orthonormalize", "randomized_svd", "randomized_eigh"]
+__all__ = ["chol_upper", "orthonormalize", "randomized_svd", "randomized_eigh"]
 
 
-def _chol_upper(G: np.ndarray) -> np.ndarray:
+def chol_upper(G: np.ndarray) -> np.ndarray:
     """Upper Cholesky factor of an SPD Gram, with a growing ridge as fallback."""
     G = 0.5 * (G + G.T)
     scale = max(np.trace(G) / max(len(G), 1), np.finfo(float).tiny)
@@ -43,7 +43,7 @@ def orthonormalize(X: Blocked, return_r: bool = False):
     Rtot = eye
     for _ in range(2):
         G = sum_small(X.ex.gather(X.gram_parts()))
-        C = _chol_upper(G)
+        C = chol_upper(G)
         X = combine(X, sla.solve_triangular(C, eye, lower=False), None, None, name="orth")
         Rtot = C @ Rtot
     return (X, Rtot) if return_r else X

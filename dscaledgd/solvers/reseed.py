@@ -33,6 +33,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..engine.factors import combine, random_blocked
+from ..engine.spectral import chol_upper
 
 __all__ = ["CoherentReseed", "singular_frames"]
 
@@ -40,16 +41,16 @@ __all__ = ["CoherentReseed", "singular_frames"]
 def singular_frames(FF_L: np.ndarray, FF_R: np.ndarray):
     """``(s, W_L, W_R)`` with ``L Rᵀ = (L W_L) diag(s) (R W_R)ᵀ`` an SVD.
 
-    From the Grams only. With ``LᵀL = C_L C_Lᵀ`` (Cholesky), ``L C_L⁻ᵀ`` has
+    From the Grams only. With ``LᵀL = C_Lᵀ C_L`` (upper Cholesky, as in the
+    CholeskyQR of :mod:`dscaledgd.engine.spectral`), ``L C_L⁻¹`` has
     orthonormal columns. So the SVD ``U s Vᵀ`` of the ``r × r`` matrix
-    ``C_Lᵀ C_R`` gives ``W_L = C_L⁻ᵀ U`` and ``W_R = C_R⁻ᵀ V``.
-    Raises ``numpy.linalg.LinAlgError`` when a Gram is not positive definite.
+    ``C_L C_Rᵀ`` gives ``W_L = C_L⁻¹ U`` and ``W_R = C_R⁻¹ V``.
+    Raises ``numpy.linalg.LinAlgError`` when a Gram stays indefinite.
     """
-    CL = np.linalg.cholesky(0.5 * (FF_L + FF_L.T))
-    CR = np.linalg.cholesky(0.5 * (FF_R + FF_R.T))
-    U, s, Vt = np.linalg.svd(CL.T @ CR)
-    WL = sla.solve_triangular(CL.T, U, lower=False)
-    WR = sla.solve_triangular(CR.T, Vt.T, lower=False)
+    CL, CR = chol_upper(FF_L), chol_upper(FF_R)
+    U, s, Vt = np.linalg.svd(CL @ CR.T)
+    WL = sla.solve_triangular(CL, U, lower=False)
+    WR = sla.solve_triangular(CR, Vt.T, lower=False)
     return s, WL, WR
 
 
@@ -94,13 +95,17 @@ class CoherentReseed:
         cand = np.flatnonzero(s < self.beta * level)
         if len(cand) == 0:
             return None
-        coh = np.zeros(len(cand))
-        for F, W in zip(state, (WL, WR)):
-            parts = [
-                engine.ex.submit(_colmax_sq, b, W[:, cand], name="coherence") for b in F.blocks
-            ]
-            colmax = np.max(np.vstack(engine.ex.gather(parts)), axis=0)
-            coh = np.maximum(coh, F.n * colmax)
+        # one gather for both factors: n · (max_i of each candidate column)²
+        parts = [
+            [engine.ex.submit(_colmax_sq, b, W[:, cand], name="coherence") for b in F.blocks]
+            for F, W in zip(state, (WL, WR))
+        ]
+        gathered = engine.ex.gather(parts[0] + parts[1])
+        nb = len(parts[0])
+        coh = np.maximum(
+            state[0].n * np.max(np.vstack(gathered[:nb]), axis=0),
+            state[1].n * np.max(np.vstack(gathered[nb:]), axis=0),
+        )
         bad = cand[coh > self.tau]
         if len(bad) == 0:
             return None
