@@ -13,11 +13,13 @@ from ._version import __version__
 from .api import complete, rpca, sense
 from .estimators import MatrixCompletion, MatrixSensing, RobustPCA
 from .exceptions import (
+    ClusterError,
     ConvergenceWarning,
     DataWarning,
     DivergenceError,
     InputDataError,
     InvalidParameterError,
+    NotFittedError,
 )
 from .problems.sensing import GaussianSensing, QuadraticSensing
 from .result import IterationState, SolveResult, load_result
@@ -45,4 +47,6 @@ __all__ = [
     "ConvergenceWarning",
     "DataWarning",
     "DivergenceError",
+    "NotFittedError",
+    "ClusterError",
 ]

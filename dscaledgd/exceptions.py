@@ -12,6 +12,8 @@ __all__ = [
     "ConvergenceWarning",
     "DataWarning",
     "DivergenceError",
+    "NotFittedError",
+    "ClusterError",
 ]
 
 
@@ -29,6 +31,16 @@ class InputDataError(ValueError):
 
 class DivergenceError(RuntimeError):
     """The iteration diverged and could not be recovered by the step safeguard."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """An estimator was used before ``fit`` (scikit-learn's convention: both bases)."""
+
+
+class ClusterError(RuntimeError):
+    """The Dask cluster failed under the run: a lost worker whose data could not be
+    re-created, an unreachable, hung or vanished scheduler. The message names the
+    scheduler's address and what was seen."""
 
 
 class ConvergenceWarning(UserWarning):

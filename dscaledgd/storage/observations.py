@@ -150,6 +150,40 @@ class Observations:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
         return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
 
+    # ------------------------------------------------------- temporary stores
+    def _adopt_temporary(self, dirpath: str) -> Observations:
+        """Own the temporary directory ``dirpath`` holding this store.
+
+        It is removed by :meth:`close`, on leaving a ``with`` block, or when
+        this object is garbage-collected, whichever comes first. Returns self.
+        """
+        import shutil
+        import weakref
+
+        self._temp_finalizer = weakref.finalize(self, shutil.rmtree, dirpath, True)
+        return self
+
+    @property
+    def is_temporary(self) -> bool:
+        """``True`` when the backing store is a temporary directory owned by this object."""
+        fin = getattr(self, "_temp_finalizer", None)
+        return fin is not None and fin.alive
+
+    def close(self) -> None:
+        """Remove the backing store if it is a temporary one (see :meth:`_adopt_temporary`).
+
+        A store at a path the user chose is never removed. Safe to call twice.
+        """
+        fin = getattr(self, "_temp_finalizer", None)
+        if fin is not None:
+            fin()
+
+    def __enter__(self) -> Observations:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         where = f"store={self.path!r}" if self.path else "in memory"
         return (
