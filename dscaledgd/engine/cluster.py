@@ -25,11 +25,14 @@ import logging
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..exceptions import InvalidParameterError
+from ..exceptions import ClusterError, InvalidParameterError
+from .replicas import PREFIX
+from .replicas import install as install_keep_replicas
 
 __all__ = ["Executor", "DistributedExecutor", "ThreadExecutor", "executor_for", "SCHEDULERS"]
 
@@ -165,11 +168,21 @@ class DistributedExecutor(Executor):
     #: True when this run started the client (it is closed at the end)
     owned = False
 
+    #: copies of every scattered item (observation tiles, re-rooted factors)
+    replicas = 2
+
     def __init__(self, client):
         self.client = client
+        self.address = getattr(client.scheduler, "address", None) or "the scheduler"
+        self.timeout = scheduler_timeout()
         self._run = uuid.uuid4().hex[:8]
         self._seq = itertools.count()
-        workers = client.scheduler_info().get("workers", {})
+        workers = self._identity().get("workers", {})
+        if not workers:
+            self._wait_for_workers()
+            workers = self._identity().get("workers", {})
+        self._addrs = sorted(workers)
+        self._keep_replicas()
         self.nthreads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
         limits = [w.get("memory_limit") or 0 for w in workers.values()]
         self.memory_limit = min(limits) if limits and min(limits) > 0 else None
@@ -182,29 +195,121 @@ class DistributedExecutor(Executor):
 
     @property
     def n_workers(self) -> int:
-        return max(1, len(self._workers()))
+        return max(1, len(self._addrs))
+
+    # ------------------------------------------------------ talking to the scheduler
+    def _identity(self) -> dict:
+        """The scheduler's identity (workers included), or a ClusterError within the timeout."""
+        from distributed.client import CommClosedError
+
+        try:
+            return self.client.sync(self.client.scheduler.identity, callback_timeout=self.timeout)
+        except TimeoutError:
+            if self._unreachable():
+                raise self._scheduler_gone(ConnectionRefusedError("no process listens")) from None
+            raise ClusterError(
+                f"The Dask scheduler at {self.address} did not answer within "
+                f"{self.timeout:g} s: it is hung, stopped or overloaded. Check the scheduler "
+                "process (or raise the dask config 'dscaledgd.scheduler-timeout')."
+            ) from None
+        except (CommClosedError, OSError) as exc:
+            raise self._scheduler_gone(exc) from None
+
+    def _unreachable(self) -> bool:
+        """True when nothing accepts connections at the scheduler's address (a stopped
+        process still does: the kernel completes the handshake)."""
+        import socket
+
+        from distributed.comm import parse_address
+        from distributed.comm.addressing import parse_host_port
+
+        try:
+            scheme, loc = parse_address(self.address)
+            if scheme not in ("tcp", "tls"):
+                return False
+            with socket.create_connection(parse_host_port(loc), timeout=2):
+                return False
+        except (ConnectionRefusedError, socket.gaierror):
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def _scheduler_gone(self, exc) -> ClusterError:
+        return ClusterError(
+            f"The Dask scheduler at {self.address} is gone (the connection closed: "
+            f"{type(exc).__name__}: {exc}). The run cannot continue; restart the scheduler "
+            "and its workers, then run again."
+        )
+
+    def _wait_for_workers(self) -> None:
+        try:
+            self.client.wait_for_workers(1, timeout=self.timeout)
+        except TimeoutError:
+            raise ClusterError(
+                f"No worker joined the Dask scheduler at {self.address} within "
+                f"{self.timeout:g} s. Start workers (`dask worker {self.address}`), or raise "
+                "the dask config 'dscaledgd.scheduler-timeout'."
+            ) from None
+
+    def _keep_replicas(self) -> None:
+        """Exempt our scattered copies from the scheduler's ReduceReplicas (:mod:`.replicas`)."""
+        try:
+            how = self.client.run_on_scheduler(install_keep_replicas)
+        except Exception as exc:  # e.g. a scheduler that cannot import dscaledgd
+            how = f"failed ({type(exc).__name__}: {exc})"
+        self.replica_policy = how
+        if how not in ("installed", "present", "no-amm", "no-reduce-replicas"):
+            warnings.warn(
+                f"dscaledgd could not exempt its data from the memory manager of the scheduler "
+                f"at {self.address} ({how}); its ReduceReplicas policy may drop the second "
+                "copy of scattered data, and a lost worker may then lose the run. Install "
+                "dscaledgd in the scheduler's environment.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
     def _workers(self) -> list:
-        return sorted(self.client.scheduler_info()["workers"])
+        """Worker addresses, refreshed (workers may have died or joined since)."""
+        addrs = sorted(self._identity().get("workers", {}))
+        if not addrs:
+            self._wait_for_workers()
+            addrs = sorted(self._identity().get("workers", {}))
+        self._addrs = addrs
+        return addrs
 
     def scatter(self, data, placement=None):
+        """Scatter ``data`` with :attr:`replicas` copies on distinct workers.
+
+        Scattered data has no lineage: a worker that dies with the only copy
+        takes it away, and every task computed from it is cancelled
+        ("already forgotten"). With two copies the scheduler still holds one,
+        and recomputes everything downstream that was lost, so the run goes on
+        and its answer is unchanged. ``placement[k]`` picks the primary
+        worker of item ``k``; the second copy goes to the next worker.
+        """
         data = list(data)
-        if placement is None:
-            return self.client.scatter(data, hash=False)
         addrs = self._workers()
+        n = min(self.replicas, len(addrs))
+        if placement is None:
+            placement = [k % len(addrs) for k in range(len(data))]
         out = [None] * len(data)
         for slot in sorted(set(placement)):
             idx = [k for k, w in enumerate(placement) if w == slot]
+            targets = [addrs[(slot + i) % len(addrs)] for i in range(n)]
+            keys = {k: f"{PREFIX}{self._run}-{next(self._seq)}" for k in idx}
             futs = self.client.scatter(
-                [data[k] for k in idx], hash=False, workers=[addrs[slot % len(addrs)]]
+                {keys[k]: data[k] for k in idx},
+                workers=targets,
+                broadcast=n > 1,
+                timeout=self.timeout,
             )
-            for k, f in zip(idx, futs):
-                out[k] = f
+            for k in idx:
+                out[k] = futs[keys[k]]
         return out
 
     def submit_on(self, slot: int, fn, *args, name: str, **kwargs):
         """Submit preferring worker ``slot`` (other workers may still run it)."""
-        addrs = self._workers()
+        addrs = self._addrs or self._workers()
         return self.client.submit(
             fn,
             *args,
@@ -216,7 +321,55 @@ class DistributedExecutor(Executor):
         )
 
     def gather(self, handles):
-        return self.client.gather(handles)
+        """Gather task results; a lost worker, hung or vanished scheduler is a ClusterError.
+
+        While waiting, the scheduler is asked for its identity every
+        :data:`POLL` seconds: one that does not answer within the timeout
+        (a ``SIGSTOP``-ed or wedged scheduler) ends the wait with a message
+        naming its address, instead of blocking for as long as it is stopped.
+        """
+        from distributed.client import (
+            CancelledError,
+            CommClosedError,
+            FutureCancelledError,
+            FuturesCancelledError,
+        )
+        from distributed.scheduler import KilledWorker
+
+        futures = list(_futures_of(handles))
+        try:
+            while True:
+                try:
+                    self._wait(futures)
+                    break
+                except TimeoutError:
+                    self._identity()  # raises when the scheduler is hung or gone
+            return self.client.gather(handles)
+        except (FutureCancelledError, FuturesCancelledError, CancelledError) as exc:
+            self._identity()  # a vanished scheduler cancels every future: say so
+            raise ClusterError(
+                f"Data of this run was lost on the cluster at {self.address} and could not be "
+                f"re-created ({exc}). Every scattered item is kept on {self.replicas} "
+                "workers and everything else is recomputed from its lineage, so this "
+                "takes losing that many workers at once, or the run's futures being "
+                "released by another client (client.restart(), cancel()). Run again."
+            ) from None
+        except KilledWorker as exc:
+            raise ClusterError(
+                f"A task of this run killed the workers it ran on ({exc}). Workers of the "
+                f"cluster at {self.address} died repeatedly while running it: check their "
+                "memory limit and logs."
+            ) from None
+        except (CommClosedError, OSError) as exc:
+            raise self._scheduler_gone(exc) from None
+
+    def _wait(self, futures) -> None:
+        """Wait up to :data:`POLL` s for ``futures`` on *this* client (``distributed.wait``
+        would use the default client, which a user's ``Client(set_as_default=False)``
+        is not)."""
+        from distributed.client import _wait
+
+        self.client.sync(_wait, futures, timeout=POLL)
 
     def reroot(self, handles: list) -> list:
         """Gather and re-scatter ``handles`` so the scheduler can forget their history.
@@ -227,8 +380,8 @@ class DistributedExecutor(Executor):
         the factors every few iterations bounds it. Cost: one round trip of
         the factors through the client.
         """
-        data = self.client.gather(list(handles))
-        return self.client.scatter(data, hash=False)
+        data = self.gather(list(handles))
+        return self.scatter(data)
 
     def release(self, *handles):
         for h in handles:
@@ -243,6 +396,43 @@ class DistributedExecutor(Executor):
         except ImportError:  # pragma: no cover - old distributed
             return contextlib.nullcontext()
         return span(name)
+
+
+#: seconds between the scheduler health checks of a long wait (DistributedExecutor.gather)
+POLL = 5.0
+
+
+def scheduler_timeout() -> float:
+    """Seconds the scheduler may take to answer: dask config ``dscaledgd.scheduler-timeout``
+    (default ``"60s"``; any dask time string or number of seconds)."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("dscaledgd.scheduler-timeout", "60s")))
+
+
+def _futures_of(handles):
+    if isinstance(handles, list | tuple):
+        for h in handles:
+            yield from _futures_of(h)
+    elif hasattr(handles, "key") and hasattr(handles, "status"):
+        yield handles
+
+
+def _check_address(address: str) -> None:
+    """Refuse a malformed scheduler address before a Client is built on it."""
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+
+    try:
+        scheme, loc = parse_address(address)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(loc)
+    except (ValueError, TypeError) as exc:
+        raise InvalidParameterError(
+            "The 'address' parameter must be a Dask scheduler address such as "
+            f"'tcp://127.0.0.1:8786'. Got {address!r} ({exc})."
+        ) from None
 
 
 #: glibc malloc settings for the embedded cluster's workers. Dask's default
@@ -360,15 +550,20 @@ def executor_for(
     if address is not None:
         from distributed import Client
 
+        _check_address(address)
         try:
-            c = Client(address, timeout="10s")
+            c = Client(address, timeout="10s", set_as_default=False)
         except OSError as exc:
             raise ConnectionError(
                 f"Could not connect to the Dask scheduler at {address!r} ({exc}). Check that "
                 "`dask scheduler` is running there, or omit the address to use an embedded "
                 "LocalCluster."
             ) from None
-        ex = DistributedExecutor(c)
+        try:
+            ex = DistributedExecutor(c)
+        except BaseException:
+            c.close()
+            raise
         ex.owned = True
         try:
             yield ex

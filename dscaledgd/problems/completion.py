@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit
+from .._jit import njit
 
 __all__ = [
     "LOSSES",

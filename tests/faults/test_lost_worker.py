@@ -1,0 +1,110 @@
+"""A lost worker must not lose the run (issue 12).
+
+Real ``dask scheduler`` and three nanny-less ``dask worker`` processes on
+127.0.0.1; one worker is SIGKILLed by PID during the initialisation or
+during the iterations of ``complete``, ``sense`` and ``rpca``. The run must
+finish with the same answer as an undisturbed run on threads (≤ 1e-9
+relative, the agreement of undisturbed distributed runs), because every
+scattered item has two copies and everything else is recomputed from its
+lineage (``DistributedExecutor.scatter``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dscaledgd as dsg
+from dscaledgd.engine import cluster as cl
+
+from ._procs import ProcessCluster
+
+pytestmark = pytest.mark.timeout(300)
+
+
+
+@pytest.fixture(scope="module")
+def procs():
+    pc = ProcessCluster(3)
+    try:
+        yield pc
+    finally:
+        pc.close()
+
+
+@pytest.fixture
+def client(procs):
+    from distributed import Client
+
+    c = Client(procs.address, timeout=30, set_as_default=False)
+    procs.replace_dead(c)  # start a worker for the one an earlier test killed
+    yield c
+    c.close()
+
+
+def _product(res):
+    F = res.compute_factors()
+    return F[0] @ F[-1].T
+
+
+def _completion():
+    obs, _ = dsg.datasets.make_completion((900, 700), rank=4, p=0.15, cond=10, random_state=0)
+    obs = obs.retile((3, 2))  # tiles on every worker
+    r, c, _ = obs.to_coo()
+    return (obs, 4), {}, lambda res: res.predict(r, c)
+
+
+def _sensing():
+    n = 40
+    t = dsg.datasets.make_low_rank((n, n), 2, cond=2, random_state=0)
+    A = dsg.GaussianSensing((n, n), 10 * n * 2, random_state=1, chunks=200)
+    return (A.forward(t.dense()), A, 2), {"tol": 1e-7}, _product
+
+
+def _rpca():
+    n = 200
+    t = dsg.datasets.make_low_rank((n, n), 3, cond=2, random_state=0)
+    rng = np.random.default_rng(1)
+    S = np.where(rng.random((n, n)) < 0.05, rng.uniform(-5, 5, (n, n)), 0.0)
+    Y = t.dense() + S
+    return (Y, 3), {"alpha": 0.1, "tol": 1e-6}, _product
+
+
+CASES = {"complete": _completion, "sense": _sensing, "rpca": _rpca}
+
+
+def _run(name, args, kw, **extra):
+    fn = getattr(dsg, name)
+    return fn(*args, random_state=3, max_iter=300, **kw, **extra)
+
+
+@pytest.mark.parametrize("when", ["init", "iterations"])
+@pytest.mark.parametrize("name", list(CASES))
+def test_killed_worker_leaves_the_answer_unchanged(procs, client, monkeypatch, name, when):
+    args, kw, predict = CASES[name]()
+    ref = _run(name, args, kw, scheduler="threads")
+    killed = []
+
+    if when == "init":  # SIGKILL a worker at the second gather: inside the spectral init
+        calls = [0]
+        gather = cl.DistributedExecutor.gather
+
+        def gather_then_kill(self, handles):
+            calls[0] += 1
+            if calls[0] == 2 and not killed:
+                killed.append(procs.kill_worker())
+            return gather(self, handles)
+
+        monkeypatch.setattr(cl.DistributedExecutor, "gather", gather_then_kill)
+        cb = None
+    else:
+
+        def cb(state):
+            if state.iteration == 3 and not killed:
+                killed.append(procs.kill_worker())
+
+    res = _run(name, args, kw, client=client, callback=cb)
+    assert killed, "no worker was killed: the fault was not injected"
+    assert res.status == ref.status and res.n_iter == ref.n_iter
+    X, Xr = predict(res), predict(ref)
+    assert np.linalg.norm(X - Xr) <= 1e-9 * np.linalg.norm(Xr)
