@@ -3,6 +3,9 @@
 Subcommands: ``demo``, ``import``, ``complete``, ``evaluate``, ``info``.
 Every subcommand has ``--help``; errors print one line to stderr and exit
 with a non-zero code (1 for bad data or parameters, 2 for bad usage).
+Outputs are checked before any work: an existing ``--out`` without
+``--overwrite``, or one in a directory that cannot be written, is refused
+before any data is read or any fit runs.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -22,21 +27,86 @@ from . import __version__
 __all__ = ["main"]
 
 
+#: ``--scheduler`` values that are not addresses
+SCHEDULER_NAMES = ("threads", "sync", "distributed")
+#: ``tcp://host:port``, ``tls://...``, or a bare ``host:port``
+_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+]*://\S+|[^\s:/]+:\d+)$")
+
+
+def _scheduler(text: str) -> str:
+    """``--scheduler``: a name of :data:`SCHEDULER_NAMES` or a scheduler address."""
+    if text in SCHEDULER_NAMES or _ADDRESS.match(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid value {text!r}: expected threads, sync, distributed, or a scheduler "
+        "address such as tcp://127.0.0.1:8786"
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return value
+
+
 def _executor_kwargs(value: str | None) -> dict:
-    """``--scheduler``: a scheduler address, or ``threads``/``sync``; default embedded."""
+    """``--scheduler``: a scheduler address, or ``threads``/``sync``/``distributed``."""
     if value is None:
         return {}
-    if value in ("threads", "sync"):
+    if value in SCHEDULER_NAMES:
         return {"scheduler": value}
     return {"address": value}
+
+
+def check_out(path: str, overwrite: bool) -> None:
+    """Refuse ``--out`` before any work: it exists (without ``--overwrite``), its
+    directory is missing or is a file, or a file cannot be created there."""
+    from .storage.layout import check_output_path
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise NotADirectoryError(
+            f"Cannot write --out {path!r}: {parent!r} is a file, not a directory. Choose "
+            "another path."
+        )
+
+    def unwritable(why: str = "") -> str:
+        return (
+            f"Cannot write --out {path!r}: the directory {parent!r} is not writable{why}. "
+            "Choose a writable location."
+        )
+
+    try:
+        check_output_path(path, overwrite, "--out")
+    except FileExistsError:
+        raise FileExistsError(
+            f"The --out path {path!r} already exists. Pass --overwrite to replace it, or "
+            "choose another path."
+        ) from None
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Cannot write --out {path!r}: the directory {parent!r} does not exist. Create "
+            "it first."
+        ) from None
+    except PermissionError:
+        raise PermissionError(unwritable()) from None
+    try:  # the permission bits do not tell (root, read-only mounts, ACLs): try it
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".dscaledgd-probe-")
+    except OSError as exc:
+        why = f" (creating a file there failed: {exc.strerror})"
+        raise PermissionError(unwritable(why)) from None
+    os.close(fd)
+    os.remove(probe)
 
 
 def _write_json(path: str | None, payload: dict, overwrite: bool) -> None:
     if not path:
         return
-    from .storage.layout import check_output_path
-
-    check_output_path(path, overwrite)
+    check_out(path, overwrite)
     with open(path, "w") as fh:
         json.dump(payload, fh, indent=2)
 
@@ -59,7 +129,8 @@ def _cmd_demo(args) -> int:
     errors: dict[str, list] = {}
     results = {}
     kw = _executor_kwargs(args.scheduler)
-    size = {} if kw else {"n_workers": args.workers, "threads_per_worker": 1}
+    embedded = kw.get("scheduler", "distributed") == "distributed" and "address" not in kw
+    size = {"n_workers": args.workers, "threads_per_worker": 1} if embedded else {}
     with executor_for(**kw, **size) as ex:
         if ex.kind == "distributed":
             print(f"  dashboard: {ex.client.dashboard_link}")
@@ -125,7 +196,18 @@ def _cmd_import(args) -> int:
     if not os.path.exists(src):
         raise FileNotFoundError(f"No such input file: {src!r}.")
     if src.endswith(".npz"):
-        with np.load(src) as z:
+        import zipfile
+
+        try:
+            z = np.load(src) if zipfile.is_zipfile(src) else None
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise InputDataError(f"{src!r} is not a valid .npz file ({exc}).") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise InputDataError(
+                f"{src!r} is not a valid .npz file (not a zip archive of .npy arrays). "
+                "Write one with numpy.savez(path, rows=..., cols=..., values=...)."
+            )
+        with z:
             missing = [k for k in ("rows", "cols", "values") if k not in z]
             if missing:
                 raise InputDataError(
@@ -183,11 +265,12 @@ def _cmd_complete(args) -> int:
         **_executor_kwargs(args.scheduler),
     )
     res.to_zarr(args.out, overwrite=args.overwrite)
-    h = res.history
+    fin = res.final  # the returned iterate (the best-validation one when early-stopped)
+    which = "" if res.best_iteration == res.n_iter else f" (returned: {res.best_iteration})"
     print(
         f"{res.status}: {res.message}\n"
-        f"iterations {res.n_iter}, final loss {h['loss'][-1]:.6g}, relative residual "
-        f"{h['residual'][-1]:.3e}, {h['time'][-1]:.1f} s\nresult written to {args.out}"
+        f"iterations {res.n_iter}{which}, final loss {fin['loss']:.6g}, relative residual "
+        f"{fin['residual']:.3e}, {res.history['time'][-1]:.1f} s\nresult written to {args.out}"
     )
     return 0
 
@@ -238,22 +321,39 @@ def _cmd_info(args) -> int:
     for k, v in payload.items():
         print(f"{k:>12}: {v}")
     if args.path:
-        from .result import load_result
-        from .storage.observations import Observations
-
-        try:
-            obj = Observations.open_zarr(args.path)
-            desc = repr(obj)
-        except Exception:
-            r = load_result(args.path)
-            desc = (
-                f"SolveResult(status={r.status!r}, n_iter={r.n_iter}, "
-                f"factors={[f.shape for f in r.factors]})"
-            )
+        desc = _describe_store(args.path)
         print(f"{'store':>12}: {desc}")
         payload["store"] = desc
     _write_json(args.out, payload, args.overwrite)
     return 0
+
+
+def _describe_store(path: str) -> str:
+    """The repr of the Observations or result store at ``path``, opened and validated
+    by its own reader (whose error, if any, is the one reported)."""
+    import zarr
+
+    from .exceptions import InputDataError
+    from .result import load_result
+    from .storage.observations import Observations
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No store at {path!r}: the path does not exist.")
+    try:
+        meta = dict(zarr.open_group(path, mode="r").attrs).get("dscaledgd")
+    except Exception as exc:
+        raise InputDataError(
+            f"{path!r} is not a dscaledgd store (not a readable Zarr v3 group: {exc})."
+        ) from None
+    kind = meta.get("type") if isinstance(meta, dict) else None
+    if kind == "observations":
+        return repr(Observations.open_zarr(path))
+    if kind == "result":
+        return repr(load_result(path))
+    raise InputDataError(
+        f"{path!r} is not a dscaledgd store: its attrs lack dscaledgd.type ('observations' "
+        "or 'result'). Create one with `dscaledgd import` or `dscaledgd complete`."
+    )
 
 
 # ----------------------------------------------------------------- parser
@@ -280,9 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--scheduler",
             metavar="ADDRESS",
+            type=_scheduler,
             default=None,
-            help="Dask scheduler address (tcp://127.0.0.1:8786), or 'threads'/'sync' to run "
-            "without distributed; default: an embedded LocalCluster",
+            help="Dask scheduler address (tcp://127.0.0.1:8786), 'threads'/'sync' to run "
+            "without distributed, or 'distributed' for an embedded LocalCluster (the default)",
         )
         sp.add_argument("--out", metavar="PATH", default=None, help=out_help)
         sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -301,8 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--p", type=float, default=0.25, help="sampling rate (default 0.25)")
     d.add_argument("--max-iter", type=int, default=150)
     d.add_argument("--tol", type=float, default=1e-12)
-    d.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default 2)")
-    d.add_argument("--every", type=int, default=10, help="print every N-th iteration after 10")
+    d.add_argument(
+        "--workers", type=_positive_int, default=2, help="LocalCluster workers (default 2)"
+    )
+    d.add_argument(
+        "--every", type=_positive_int, default=10, help="print every N-th iteration after 10"
+    )
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
 
@@ -382,13 +487,26 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("import needs an output store: OBS.zarr or --out PATH")
     if args.command == "complete" and args.out is None:
         parser.error("complete needs --out RES.zarr")
+    from .exceptions import ClusterError, DivergenceError
+
     try:
+        if args.out:  # before any data is read or any fit runs
+            check_out(args.out, args.overwrite)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, ConnectionError) as exc:
-        print(f"dscaledgd {args.command}: error: {exc}", file=sys.stderr)
+    except (
+        ValueError,
+        TypeError,
+        OSError,
+        ConnectionError,
+        FloatingPointError,
+        ClusterError,
+        DivergenceError,
+    ) as exc:
+        msg = " ".join(str(exc).split()).replace("overwrite=True", "--overwrite")
+        print(f"dscaledgd {args.command}: error: {msg}", file=sys.stderr)
         return 1
 
 

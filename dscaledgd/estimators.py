@@ -2,7 +2,9 @@
 
 ``__init__`` only stores parameters; ``fit`` calls the function and sets the
 fitted attributes (ending in ``_``). Every constructor parameter is forwarded
-to the function (a test checks this).
+to the function (a test checks this). A method that needs a fit (``predict``,
+``score``, ``transform``) raises :class:`~dscaledgd.NotFittedError` before
+``fit``, with scikit-learn's message.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import inspect
 
 from . import api
+from .exceptions import NotFittedError
 
 __all__ = ["MatrixCompletion", "MatrixSensing", "RobustPCA"]
 
@@ -35,6 +38,14 @@ class _Estimator:
     def _param_names(cls) -> list:
         sig = inspect.signature(cls.__init__)
         return [p for p in sig.parameters if p != "self"]
+
+    def _check_fitted(self) -> None:
+        """Raise :class:`~dscaledgd.NotFittedError` (scikit-learn's wording) before ``fit``."""
+        if not hasattr(self, "result_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
 
     def _fit_result(self, res):
         self.result_ = res
@@ -133,10 +144,12 @@ class MatrixCompletion(_Estimator):
 
     def predict(self, rows, cols):
         """Fitted entries at ``(rows, cols)``."""
+        self._check_fitted()
         return self.result_.predict(rows, cols)
 
     def score(self, obs) -> float:
         """Negative RMSE on ``obs`` (greater is better, scikit-learn convention)."""
+        self._check_fitted()
         return -self.result_.rmse(obs)
 
 
@@ -264,4 +277,5 @@ class RobustPCA(_Estimator):
 
     def transform(self, Y=None):
         """The low-rank part ``L Rᵀ`` (dask array)."""
+        self._check_fitted()
         return self.L_ @ self.R_.T

@@ -262,3 +262,46 @@ def test_embedded_cluster_workers_get_the_malloc_settings(monkeypatch):
     assert dask.config.get("distributed.nanny.pre-spawn-environ") == before
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+
+
+def test_all_zero_values_are_fitted_exactly_by_zero(small, tmp_path):
+    obs, _ = small
+    r, c, v = obs.to_coo()
+    zero = dsg.Observations.from_coo(r, c, np.zeros_like(v), shape=obs.shape)
+    train, val = zero.split(0.2, random_state=0)
+    res = dsg.complete(train, 2, validation=val, scheduler="sync", random_state=0)
+    assert res.status == "converged" and res.converged and res.n_iter == 0
+    assert np.all(res.L.compute() == 0) and np.all(res.R.compute() == 0)
+    assert [res.final[k] for k in ("loss", "residual", "validation")] == [0.0, 0.0, 0.0]
+    assert res.rmse(zero) == 0.0 and "every observed value is 0" in res.message
+    assert dsg.load_result(res.to_zarr(tmp_path / "z.zarr")).rmse(zero) == 0.0
+    sym = dsg.Observations.from_coo([0, 1, 2], [1, 2, 0], [0.0, 0.0, 0.0], shape=(4, 4))
+    with pytest.warns(DataWarning, match="have no observations"):
+        res = dsg.complete(sym, 1, symmetric=True, scheduler="sync")
+    assert res.symmetric and res.L.shape == (4, 1) and res.status == "converged"
+
+
+def test_values_whose_squares_overflow_are_refused_up_front(small):
+    obs, _ = small
+    r, c, v = obs.to_coo()
+    with np.errstate(over="ignore"):
+        huge = dsg.Observations.from_coo(r, c, v * 1e300, shape=obs.shape)
+    with pytest.raises(dsg.InputDataError, match=r"complete: the sum of squares of the observed "):
+        dsg.complete(huge, 2, scheduler="sync")
+    with pytest.raises(dsg.InputDataError, match=r"overflows float64 .* Rescale the data"):
+        dsg.complete(huge, 2, scheduler="sync")
+
+
+def test_bad_validation_is_named(small):
+    obs, _ = small
+    with pytest.raises(InvalidParameterError, match=r"The 'validation' parameter of complete"):
+        dsg.complete(obs, 2, validation=[1, 2], scheduler="sync")
+
+
+def test_sense_zero_and_huge_measurements():
+    A = dsg.GaussianSensing((10, 8), 200, random_state=0)
+    res = dsg.sense(np.zeros(200), A, 2, scheduler="sync")
+    assert res.status == "converged" and res.n_iter == 0 and res.L.shape == (10, 2)
+    assert np.all(res.L.compute() == 0) and res.R.shape == (8, 2)
+    with pytest.raises(dsg.InputDataError, match=r"sense: the sum of squares of the measurements"):
+        dsg.sense(np.full(200, 1e300), A, 2, scheduler="sync")

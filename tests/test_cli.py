@@ -71,7 +71,7 @@ def test_errors_exit_nonzero_with_one_line(tmp_path):
     out = run("complete", tmp_path / "missing.zarr", "--rank", 2, "--out", tmp_path / "r.zarr")
     assert out.returncode == 1 and "does not exist" in out.stderr
     out = run("complete", p, "--rank", 2, "--out", p, "--scheduler", "sync")
-    assert out.returncode == 1 and "already exists. Pass overwrite=True" in out.stderr
+    assert out.returncode == 1 and "already exists. Pass --overwrite" in out.stderr
     out = run("evaluate", p, p)
     assert out.returncode == 1 and "is not a dscaledgd result store" in out.stderr
     out = run("complete", p)  # missing --rank: usage error
@@ -86,3 +86,109 @@ def test_demo_runs_on_embedded_cluster(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "ScaledGD rel. error" in out.stdout and "ScaledGD: converged" in out.stdout
     assert dsg.load_result(tmp_path / "demo.zarr").converged
+
+
+# ------------------------------------------------------- in-process checks
+from dscaledgd import cli  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["complete", "OBS", "--rank", "2"],
+        ["import", "coo.npz"],
+        ["evaluate", "RES", "OBS"],
+        ["info"],
+        ["demo"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_outputs_are_checked_before_any_work(tmp_path, monkeypatch, capsys, argv):
+    def work(args):
+        raise AssertionError("ran before checking --out")
+
+    monkeypatch.setattr(cli, f"_cmd_{argv[0]}", work)
+    (tmp_path / "out").write_text("{}")
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--scheduler", "sync"]) == 1
+    err = capsys.readouterr().err
+    assert f"dscaledgd {argv[0]}: error: The --out path" in err and "Pass --overwrite" in err
+    (tmp_path / "file").write_text("")
+    assert cli.main([*argv, "--out", str(tmp_path / "file" / "out.zarr")]) == 1
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert cli.main([*argv, "--out", str(tmp_path / "none" / "out.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert "Cannot write --out" in err and "does not exist. Create it first." in err
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        ("threads", True),
+        ("sync", True),
+        ("distributed", True),
+        ("tcp://127.0.0.1:8786", True),
+        ("tls://scheduler.example.org:8786", True),
+        ("localhost:8786", True),
+        ("thread", False),
+        ("tcp://", False),
+        ("localhost", False),
+    ],
+)
+def test_scheduler_values(value, ok):
+    import argparse
+
+    if ok:
+        assert cli._scheduler(value) == value
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="expected threads, sync, distributed"):
+            cli._scheduler(value)
+    assert cli._executor_kwargs("distributed") == {"scheduler": "distributed"}
+
+
+def test_complete_prints_the_returned_iterate(tmp_path, capsys):
+    """A diverged run: the printed residual is the one `evaluate` measures on the store."""
+    obs, _ = dsg.datasets.make_completion((200, 150), 4, 0.3, cond=10, random_state=4)
+    p = obs.to_zarr(tmp_path / "obs.zarr")
+    out = str(tmp_path / "res.zarr")
+    argv = ["complete", p, "--rank", "4", "--out", out, "--scheduler", "sync", "--seed", "0"]
+    with pytest.warns(dsg.ConvergenceWarning, match="diverged"):
+        assert cli.main([*argv, "--step-size", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("diverged:")
+    assert cli.main(["evaluate", out, p]) == 0
+    measured = capsys.readouterr().out
+    import re
+
+    (printed,) = re.findall(r"relative residual ([0-9.e+-]+),", printed)  # the summary line
+    (measured,) = re.findall(r"relative residual ([0-9.e+-]+) ", measured)
+    assert float(printed) == pytest.approx(float(measured), rel=1e-3)  # both to 4 digits
+
+
+@pytest.mark.parametrize("damage", ["garbled-L", "no-status"])
+@pytest.mark.parametrize("sub", ["evaluate", "info"])
+def test_damaged_result_store_exits_nonzero_with_one_line(tmp_path, capsys, sub, damage):
+    obs, _ = dsg.datasets.make_completion((60, 50), 2, 0.5, random_state=0)
+    p = obs.to_zarr(tmp_path / "obs.zarr")
+    res = dsg.complete(obs, 2, scheduler="sync", random_state=0)
+    r = res.to_zarr(tmp_path / "res.zarr")
+    if damage == "garbled-L":  # same size: only the checksum, checked as L is read, tells
+        chunk = os.path.join(r, "L", "c", "0", "0")
+        with open(chunk, "r+b") as fh:
+            fh.write(b"\x00" * 16)
+        match = "array 'L' cannot be read"
+    else:
+        meta = os.path.join(r, "zarr.json")
+        doc = json.loads(open(meta).read())
+        del doc["attributes"]["dscaledgd"]["status"]
+        open(meta, "w").write(json.dumps(doc))
+        match = "its attrs' 'status' is missing"
+    argv = ["evaluate", r, p] if sub == "evaluate" else ["info", r]
+    if sub == "info" and damage == "garbled-L":
+        match = None  # info reads only the metadata: the store still describes itself
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    if match is None:
+        assert rc == 0 and err == ""
+    else:
+        assert rc == 1 and len(err.strip().splitlines()) == 1
+        assert f"dscaledgd {sub}: error: The result store" in err and match in err

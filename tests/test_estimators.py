@@ -43,3 +43,23 @@ def test_fit_sets_attributes_and_predicts():
     with pytest.raises(ValueError, match="Invalid parameter 'rnak'"):
         est.set_params(rnak=3)
     assert est.set_params(rank=3).rank == 3
+
+
+@pytest.mark.parametrize(
+    "est, call",
+    [
+        (dsg.MatrixCompletion(rank=2), lambda e: e.predict([0], [0])),
+        (dsg.MatrixCompletion(rank=2), lambda e: e.score(None)),
+        (dsg.RobustPCA(rank=2), lambda e: e.transform()),
+    ],
+    ids=["predict", "score", "transform"],
+)
+def test_unfitted_estimators_raise_not_fitted_error(est, call):
+    name = type(est).__name__
+    with pytest.raises(
+        dsg.NotFittedError,
+        match=rf"^This {name} instance is not fitted yet\. Call 'fit' with appropriate "
+        r"arguments before using this estimator\.$",
+    ) as exc:
+        call(est)
+    assert isinstance(exc.value, ValueError) and isinstance(exc.value, AttributeError)

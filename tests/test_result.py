@@ -85,3 +85,111 @@ def test_symmetric_result_store(tmp_path):
     np.testing.assert_allclose(
         back.predict([1, 2], [2, 1]), truth.dense()[[1, 2], [2, 1]], atol=1e-9
     )
+
+
+def _damage_attrs(path, edit):
+    import json
+
+    meta = os.path.join(path, "zarr.json")
+    with open(meta) as fh:
+        doc = json.load(fh)
+    edit(doc["attributes"]["dscaledgd"])
+    with open(meta, "w") as fh:
+        json.dump(doc, fh)
+
+
+def _chunks(path, name):
+    import glob
+
+    return sorted(glob.glob(os.path.join(path, name, "c", "**", "*"), recursive=True))
+
+
+def _files(paths):
+    return [p for p in paths if os.path.isfile(p)]
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda p: [os.remove(f) for f in _files(_chunks(p, "L"))], r"array 'L' has 0 of 1 chunks"),
+        (
+            lambda p: [os.remove(f) for f in _files(_chunks(p, "history/residual"))],
+            r"array 'history/residual' has 0 of 1 chunks",
+        ),
+        (
+            lambda p: [open(f, "r+b").truncate(100) for f in _files(_chunks(p, "R"))],
+            r"array 'R' has a chunk of 100 bytes where 1204 are expected",
+        ),
+        (
+            lambda p: _damage_attrs(p, lambda m: m.update(factors=["L", "Q"])),
+            r"'factors' name the array 'Q' but it is missing",
+        ),
+        (lambda p: _damage_attrs(p, lambda m: m.pop("status")), r"attrs' 'status' is missing"),
+        (
+            lambda p: _damage_attrs(p, lambda m: m.update(n_iter="7")),
+            r"attrs' 'n_iter' is '7', not a int",
+        ),
+        (
+            lambda p: __import__("shutil").rmtree(os.path.join(p, "history")),
+            r"the 'history' group is missing",
+        ),
+    ],
+    ids=["L-chunk", "history-chunk", "R-truncated", "factors", "status", "n_iter", "history"],
+)
+def test_load_result_refuses_a_damaged_store(tmp_path, fitted, damage, match):
+    _, _, res = fitted
+    p = res.to_zarr(tmp_path / "res.zarr")
+    damage(p)
+    with pytest.raises(InputDataError, match=r"The result store .*res.zarr' is corrupt") as exc:
+        dsg.load_result(p)
+    assert exc.match(match) and "Re-create it" in str(exc.value)
+
+
+def test_garbled_factor_chunk_fails_its_checksum_when_read(tmp_path, fitted):
+    _, _, res = fitted
+    p = res.to_zarr(tmp_path / "res.zarr")
+    (f,) = _files(_chunks(p, "L"))
+    size = os.path.getsize(f)
+    with open(f, "wb") as fh:  # same size: only the checksum can tell
+        fh.write(np.random.default_rng(0).bytes(size))
+    back = dsg.load_result(p)
+    with pytest.raises(InputDataError, match=r"array 'L' cannot be read \(Stored and computed"):
+        back.compute_factors()
+
+
+def test_results_without_checksums_still_load(tmp_path, fitted, monkeypatch):
+    """Format 1 (written before checksums): loads, and truncation is still caught by size."""
+    from dscaledgd import result as result_mod
+
+    obs, _, res = fitted
+    monkeypatch.setattr(result_mod, "_checksum", lambda: None)
+    monkeypatch.setattr(result_mod, "RESULT_FORMAT", 1)
+    p = res.to_zarr(tmp_path / "old.zarr")
+    monkeypatch.undo()
+    assert "Crc32c" not in open(os.path.join(p, "L", "zarr.json")).read()
+    back = dsg.load_result(p)
+    np.testing.assert_array_equal(back.L.compute(), res.L.compute())
+    assert back.rmse(obs) == pytest.approx(res.rmse(obs))
+    (f,) = _files(_chunks(p, "L"))
+    open(f, "r+b").truncate(64)
+    with pytest.raises(InputDataError, match=r"array 'L' has a chunk of 64 bytes where 1680 "):
+        dsg.load_result(p)
+
+
+def test_predict_refuses_fractional_indices(fitted):
+    _, truth, res = fitted
+    with pytest.raises(dsg.InvalidParameterError, match=r"'rows' parameter of predict must hold"):
+        res.predict([0.7], [1])
+    with pytest.raises(dsg.InvalidParameterError, match=r"'cols' .* Got 2.5 at position 1"):
+        res.predict([0, 1], [1.0, 2.5])
+    with pytest.raises(dsg.InvalidParameterError, match=r"'rows' .* Got <U1"):
+        res.predict(["a"], [1])
+    # integer-valued floats are positions too
+    np.testing.assert_allclose(res.predict([3.0], [4.0]), truth.dense()[3, 4], atol=1e-10)
+
+
+def test_repr_and_final_describe_the_returned_iterate(fitted):
+    _, _, res = fitted
+    assert res.best_iteration == res.n_iter == res.info["best_iteration"]
+    assert res.final["residual"] == res.history["residual"][-1]
+    assert repr(res).startswith(f"SolveResult(status='converged', n_iter={res.n_iter}, loss=")

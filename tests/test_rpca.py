@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dscaledgd as dsg
-from dscaledgd import InputDataError, InvalidParameterError
+from dscaledgd import DataWarning, InputDataError, InvalidParameterError
 from dscaledgd.engine.cluster import DistributedExecutor, ThreadExecutor
 from dscaledgd.engine.rpca import RPCAEngine
 from dscaledgd.problems.rpca import t_alpha_dense
@@ -264,3 +264,42 @@ def test_robust_pca_estimator():
     X = fitted.transform().compute()
     assert np.linalg.norm(X - t.dense()) < 1e-9 * np.linalg.norm(t.dense())
     np.testing.assert_allclose(X + fitted.S_.compute(), Y, atol=1e-9 * np.abs(Y).max())
+
+
+def test_dask_input_is_checked_like_numpy_input():
+    t, S, Y = _instance(n=40)
+    Yd = da.from_array(Y, chunks=(20, 20))
+    with pytest.raises(InputDataError, match=r"unknown chunk sizes .* Y.compute_chunk_sizes\(\)"):
+        dsg.rpca(Yd[Yd[:, 0] > -1e9], 2, alpha=0.1, scheduler="sync")
+    Yi = Y.copy()
+    Yi[25, 31] = -np.inf
+    for grid in (None, (3, 2)):  # found block by block, named by its global position
+        with pytest.raises(InputDataError, match=r"Y\[25, 31\] is infinite"):
+            dsg.rpca(da.from_array(Yi, chunks=(20, 20)), 2, alpha=0.1, grid=grid, scheduler="sync")
+    with pytest.raises(InputDataError, match=r"Y \(40 x 40\) has no observed entries"):
+        dsg.rpca(np.full((40, 40), np.nan), 2, alpha=0.1, scheduler="sync")
+    with pytest.raises(InputDataError, match=r"has no observed entries"):
+        dsg.rpca(Y, 2, alpha=0.1, mask=np.zeros(Y.shape, bool), scheduler="sync")
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
+def test_missing_row_warns_as_complete_does(kind):
+    t, S, Y = _instance(n=40)
+    Y = t.dense()  # no outliers: converges in a few iterations
+    Y[7] = np.nan
+    Y[:, 3] = np.nan
+    Y = da.from_array(Y, chunks=(20, 20)) if kind == "dask" else Y
+    with (
+        pytest.warns(DataWarning, match=r"1 of 40 rows have no observations \(first: 7\)"),
+        pytest.warns(DataWarning, match=r"1 of 40 columns have no observations \(first: 3\)"),
+    ):
+        res = dsg.rpca(Y, 2, alpha=0.1, scheduler="sync", random_state=0)
+    assert np.all(res.L.compute()[7] == 0) and np.all(res.R.compute()[3] == 0)
+
+
+def test_zero_and_huge_matrices():
+    res = dsg.rpca(np.zeros((20, 30)), 2, alpha=0.1, scheduler="sync")
+    assert res.status == "converged" and res.n_iter == 0 and res.S.shape == (20, 30)
+    assert not res.S.compute().any() and not res.L.compute().any()
+    with pytest.raises(InputDataError, match=r"rpca: the sum of squares .* overflows float64"):
+        dsg.rpca(np.full((20, 30), 1e300), 2, alpha=0.1, scheduler="sync")

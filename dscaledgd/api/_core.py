@@ -24,8 +24,8 @@ from .._validation import (
     validate_params,
 )
 from ..engine.cluster import SCHEDULERS
-from ..exceptions import DataWarning, InvalidParameterError
-from ..result import SolveResult
+from ..exceptions import DataWarning, InputDataError, InvalidParameterError
+from ..result import HISTORY_KEYS, SolveResult
 from ..solvers import init as inits
 from ..solvers import scaledgd as _sgd
 from ..solvers.loop import LoopConfig, run
@@ -34,7 +34,16 @@ from ..solvers.scaledgd import AdaptiveStep, FixedStep, Preconditioner, guarded
 from ..solvers.subgradient import GeometricStep, PolyakStep
 from ..storage.observations import Observations
 
-__all__ = ["solve", "COMMON", "as_observations", "check_rank", "check_init"]
+__all__ = [
+    "solve",
+    "COMMON",
+    "as_observations",
+    "check_rank",
+    "check_init",
+    "check_scale",
+    "warn_empty",
+    "zero_result",
+]
 
 METHODS = ("scaledgd", "gd")
 LOSSES = ("l2", "l1")
@@ -78,15 +87,76 @@ def collect_params(func: str, scope: dict, **overrides) -> dict:
     return params
 
 
-def as_observations(obs, func: str) -> Observations:
+def as_observations(obs, func: str, name: str = "obs") -> Observations:
     if isinstance(obs, Observations):
         return obs
     if isinstance(obs, str | os.PathLike):
         return Observations.open_zarr(obs)
     raise InvalidParameterError(
-        f"The 'obs' parameter of {func} must be an Observations or the path of an "
+        f"The '{name}' parameter of {func} must be an Observations or the path of an "
         f"Observations Zarr store. Got {type(obs).__name__}. Build one with "
         "Observations.from_coo or Observations.from_dense."
+    )
+
+
+def check_scale(func: str, what: str, sumsq: float, p: float = 1.0) -> None:
+    """Refuse data whose squares overflow float64 (the loss would be ``inf``)."""
+    if not np.isfinite(sumsq / p):
+        raise InputDataError(
+            f"{func}: the sum of squares of {what} overflows float64 (values near "
+            f"{np.sqrt(np.finfo(float).max):.0e} or larger), so the loss cannot be computed. "
+            "Rescale the data (divide it by a constant) and scale the result back."
+        )
+
+
+def warn_empty(row_counts, col_counts, symmetric: bool = False, stacklevel: int = 3):
+    """The ``DataWarning`` for rows/columns without observations (their factor rows stay 0)."""
+    for name, counts in (("rows", row_counts), ("columns", col_counts)):
+        if symmetric and name == "columns":
+            counts = row_counts + col_counts
+            name = "rows/columns"
+        empty = np.flatnonzero(np.asarray(counts) == 0)
+        if len(empty):
+            warnings.warn(
+                f"{len(empty)} of {len(counts)} {name} have no observations (first: "
+                f"{int(empty[0])}). Their factor rows stay at zero, so the completed matrix "
+                "is 0 there.",
+                DataWarning,
+                stacklevel=stacklevel,
+            )
+
+
+def zero_result(shape, rank: int, params: dict, desc: str, validation=None) -> SolveResult:
+    """The exact fit ``X = 0`` of data whose observed values are all 0 (status converged).
+
+    The iteration is skipped: the spectral start is 0, and the relative
+    residual ``‖P_Ω(X) − Y‖ / ‖Y‖`` is ``0/0``. ``history`` has one entry
+    (loss and residual 0; the validation RMSE of ``X = 0`` when given).
+    """
+    import dask.array as da
+
+    dims = shape[:1] if params.get("symmetric") else shape
+    factors = tuple(da.zeros((n, rank), chunks=(n, rank)) for n in dims)
+    hist = {k: np.array([np.nan]) for k in HISTORY_KEYS}
+    hist.update(loss=np.zeros(1), residual=np.zeros(1), time=np.zeros(1), passes=np.zeros(1))
+    if validation is not None:
+        hist["validation"] = np.array([np.sqrt(validation.value_norm2 / validation.nnz)])
+    stored = {k: v for k, v in params.items() if k != "callback" and not k.startswith("_")}
+    if isinstance(stored.get("init"), tuple):
+        stored["init"] = "warm-start"
+    if not isinstance(stored.get("random_state"), int | type(None)):
+        stored["random_state"] = repr(stored["random_state"])
+    return SolveResult(
+        factors=factors,
+        status="converged",
+        n_iter=0,
+        converged=True,
+        message="every observed value is 0: the fit is X = 0 (no iteration needed)",
+        history=hist,
+        params=stored,
+        info={"init_values": [0.0] * rank, "passes": 0, "events": [], "best_iteration": 0},
+        offsets=params.get("_offsets", {"mean": 0.0, "row_bias": None, "col_bias": None}),
+        ids=params.get("_ids", {"row": None, "col": None}),
     )
 
 
@@ -245,6 +315,7 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         "init_passes": init_passes,
         "passes": out.passes,
         "events": out.events,
+        "best_iteration": out.best_iteration,
         "step_rule": rule.name,
         "damping": damping,
         "executor": engine.ex.kind,

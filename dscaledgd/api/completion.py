@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from .._validation import (
@@ -14,29 +12,24 @@ from .._validation import (
 )
 from ..engine.blockwise import CACHE_POLICIES, CompletionEngine
 from ..engine.cluster import executor_for
-from ..exceptions import DataWarning, InvalidParameterError
+from ..exceptions import InvalidParameterError
 from ..result import SolveResult
 from ..solvers.centering import CENTER_MODES, fit_offsets
 from ..storage.observations import Observations
-from ._core import LOSSES, METHODS, as_observations, check_init, check_rank, collect_params, solve
+from ._core import (
+    LOSSES,
+    METHODS,
+    as_observations,
+    check_init,
+    check_rank,
+    check_scale,
+    collect_params,
+    solve,
+    warn_empty,
+    zero_result,
+)
 
 __all__ = ["complete", "complete_oracle", "reference_copy"]
-
-
-def _warn_empty(obs: Observations, symmetric: bool) -> None:
-    for name, counts in (("rows", obs.row_counts), ("columns", obs.col_counts)):
-        if symmetric and name == "columns":
-            counts = obs.row_counts + obs.col_counts
-            name = "rows/columns"
-        empty = np.flatnonzero(counts == 0)
-        if len(empty):
-            warnings.warn(
-                f"{len(empty)} of {len(counts)} {name} have no observations (first: "
-                f"{int(empty[0])}). Their factor rows stay at zero, so the completed matrix "
-                "is 0 there.",
-                DataWarning,
-                stacklevel=3,
-            )
 
 
 def complete(
@@ -82,7 +75,10 @@ def complete(
     Parameters
     ----------
     obs : Observations or str
-        The observed entries, or the path of an Observations Zarr store.
+        The observed entries, or the path of an Observations Zarr store. When
+        every observed value is 0 the exact fit ``X = 0`` is returned (status
+        ``"converged"``, no iteration); values whose sum of squares overflows
+        float64 (about 1e154 and above) are refused: rescale them.
     rank : int
         Target rank, ``1 <= rank < min(n1, n2)``.
     method : {"scaledgd", "gd"}, default "scaledgd"
@@ -125,7 +121,9 @@ def complete(
         Held-out entries (same shape). Their RMSE is computed every
         iteration (``history["validation"]``), and the run stops early (status
         ``"early_stopped"``) when it has not improved for ``patience``
-        iterations, returning the best-validation factors.
+        iterations, returning the best-validation factors. The history keeps
+        the full curve; ``res.best_iteration`` is the returned iterate's index
+        and ``res.final`` its entries.
     max_iter : int, default 500
     tol : float, default 1e-10
         Stop when the relative residual ``‖P_Ω(L Rᵀ) − Y‖ / ‖Y‖ <= tol``.
@@ -187,7 +185,7 @@ def complete(
     check_choice(func, "cache", cache, CACHE_POLICIES)
     check_param(func, "center", center, [Options(CENTER_MODES)])
     if validation is not None:
-        validation = as_observations(validation, func)
+        validation = as_observations(validation, func, "validation")
         if validation.shape != obs.shape:
             raise InvalidParameterError(
                 f"The 'validation' parameter of complete must have the shape of the training "
@@ -213,7 +211,11 @@ def complete(
                 "with obs.retile(square=True).to_zarr(...)."
             )
         obs = obs.retile(square=True)
-    _warn_empty(obs, symmetric)
+    warn_empty(obs.row_counts, obs.col_counts, symmetric)
+    check_scale(func, "the observed values", obs.value_norm2, obs.density)
+    if obs.value_norm2 == 0:
+        params["_ids"] = {"row": obs.row_ids, "col": obs.col_ids}
+        return zero_result(obs.shape, rank, params, func, validation)
     rng = resolve_rng(random_state)
     if _oracle:  # the test oracle: one in-memory tile, plain NumPy math, inline
         obs, scheduler, client, address = reference_copy(obs), "sync", None, None

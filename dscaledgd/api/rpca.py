@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import dask.array as da
 import numpy as np
 
 from .._validation import Interval, check_choice, check_param, resolve_rng
@@ -11,7 +13,17 @@ from ..engine.cluster import executor_for
 from ..engine.rpca import RPCAEngine
 from ..exceptions import InputDataError, InvalidParameterError
 from ..result import SolveResult
-from ._core import METHODS, check_init, check_rank, collect_params, finalize_blocks, solve
+from ._core import (
+    METHODS,
+    check_init,
+    check_rank,
+    check_scale,
+    collect_params,
+    finalize_blocks,
+    solve,
+    warn_empty,
+    zero_result,
+)
 
 __all__ = ["rpca"]
 
@@ -67,7 +79,12 @@ def rpca(
         missing and outliers planted at rate 0.05 before masking: ``alpha=0.05``
         stalls near residual 1e-2, ``alpha=0.075`` converges in 135 iterations.
     mask : array-like of bool, optional
-        ``True`` where observed (alternative to NaN).
+        ``True`` where observed (alternative to NaN). Infinite entries are
+        refused (``InputDataError``; for Dask input, checked block by block
+        before the first iteration). A row or column with no observed entry
+        gives a ``DataWarning``, as in :func:`dscaledgd.complete`; when every
+        observed entry is 0 the exact fit ``L Rᵀ = 0, S = 0`` is returned
+        (status ``"converged"``).
     method, damping, init, step_size, max_iter, tol, stall_tol, patience,
     init_power_iter, random_state, client, address, scheduler, callback, progress
         As in :func:`dscaledgd.complete`. Initialisation: ``S₀ = T_α(Y)``,
@@ -106,6 +123,11 @@ def rpca(
             f"rpca needs a 2-D matrix Y; got {type(Y).__name__} with shape "
             f"{getattr(Y, 'shape', None)}."
         )
+    if hasattr(Y, "chunks") and any(math.isnan(c) for cs in Y.chunks for c in cs):
+        raise InputDataError(
+            f"Y is a Dask array with unknown chunk sizes (shape {Y.shape}), as after boolean "
+            "indexing. Call Y.compute_chunk_sizes() first (or Y.rechunk to known chunks)."
+        )
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != tuple(Y.shape):
@@ -132,6 +154,12 @@ def rpca(
     with executor_for(client, address=address, scheduler=scheduler) as ex:
         engine = RPCAEngine(Y, ex, alpha=alpha, grid=grid)
         try:
+            warn_empty(engine.row_counts, engine.col_counts)
+            check_scale(func, "the observed entries of Y", engine.value_norm2, engine.p)
+            if engine.value_norm2 == 0:  # every observed entry is 0: L Rᵀ = 0 and S = 0
+                res = zero_result(shape, rank, params, func)
+                S = da.zeros(shape, chunks=Y.chunks if hasattr(Y, "chunks") else shape)
+                return dataclasses.replace(res, sparse=S)
             res = solve(engine, rank, rng, params, desc=func)
             state = engine.from_numpy(list(res.compute_factors()))
             blocks = engine.sparse_blocks(state, 2 * alpha)

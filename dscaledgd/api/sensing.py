@@ -12,7 +12,17 @@ from ..engine.sensing import SensingEngine
 from ..exceptions import InputDataError, InvalidParameterError
 from ..problems.sensing import as_operator
 from ..result import SolveResult
-from ._core import COMMON, LOSSES, METHODS, check_init, check_rank, collect_params, solve
+from ._core import (
+    COMMON,
+    LOSSES,
+    METHODS,
+    check_init,
+    check_rank,
+    check_scale,
+    collect_params,
+    solve,
+    zero_result,
+)
 
 __all__ = ["sense"]
 
@@ -187,6 +197,10 @@ def sense(
         init_power_iter=0,
         outlier_fraction=outlier_fraction,
     )
+    with np.errstate(over="ignore"):
+        check_scale(func, "the measurements y", float(np.dot(y, y)))
+    if not y.any():
+        return zero_result(op.shape, rank, params, func)
     rng = resolve_rng(random_state)
     with executor_for(client, address=address, scheduler=scheduler) as ex:
         engine = SensingEngine(y, op, ex, symmetric=symmetric, loss=loss, cache=cache)

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from ..exceptions import InputDataError
 from ..problems import rpca as pr
 from ..storage.layout import balanced_bounds
 from .base import FactorEngine
@@ -37,7 +38,16 @@ def _block_of(Y, r0, r1, c0, c1):
 
 
 def _counts(Yb):
-    return pr.observed_counts(Yb)
+    """Observed counts per row and column, and the first infinite entry (or ``None``)."""
+    rc, cc = pr.observed_counts(Yb)
+    bad = np.isinf(Yb)
+    first = tuple(int(i) for i in np.argwhere(bad)[0]) if bad.any() else None
+    return rc, cc, first
+
+
+def _sumsq(Yb):
+    with np.errstate(over="ignore"):  # inf: refused by the caller with a message
+        return float(np.nansum(Yb * Yb))
 
 
 def _residual(Yb, L, R):
@@ -88,6 +98,12 @@ class RPCAEngine(FactorEngine):
     alpha : float in (0, 1)
         Outlier fraction bound of the model; the iterations use ``T_{2α}``
         and the initialisation ``T_α``.
+
+    Raises
+    ------
+    InputDataError
+        When ``Y`` holds an infinite entry (found block by block as the
+        blocks are first placed, before any iteration) or no observed entry.
     grid : (a, b), optional
         Row and column blocks (default: the Dask chunks, else about two row
         stripes per thread).
@@ -112,6 +128,11 @@ class RPCAEngine(FactorEngine):
         self._Y = self._place(Y)
         counts = ex.gather([ex.submit(_counts, yb, name="counts") for yb in self._Y])
         a, b = self.grid
+        for t, (_, _, first) in enumerate(counts):  # inf in Y: checked per block, lazily
+            if first is not None:
+                self.close()
+                i, j = int(rb[t // b]) + first[0], int(cb[t % b]) + first[1]
+                raise InputDataError(f"Y[{i}, {j}] is infinite; mark it missing (NaN) or fix it.")
         self.row_counts = np.concatenate(
             [sum(counts[ia * b + ib][0] for ib in range(b)) for ia in range(a)]
         )
@@ -119,10 +140,16 @@ class RPCAEngine(FactorEngine):
             [sum(counts[ia * b + ib][1] for ia in range(a)) for ib in range(b)]
         )
         nobs = int(self.row_counts.sum())
+        if nobs == 0:
+            self.close()
+            raise InputDataError(
+                f"Y ({n1} x {n2}) has no observed entries: every entry is NaN (missing) or "
+                "masked. Pass a matrix with observed values."
+            )
         self.p = nobs / (n1 * n2)
         self.grad_scale = 1.0 / self.p
         self.loss_scale = 0.5 / self.p
-        sumsq = [ex.submit(lambda yb: float(np.nansum(yb * yb)), yb, name="norm") for yb in self._Y]
+        sumsq = [ex.submit(_sumsq, yb, name="norm") for yb in self._Y]
         self.value_norm2 = float(sum(ex.gather(sumsq)))
         self.S0 = None
 

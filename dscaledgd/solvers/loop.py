@@ -31,6 +31,22 @@ iterate (kept as a snapshot, with its gradient) and asks the step rule to
 recover; a rule that cannot (a fixed step) ends the run with status
 ``"diverged"`` and a warning. Every restore is recorded in ``info["events"]``,
 and so is every re-seed of a coherent spurious component (:mod:`.reseed`).
+
+What is returned is what is reported. ``history[key][k]`` describes iterate
+``k``, and the outcome's ``best_iteration`` is the index of the iterate whose
+factors are returned:
+
+* ``"diverged"``: the best accepted iterate ``k`` is returned, the history is
+  truncated after it and ``n_iter = k``; the discarded iterations (their
+  count, losses and residuals) are recorded in the final ``"diverged"`` event;
+* ``"early_stopped"``: the best-validation iterate is returned; the full
+  validation curve is kept (``n_iter`` counts every update applied) and
+  ``best_iteration`` points into it;
+* every other status returns the last iterate: ``best_iteration = n_iter``.
+
+A re-seeded point (:mod:`.reseed`) takes the place of the iterate it was made
+from; when it is the one returned, its loss, residual and validation error
+overwrite that history entry (the replaced loss is kept in the event).
 """
 
 from __future__ import annotations
@@ -86,6 +102,8 @@ class LoopOutcome:
     history: dict
     events: list = field(default_factory=list)
     passes: int = 0
+    #: index into ``history`` of the returned iterate (see the module docstring)
+    best_iteration: int = 0
 
 
 @dataclass
@@ -93,6 +111,10 @@ class _Point:
     state: list
     pas: object
     stats: object
+    #: index of this iterate's history entry (-1: not yet recorded)
+    k: int = -1
+    #: a re-seeded point: its history entry still describes the point it replaced
+    reseeded: bool = False
 
 
 def _finite(stats) -> bool:
@@ -153,6 +175,7 @@ def run(
             hist[k].append(v)
         if "validation" in s.extra:
             hist.setdefault("validation", []).append(s.extra["validation"])
+        pt.k = len(hist["loss"]) - 1
 
     cur = evaluate(state)
     if not _finite(cur.stats):
@@ -213,9 +236,12 @@ def run(
                     status = "diverged"
                     message = (
                         f"diverged at iteration {n_iter + 1} ({reason}) with step size "
-                        f"{step.eta:g}; returning the best iterate (loss {best.stats.loss:.3g})"
+                        f"{step.eta:g}; returning the best iterate, iteration {best.k} "
+                        f"(loss {best.stats.loss:.3g}, relative residual "
+                        f"{best.stats.residual:.3g})"
                     )
                     cur = best
+                    n_iter = _truncate(hist, events[-1], best.k, n_iter)
                     break
                 events[-1]["event"] = "restored"
                 cur = best  # restore the best accepted iterate and its gradient
@@ -270,7 +296,7 @@ def run(
                 status = "early_stopped"
                 message = (
                     f"the validation RMSE did not improve for {cfg.patience} iterations; "
-                    f"returning iteration {hist['validation'].index(min(hist['validation']))} "
+                    f"returning iteration {best_val.k} "
                     f"(validation RMSE {best_val.stats.extra['validation']:.6g})"
                 )
                 cur = best_val
@@ -290,8 +316,17 @@ def run(
                 out = reseed(engine, cur.state, cur.stats, rule.c, cfg.seed)
                 pt = evaluate(out[0]) if out is not None else None
                 if pt is not None and _finite(pt.stats):
+                    pt.k, pt.reseeded = cur.k, True
+                    events.append(
+                        {
+                            "iteration": n_iter,
+                            **out[1],
+                            "loss_before": cur.stats.loss,
+                            "loss": pt.stats.loss,
+                            "passes": passes,
+                        }
+                    )
                     cur = pt
-                    events.append({"iteration": n_iter, **out[1], "passes": passes})
                     logger.info("dscaledgd: re-seeded components %s", out[1]["components"])
                     if cur.stats.loss < best.stats.loss:
                         best = cur
@@ -300,6 +335,11 @@ def run(
             bar.close()
     if status in ("max_iter", "diverged"):
         warnings.warn(f"{desc}: {message}", ConvergenceWarning, stacklevel=3)
+    if cur.reseeded:  # the returned re-seeded point takes its iterate's history entry
+        hist["loss"][cur.k] = cur.stats.loss
+        hist["residual"][cur.k] = cur.stats.residual
+        if "validation" in hist:
+            hist["validation"][cur.k] = cur.stats.extra["validation"]
     history = {k: np.asarray(v, dtype=np.float64) for k, v in hist.items()}
     return LoopOutcome(
         state=cur.state,
@@ -309,7 +349,24 @@ def run(
         history=history,
         events=events,
         passes=passes,
+        best_iteration=cur.k,
     )
+
+
+def _truncate(hist: dict, event: dict, k: int, n_iter: int) -> int:
+    """Cut the history after the returned iterate ``k``; record the cut in ``event``.
+
+    Returns the new ``n_iter`` (``k``).
+    """
+    event.update(
+        returned_iteration=k,
+        discarded_iterations=n_iter - k,
+        discarded_loss=[float(v) for v in hist["loss"][k + 1 :]],
+        discarded_residual=[float(v) for v in hist["residual"][k + 1 :]],
+    )
+    for v in hist.values():
+        del v[k + 1 :]
+    return k
 
 
 def _gatherer(state):

@@ -144,3 +144,56 @@ def test_stall_rule_stops_noisy_problem():
     assert "stall_tol" in res.message and res.n_iter < 200
     # noisy recovery: error well below the noise level relative to the signal
     assert _err(res, truth) < 0.05
+
+
+def _relative_residual(res, obs):
+    return res.rmse(obs) * np.sqrt(obs.nnz / obs.value_norm2)
+
+
+def test_diverged_run_reports_the_returned_iterate():
+    """A fixed step that first lowers the loss, then blows up (η = 0.9 here: best at
+    iteration 1, divergence at 7): the history ends at the returned iterate."""
+    obs, _ = dsg.datasets.make_completion((200, 150), 4, 0.3, cond=10, random_state=4)
+    with pytest.warns(ConvergenceWarning, match=r"returning the best iterate, iteration 1 "):
+        res = dsg.complete(obs, 4, scheduler="sync", step_size=0.9, max_iter=300, random_state=0)
+    assert res.status == "diverged" and res.n_iter == res.best_iteration == 1
+    assert all(len(v) == res.n_iter + 1 for v in res.history.values())
+    rel = _relative_residual(res, obs)
+    assert res.history["residual"][res.n_iter] == pytest.approx(rel, rel=1e-9)
+    assert res.history["residual"][-1] == res.final["residual"]
+    loss = 0.5 / obs.density * res.rmse(obs) ** 2 * obs.nnz
+    assert res.history["loss"][-1] == pytest.approx(loss, rel=1e-9)
+    ev = res.info["events"][-1]
+    assert ev["event"] == "diverged" and ev["returned_iteration"] == 1
+    assert ev["discarded_iterations"] == 5 == len(ev["discarded_residual"])
+    assert ev["iteration"] == 6 and min(ev["discarded_loss"]) > res.history["loss"][-1]
+    assert f"residual={rel:.4g}" in repr(res)
+
+
+def test_early_stopped_run_points_at_the_returned_iterate():
+    obs, _ = dsg.datasets.make_completion((150, 120), 2, 0.3, noise=0.5, random_state=3)
+    train, val = obs.split(0.2, random_state=1)
+    res = dsg.complete(
+        train, 8, validation=val, patience=5, scheduler="sync", random_state=0, max_iter=300
+    )
+    h = res.history["validation"]
+    assert res.status == "early_stopped" and len(h) == res.n_iter + 1  # the full curve
+    assert res.best_iteration == int(np.argmin(h)) == res.n_iter - 5
+    assert res.final["validation"] == h.min() == pytest.approx(res.rmse(val), rel=1e-10)
+    rel = _relative_residual(res, train)
+    assert res.final["residual"] == pytest.approx(rel, rel=1e-9)
+    assert f"best_iteration={res.best_iteration}" in repr(res)
+
+
+def test_a_returned_reseeded_point_takes_its_history_entry():
+    """The issue instance of test_reseed (κ = 1000) re-seeds at iteration 5 (measured):
+    stopped there, the re-seeded factors are returned and the history describes them."""
+    obs, _ = dsg.datasets.make_completion((1500, 1100), 8, 0.25, cond=1000, random_state=1)
+    with pytest.warns(ConvergenceWarning, match="max_iter=5"):
+        res = dsg.complete(obs, 8, scheduler="threads", max_iter=5, random_state=0)
+    (ev,) = [e for e in res.info["events"] if e["event"] == "reseeded"]
+    assert ev["iteration"] == res.n_iter == 5 and ev["loss"] != ev["loss_before"]
+    assert res.history["loss"][-1] == ev["loss"]
+    loss = 0.5 / obs.density * res.rmse(obs) ** 2 * obs.nnz
+    assert res.history["loss"][-1] == pytest.approx(loss, rel=1e-9)
+    assert res.history["residual"][-1] == pytest.approx(_relative_residual(res, obs), rel=1e-9)
