@@ -322,7 +322,10 @@ def load_movielens(
         files.grouplens.org into :func:`data_home` on first use), or a local
         MovieLens folder or ratings file (``ratings.csv`` or ``ratings.dat``).
     out : str, optional
-        Zarr store to write (a temporary directory when omitted).
+        Zarr store to write. When omitted, the store goes to a temporary
+        directory owned by the returned Observations: it is removed by
+        ``obs.close()``, on leaving a ``with`` block, or when ``obs`` is
+        garbage-collected.
     download : bool, default True
         Allow downloading a named data set.
     tiles : tuple, optional

@@ -1,12 +1,15 @@
 """In-memory COO triplets → a tiled :class:`~dscaledgd.storage.observations.Observations`.
 
 Validation of the triplets (one message format: what is wrong, where, and the
-fix), the tile grid, and the blocked sort with the duplicate policy.
+fix), of the shape before anything of its size is allocated (:func:`check_size`)
+and of dense input (:func:`as_real_matrix`), the tile grid, and the blocked
+sort with the duplicate policy.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +20,73 @@ from . import layout
 if TYPE_CHECKING:  # pragma: no cover
     from .observations import Observations
 
-__all__ = ["build_in_memory", "check_shape", "check_tiles"]
+__all__ = [
+    "as_real_matrix",
+    "build_in_memory",
+    "check_shape",
+    "check_size",
+    "check_tiles",
+    "MAX_DIM",
+]
+
+#: Largest ``n1`` or ``n2``: every index and the exclusive end ``n`` of a tile
+#: bound fit int32, the type of the tile-local indices.
+MAX_DIM = 2**31 - 1
+#: The per-row and per-column count arrays (``8 · (n1 + n2)`` bytes, held by
+#: the client and built at import) may take at most this fraction of memory.
+COUNTS_MEMORY_FRACTION = 0.25
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 16 << 30
+
+
+def check_size(shape, func: str = "from_coo", inferred_from=None) -> tuple[int, int]:
+    """Refuse a shape that cannot be held, before anything of its size is allocated.
+
+    Rules: ``n1, n2 <= MAX_DIM`` (``2**31 - 1``: indices are int32 inside a
+    tile), and the count arrays, ``8 · (n1 + n2)`` bytes, take at most
+    ``COUNTS_MEMORY_FRACTION`` (a quarter) of this machine's memory.
+    ``inferred_from`` is ``(rows, cols)`` (the index arrays, or just their
+    maxima as ints) when the shape was inferred from the indices: the message
+    then names the offending index. Returns ``(n1, n2)``.
+    """
+    n1, n2 = int(shape[0]), int(shape[1])
+    fix = (
+        "Check the indices (one far beyond the others is usually an error), or renumber "
+        "rows and columns to 0..n-1 (np.unique(..., return_inverse=True))."
+    )
+    for axis, n, name in ((0, n1, "row"), (1, n2, "column")):
+        if n > MAX_DIM:
+            if inferred_from is not None:
+                idx = inferred_from[axis]
+                if np.ndim(idx) == 0:  # only the largest index is known (out-of-core import)
+                    seen = f"The largest observation {name} index, {int(idx)},"
+                else:
+                    k = int(np.argmax(idx))
+                    seen = f"Observation {name} index {int(idx[k])} (entry {k})"
+                raise InputDataError(
+                    f"{seen} is too large: "
+                    f"indices must be below {MAX_DIM} (2**31 - 1) so that they fit int32 "
+                    f"tile-local indexing. {fix}"
+                )
+            raise InvalidParameterError(
+                f"The 'shape' parameter of {func} is ({n1}, {n2}): each dimension must be at "
+                f"most {MAX_DIM} (2**31 - 1) so that indices fit int32 tile-local indexing. "
+                f"{fix}"
+            )
+    need, mem = 8 * (n1 + n2), _physical_memory()
+    if need > COUNTS_MEMORY_FRACTION * mem:
+        what = "inferred from the largest indices" if inferred_from is not None else "given"
+        raise InputDataError(
+            f"The shape ({n1}, {n2}) ({what}) needs {need / 2**30:.1f} GiB for the per-row and "
+            f"per-column observation counts (8 bytes per row and column), more than a quarter "
+            f"of this machine's {mem / 2**30:.1f} GiB. {fix}"
+        )
+    return n1, n2
 
 
 def _as_index(x, name: str) -> np.ndarray:
@@ -35,11 +104,11 @@ def _as_index(x, name: str) -> np.ndarray:
 
 
 def check_shape(shape, rows, cols) -> tuple[int, int]:
-    """Validate or infer ``shape`` from the index arrays' extent."""
+    """Validate or infer ``shape`` from the index arrays' extent, then :func:`check_size`."""
     rmax = int(rows.max()) if rows.size else -1
     cmax = int(cols.max()) if cols.size else -1
     if shape is None:
-        return rmax + 1, cmax + 1
+        return check_size((rmax + 1, cmax + 1), inferred_from=(rows, cols))
     if (
         not isinstance(shape, tuple | list)
         or len(shape) != 2
@@ -62,7 +131,7 @@ def check_shape(shape, rows, cols) -> tuple[int, int]:
             f"Observation column index {int(cols[k])} (entry {k}) is out of range for shape "
             f"({n1}, {n2}). Pass a larger shape, or drop the entry."
         )
-    return n1, n2
+    return check_size((n1, n2))
 
 
 def check_tiles(tiles, shape, nnz) -> tuple[int, int]:
@@ -151,3 +220,40 @@ def build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) -
         col_counts=np.bincount(gc, minlength=shape[1]),
         value_norm2=float(vals @ vals),
     )
+
+
+def as_real_matrix(M) -> np.ndarray:
+    """``M`` as a real array; strings, ``None`` and other non-numbers are refused by name."""
+    try:
+        arr = np.asarray(M)
+    except ValueError as exc:  # ragged nested lists
+        raise InputDataError(
+            f"The 'M' parameter of from_dense is not a rectangular array ({exc}). Pass a 2-D "
+            "array of numbers."
+        ) from None
+    if arr.dtype.kind in "biuf":
+        return arr
+    fix = "Pass real numbers, with NaN (not None or '') marking missing entries"
+    if arr.dtype.kind == "O":  # per element: numpy would turn None into NaN silently
+        flat = arr.ravel()
+        k = next((k for k, x in enumerate(flat) if not _is_real(x)), None)
+        if k is None:
+            return arr.astype(np.float64)
+        where = np.unravel_index(k, arr.shape) if arr.ndim else ()
+        raise InputDataError(
+            f"The 'M' parameter of from_dense has dtype object and M[{', '.join(map(str, where))}]"
+            f" = {flat[k]!r} is not a real number. {fix}."
+        )
+    raise InputDataError(
+        f"The 'M' parameter of from_dense must hold real numbers; got dtype {arr.dtype} "
+        f"({'strings' if arr.dtype.kind in 'US' else 'not real numbers'}). {fix}; parse "
+        "text first (e.g. M.astype(float)), or read a table with Observations.from_csv."
+    )
+
+
+def _is_real(x) -> bool:
+    try:
+        float(x)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(x, complex | str | bytes)

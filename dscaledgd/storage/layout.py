@@ -29,16 +29,35 @@ Zarr group (format version 1)::
       row_counts       int64 (n1,)    observations per row
       col_counts       int64 (n2,)
 
+Integrity (every writer since the store-integrity change; older stores lack
+these and open with structural checks only, see :mod:`.integrity`):
+
+* every array ends each chunk with a CRC-32C (Zarr v3's ``crc32c`` codec), so
+  a garbled or truncated chunk fails to decode instead of reading as data;
+* the fill value of the entry arrays is invalid data (``-1`` for indices,
+  NaN for values), so a chunk deleted after the store was opened reads as an
+  out-of-range index or a non-finite value and is refused, never as zeros;
+* the attrs hold a random ``store_id`` (the identity that worker caches are
+  keyed by) and a ``digest``: the SHA-256 of the canonical JSON of the core
+  metadata and of ``tile_ptr`` (:func:`meta_digest`), checked at open.
+
 Writes go to a temporary sibling directory that is renamed into place only
 when complete (:func:`atomic_dir`), so a crash never leaves a half-written
-store under the final name.
+store under the final name. The temporary directory's name records the
+writer's host and pid; a writer that was killed leaves it behind, and the
+next write to the same destination removes it (:func:`remove_stale_siblings`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -54,6 +73,12 @@ __all__ = [
     "blocked_order",
     "atomic_dir",
     "check_output_path",
+    "checksum_codecs",
+    "core_attrs",
+    "invalid_fill",
+    "meta_digest",
+    "new_store_id",
+    "remove_stale_siblings",
 ]
 
 #: Bounds of the column band of the order inside a tile; the band's rows of ``R``
@@ -194,12 +219,34 @@ def duplicate_message(dup, row0: int, col0: int) -> str:
 ENTRY_FIELDS = {"rows": "int32", "cols": "int32", "values": "float64"}
 
 
-def create_entry_arrays(group, total: int, fields: dict | None = None, chunk: int | None = None):
-    """Create the 1-D per-entry arrays of a store (uncompressed, ``CHUNK``-sized chunks).
+def checksum_codecs() -> list:
+    """The bytes-to-bytes codecs of every array a writer creates: a CRC-32C per chunk.
 
-    Chunks equal to the fill value are written too (``write_empty_chunks``):
-    every chunk then exists, which is how a truncated store is detected.
-    Returns ``{name: array}``.
+    Uncompressed otherwise; the checksum costs a few percent of a warm read
+    (``benchmarks/bench_store_integrity.py``).
+    """
+    from zarr.codecs import Crc32cCodec
+
+    return [Crc32cCodec()]
+
+
+def invalid_fill(dtype) -> int | float:
+    """A fill value that is invalid data: -1 for indices, NaN for values.
+
+    A chunk that goes missing after a store was opened then reads as an
+    out-of-range index or a non-finite value, which the read-time checks
+    refuse, instead of as zeros (valid data).
+    """
+    return float("nan") if np.dtype(dtype).kind == "f" else -1
+
+
+def create_entry_arrays(group, total: int, fields: dict | None = None, chunk: int | None = None):
+    """Create the 1-D per-entry arrays of a store (``CHUNK``-sized chunks).
+
+    Each chunk carries a CRC-32C (:func:`checksum_codecs`) and the fill value
+    is invalid data (:func:`invalid_fill`). Chunks equal to the fill value are
+    written too (``write_empty_chunks``): every chunk then exists, which is how
+    a truncated store is detected. Returns ``{name: array}``.
     """
     fields = ENTRY_FIELDS if fields is None else fields
     chunk = max(1, min(CHUNK, total)) if chunk is None else chunk
@@ -209,8 +256,8 @@ def create_entry_arrays(group, total: int, fields: dict | None = None, chunk: in
             shape=(total,),
             chunks=(chunk,),
             dtype=dt,
-            compressors=None,
-            fill_value=0,
+            compressors=checksum_codecs(),
+            fill_value=invalid_fill(dt),
             config={"write_empty_chunks": True},
         )
         for name, dt in fields.items()
@@ -232,7 +279,7 @@ def unstable_dtype_ok():
 
 
 def write_small_array(group, name: str, data) -> None:
-    """Write a metadata array (counts, pointers, id maps) uncompressed, one chunk per 4M.
+    """Write a metadata array (counts, pointers, id maps), one chunk per 4M, checksummed.
 
     Integer data is stored as int64; string ids as fixed-width unicode (Zarr
     warns that this dtype's v3 spec is not final; the warning is silenced).
@@ -245,7 +292,7 @@ def write_small_array(group, name: str, data) -> None:
             name,
             data=data,
             chunks=(max(1, min(len(data), 1 << 22)),),
-            compressors=None,
+            compressors=checksum_codecs(),
             config={"write_empty_chunks": True},
         )
 
@@ -272,18 +319,137 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "out
     return path
 
 
+# ---------------------------------------------------------- store identity
+#: The attrs covered by the digest (with the SHA-256 of ``tile_ptr``).
+DIGEST_KEYS = (
+    "format_version",
+    "shape",
+    "nnz",
+    "row_bounds",
+    "col_bounds",
+    "value_norm2",
+    "store_id",
+)
+
+
+def new_store_id() -> str:
+    """A fresh random store identity (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def meta_digest(meta: dict, tile_ptr) -> str:
+    """``"sha256:<hex>"`` of the canonical JSON of the core metadata and of ``tile_ptr``.
+
+    The core metadata are the attrs named by :data:`DIGEST_KEYS`; ``tile_ptr``
+    enters as the SHA-256 of its little-endian int64 bytes. Canonical JSON:
+    sorted keys, no spaces, floats as ``repr`` (exact round trip).
+    """
+    core = {k: meta.get(k) for k in DIGEST_KEYS}
+    ptr = np.ascontiguousarray(np.asarray(tile_ptr).astype("<i8", copy=False))
+    core["tile_ptr_sha256"] = hashlib.sha256(ptr.tobytes()).hexdigest()
+    text = json.dumps(core, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def core_attrs(*, shape, nnz, row_bounds, col_bounds, value_norm2, tile_ptr, store_id=None) -> dict:
+    """The core ``attrs["dscaledgd"]`` of an Observations store, with identity and digest.
+
+    Every writer of an Observations store calls this (through
+    ``Observations._store_attrs``) once per store it creates: it draws a new
+    ``store_id`` (:func:`new_store_id`) unless one is given, and adds the
+    ``digest`` (:func:`meta_digest`) that :meth:`Observations.open_zarr`
+    checks.
+    """
+    meta = {
+        "type": "observations",
+        "format_version": FORMAT_VERSION,
+        "shape": [int(shape[0]), int(shape[1])],
+        "nnz": int(nnz),
+        "row_bounds": [int(x) for x in row_bounds],
+        "col_bounds": [int(x) for x in col_bounds],
+        "value_norm2": float(value_norm2),
+        "store_id": store_id or new_store_id(),
+    }
+    meta["digest"] = meta_digest(meta, tile_ptr)
+    return meta
+
+
+# ------------------------------------------------------------ atomic writes
+#: A temporary or old sibling left by an interrupted write is stale after this long.
+STALE_AGE_S = 24 * 3600
+_HOST = re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname())[:64] or "host"
+_SIBLING = re.compile(r"(?:tmp|old)-[0-9a-f]{12}(?:-(?P<host>.+)-(?P<pid>\d+))?")
+
+
+def _sibling_name(base: str, kind: str) -> str:
+    """``.BASE.KIND-<uuid>-<host>-<pid>``: the writer's host and pid, for stale detection."""
+    return f".{base}.{kind}-{uuid.uuid4().hex[:12]}-{_HOST}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def remove_stale_siblings(path: str, max_age: float = STALE_AGE_S) -> list[str]:
+    """Remove the ``.NAME.tmp-*`` / ``.NAME.old-*`` siblings of ``path`` left by dead writers.
+
+    A sibling is stale when it was last modified more than ``max_age``
+    seconds ago (one day), or when its name says it was written on this host
+    by a process that is no longer alive. Siblings of live writers (another
+    process writing the same destination now) are kept; so are siblings from
+    other hosts younger than ``max_age``. Returns the removed paths.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(os.path.abspath(path))
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        prefix = f".{base}."
+        m = _SIBLING.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
+        if m is None:
+            continue
+        full = os.path.join(parent, name)
+        try:
+            age = now - os.lstat(full).st_mtime
+        except OSError:
+            continue
+        dead = m["pid"] is not None and m["host"] == _HOST and not _pid_alive(int(m["pid"]))
+        if not (dead or age > max_age):
+            continue
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(full)
+        removed.append(full)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary sibling directory; publish it at ``path`` on success.
 
     On any exception the temporary directory is removed and ``path`` is left
     untouched. With ``overwrite=True`` an existing ``path`` is replaced only
-    after the new one is complete.
+    after the new one is complete. The temporary name records this host and
+    pid; stale siblings that killed writers left for ``path`` are removed
+    first (:func:`remove_stale_siblings`).
     """
     path = check_output_path(path, overwrite)
     parent = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(os.path.abspath(path))
-    tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:12]}")
+    remove_stale_siblings(path)
+    tmp = os.path.join(parent, _sibling_name(base, "tmp"))
     try:
         yield tmp
     except BaseException:
@@ -291,7 +457,7 @@ def atomic_dir(path: str, overwrite: bool = False) -> Iterator[str]:
         raise
     old = None
     if os.path.lexists(path):
-        old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:12]}")
+        old = os.path.join(parent, _sibling_name(base, "old"))
         os.rename(path, old)
     os.rename(tmp, path)
     if old is not None:

@@ -13,14 +13,13 @@ import numpy as np
 from .._validation import RANDOM_STATE, Interval, Options, check_param, resolve_rng
 from .._version import __version__
 from ..exceptions import InputDataError, InvalidParameterError
-from . import layout
-from .coo import build_in_memory, check_tiles
-from .layout import CHUNK, FORMAT_VERSION
+from . import integrity, layout
+from .coo import as_real_matrix, build_in_memory, check_tiles
+from .layout import CHUNK
 
 __all__ = ["Observations"]
 
 DUPLICATE_POLICIES = ("error", "sum", "mean", "last")
-_ARRAYS = ("rows", "cols", "values", "tile_ptr", "row_counts", "col_counts")
 
 
 def _is_dask(x: Any) -> bool:
@@ -45,6 +44,10 @@ class Observations:
         Tile boundaries, ``a + 1`` and ``b + 1`` increasing integers.
     path : str or None
         The Zarr store backing the data, or ``None`` when held in memory.
+    store_id : str or None
+        The identity of the backing store (written at creation; for older
+        stores a fingerprint of their ``zarr.json``), or ``None`` in memory.
+        Caches on the workers are keyed by it, never by the path alone.
 
     Notes
     -----
@@ -52,6 +55,12 @@ class Observations:
     cols, float64 values) plus ``8 · (n1 + n2)`` bytes of counts. A
     store-backed instance holds only the counts; tiles are read on demand,
     in sub-chunks, by the workers.
+
+    Nothing a store claims is trusted (:mod:`dscaledgd.storage.integrity`):
+    its metadata is checked at open, and every range of entries read from it
+    (:meth:`read_tile`, the engine's tasks) is checked before use, so a
+    corrupt store raises :class:`~dscaledgd.exceptions.InputDataError` naming
+    the array and tile instead of reaching a kernel.
     """
 
     def __init__(
@@ -71,6 +80,7 @@ class Observations:
         attrs: dict | None = None,
         row_ids=None,
         col_ids=None,
+        store_id: str | None = None,
     ):
         self.shape = (int(shape[0]), int(shape[1]))
         self.row_bounds = np.asarray(row_bounds, dtype=np.int64)
@@ -81,6 +91,7 @@ class Observations:
         self.col_counts = np.asarray(col_counts, dtype=np.int64)
         self.value_norm2 = float(value_norm2)
         self.path = path
+        self.store_id = store_id
         self.attrs = dict(attrs or {})
         #: original ids of rows/columns (from a CSV/Parquet import), or None
         self.row_ids = None if row_ids is None else np.asarray(row_ids)
@@ -125,16 +136,44 @@ class Observations:
         return int(self.tile_ptr[t + 1] - self.tile_ptr[t])
 
     def read_tile(self, t: int, start: int = 0, stop: int | None = None):
-        """Entries ``start:stop`` of tile ``t`` as ``(rows, cols, values)`` (tile-local)."""
+        """Entries ``start:stop`` of tile ``t`` as ``(rows, cols, values)`` (tile-local).
+
+        From a store, the entries are checked as they are read: a chunk that
+        fails to decode, a local index outside the tile or a non-finite value
+        raises :class:`~dscaledgd.exceptions.InputDataError`.
+        """
         lo = int(self.tile_ptr[t])
         hi = int(self.tile_ptr[t + 1])
         s = lo + start
         e = hi if stop is None else min(hi, lo + stop)
-        return (
-            np.asarray(self._rows[s:e], dtype=np.int32),
-            np.asarray(self._cols[s:e], dtype=np.int32),
-            np.asarray(self._values[s:e], dtype=np.float64),
+        if self.path is None:
+            return (
+                np.asarray(self._rows[s:e], dtype=np.int32),
+                np.asarray(self._cols[s:e], dtype=np.int32),
+                np.asarray(self._values[s:e], dtype=np.float64),
+            )
+        r0, r1, c0, c1 = self.tile_bounds(t)
+        arrays = (self._rows, self._cols, self._values)
+        return integrity.read_entries(
+            arrays, s, e, path=self.path, tile=t, tile_lo=lo, height=r1 - r0, width=c1 - c0
         )
+
+    def _entries(self, start: int, stop: int):
+        """Entries ``[start, stop)`` of the 1-D arrays (any tiles), checked when from a store."""
+        if self.path is None:
+            return (
+                np.asarray(self._rows[start:stop]),
+                np.asarray(self._cols[start:stop]),
+                np.asarray(self._values[start:stop]),
+            )
+        out = tuple(
+            integrity._read_array(arr, name, start, stop, dt, path=self.path, tile=None)
+            for arr, (name, dt) in zip((self._rows, self._cols, self._values), integrity._DTYPES)
+        )
+        integrity.check_span(
+            *out, start, self.tile_ptr, self.row_bounds, self.col_bounds, path=self.path
+        )
+        return out
 
     def to_coo(self):
         """All entries as global ``(rows, cols, values)`` (int64, int64, float64).
@@ -215,6 +254,10 @@ class Observations:
             Observed values; must be finite.
         shape : tuple of int, optional
             ``(n1, n2)``. Defaults to ``(rows.max() + 1, cols.max() + 1)``.
+            Checked before anything of its size is allocated: each dimension
+            at most ``2**31 - 1`` (int32 tile-local indices), and the count
+            arrays, ``8 · (n1 + n2)`` bytes, at most a quarter of the
+            machine's memory.
         tiles : tuple of int, optional
             Tile grid ``(a, b)``. Defaults to about two tiles per CPU thread
             (:func:`~dscaledgd.storage.layout.default_tiles`).
@@ -236,8 +279,10 @@ class Observations:
         Raises
         ------
         InputDataError
-            Non-finite values, negative or out-of-range indices, duplicate
-            pairs (with ``duplicates="error"``) or no entries at all.
+            Non-finite values, negative, out-of-range or too large indices,
+            duplicate pairs (with ``duplicates="error"``) or no entries at all.
+        InvalidParameterError
+            A ``shape`` that is not a pair of positive ints, or too large.
         """
         check_param("from_coo", "duplicates", duplicates, [Options(DUPLICATE_POLICIES)])
         if any(_is_dask(x) for x in (rows, cols, values)):
@@ -284,7 +329,7 @@ class Observations:
                 path=kwargs.get("path"),
                 overwrite=kwargs.get("overwrite", False),
             )
-        M = np.asarray(M)
+        M = as_real_matrix(M)
         if M.ndim != 2:
             raise InputDataError(
                 f"from_dense needs a 2-D matrix; got an array with shape {M.shape}. "
@@ -395,9 +440,8 @@ class Observations:
             arrs = layout.create_entry_arrays(g, nnz, chunk=chunk)
             for start in range(0, nnz, chunk):
                 stop = min(nnz, start + chunk)
-                arrs["rows"][start:stop] = np.asarray(self._rows[start:stop])
-                arrs["cols"][start:stop] = np.asarray(self._cols[start:stop])
-                arrs["values"][start:stop] = np.asarray(self._values[start:stop])
+                for name, x in zip(("rows", "cols", "values"), self._entries(start, stop)):
+                    arrs[name][start:stop] = x
             for name in ("tile_ptr", "row_counts", "col_counts", "row_ids", "col_ids"):
                 if getattr(self, name) is not None:
                     layout.write_small_array(g, name, getattr(self, name))
@@ -405,102 +449,52 @@ class Observations:
         return path
 
     def _store_attrs(self) -> dict:
+        """``{"dscaledgd": attrs}`` of a new store: every writer calls this once per store.
+
+        The core attrs come from :func:`~dscaledgd.storage.layout.core_attrs`:
+        a fresh ``store_id`` and the ``digest`` checked at open. User attrs
+        never override them.
+        """
+        core = layout.core_attrs(
+            shape=self.shape,
+            nnz=self.nnz,
+            row_bounds=self.row_bounds,
+            col_bounds=self.col_bounds,
+            value_norm2=self.value_norm2,
+            tile_ptr=self.tile_ptr,
+        )
+        extra = {k: v for k, v in self.attrs.items() if k not in integrity.CORE_META}
         return {
             "dscaledgd": {
-                "type": "observations",
-                "format_version": FORMAT_VERSION,
                 "library_version": __version__,
-                "shape": list(self.shape),
-                "nnz": self.nnz,
-                "row_bounds": self.row_bounds.tolist(),
-                "col_bounds": self.col_bounds.tolist(),
                 "cache_band": layout.band_width(self.nnz, self.shape),
-                "value_norm2": self.value_norm2,
-                **{k: v for k, v in self.attrs.items() if k not in ("type",)},
+                **extra,
+                **core,
             }
         }
 
     @classmethod
     def open_zarr(cls, path: str | os.PathLike) -> Observations:
-        """Open a store written by :meth:`to_zarr`; validates it is complete."""
-        import zarr
+        """Open a store written by :meth:`to_zarr` or ``dscaledgd import``.
 
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"No Observations store at {path!r}: the path does not exist.")
-        try:
-            g = zarr.open_group(path, mode="r")
-        except Exception as exc:  # not a zarr group at all
-            raise InputDataError(
-                f"{path!r} is not a dscaledgd Observations store (it is not a Zarr v3 group: "
-                f"{exc}). Create one with Observations.to_zarr or `dscaledgd import`."
-            ) from None
-        meta = dict(g.attrs).get("dscaledgd")
-        if not isinstance(meta, dict) or meta.get("type") != "observations":
-            raise InputDataError(
-                f"{path!r} is not a dscaledgd Observations store: its attrs lack "
-                "dscaledgd.type == 'observations'. Create one with Observations.to_zarr or "
-                "`dscaledgd import`."
-            )
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise InputDataError(
-                f"{path!r} has format version {meta.get('format_version')}, newer than this "
-                f"library's {FORMAT_VERSION}. Upgrade dscaledgd."
-            )
-        present = set(g.array_keys())
-        missing = [a for a in _ARRAYS if a not in present]
-        if missing:
-            raise InputDataError(
-                f"The Observations store {path!r} is truncated: arrays {missing} are missing. "
-                "Re-create it."
-            )
-        arr = {a: g[a] for a in _ARRAYS}
-        nnz = int(meta["nnz"])
-        shape = tuple(meta["shape"])
-        for a in _ARRAYS:
-            if arr[a].nchunks_initialized != arr[a].nchunks:
-                raise InputDataError(
-                    f"The Observations store {path!r} is truncated: array {a!r} has "
-                    f"{arr[a].nchunks_initialized} of {arr[a].nchunks} chunks. Re-create it."
-                )
-        tile_ptr = arr["tile_ptr"][:]
-        rb, cb = np.asarray(meta["row_bounds"]), np.asarray(meta["col_bounds"])
-        expect = {
-            "rows": (nnz,),
-            "cols": (nnz,),
-            "values": (nnz,),
-            "tile_ptr": ((len(rb) - 1) * (len(cb) - 1) + 1,),
-            "row_counts": (shape[0],),
-            "col_counts": (shape[1],),
-        }
-        for a, shp in expect.items():
-            if tuple(arr[a].shape) != shp:
-                raise InputDataError(
-                    f"The Observations store {path!r} is inconsistent: array {a!r} has shape "
-                    f"{tuple(arr[a].shape)}, expected {shp}. Re-create it."
-                )
-        if tile_ptr[0] != 0 or tile_ptr[-1] != nnz or np.any(np.diff(tile_ptr) < 0):
-            raise InputDataError(
-                f"The Observations store {path!r} is inconsistent: tile_ptr does not run from "
-                f"0 to nnz={nnz}. Re-create it."
-            )
-        extra = {k: v for k, v in meta.items() if k not in _CORE_META}
-        return cls(
-            shape=shape,
-            row_bounds=rb,
-            col_bounds=cb,
-            tile_ptr=tile_ptr,
-            rows=arr["rows"],
-            cols=arr["cols"],
-            values=arr["values"],
-            row_counts=arr["row_counts"][:],
-            col_counts=arr["col_counts"][:],
-            value_norm2=float(meta["value_norm2"]),
-            path=os.path.abspath(path),
-            attrs=extra,
-            row_ids=_read_ids(g, "row_ids", present),
-            col_ids=_read_ids(g, "col_ids", present),
-        )
+        The store's claims are validated before anything is returned (see
+        :mod:`dscaledgd.storage.integrity`): every array present with all its
+        chunks; the attributes well-typed, tile bounds strictly increasing from
+        0 to ``n``, ``tile_ptr`` from 0 to ``nnz``, the per-stripe sums of
+        ``row_counts``/``col_counts`` equal to the tiles' counts; and the
+        metadata digest written at creation (stores written before it existed
+        get the structural checks only). The entries themselves are checked as
+        they are read.
+
+        Raises
+        ------
+        FileNotFoundError
+            No store at ``path``.
+        InputDataError
+            Not an Observations store, truncated, inconsistent or edited; the
+            message names the attribute or array, what was seen and the fix.
+        """
+        return cls(**integrity.open_store(path))
 
     def retile(self, tiles=None, *, square: bool = False, bounds=None) -> Observations:
         """The same entries on another tile grid, in memory.
@@ -559,9 +553,7 @@ class Observations:
             )
         is_test = np.zeros(self.nnz, dtype=bool)
         is_test[rng.choice(self.nnz, size=n_test, replace=False)] = True
-        rows = np.asarray(self._rows[:])
-        cols = np.asarray(self._cols[:])
-        vals = np.asarray(self._values[:])
+        rows, cols, vals = self._entries(0, self.nnz)
         return tuple(self._subset(rows, cols, vals, sel) for sel in (~is_test, is_test))
 
     def _subset(self, rows, cols, vals, sel) -> Observations:
@@ -586,22 +578,3 @@ class Observations:
             row_ids=self.row_ids,
             col_ids=self.col_ids,
         )
-
-
-def _read_ids(group, name, present):
-    if name not in present:
-        return None
-    with layout.unstable_dtype_ok():
-        return group[name][:]
-
-
-_CORE_META = {
-    "type",
-    "format_version",
-    "library_version",
-    "shape",
-    "nnz",
-    "row_bounds",
-    "col_bounds",
-    "value_norm2",
-}

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ..exceptions import InputDataError
+from ..exceptions import InputDataError, InvalidParameterError
 from . import layout
 
 __all__ = ["read_table", "TableBlock"]
@@ -70,8 +70,58 @@ def _column_indices(path, names, columns) -> list[int]:
                 f"Column {name!r} (the {role!r} column) is missing from the header of {path!r} "
                 f"(line 1). Columns present: {names}."
             )
+        where = [k + 1 for k, n in enumerate(names) if n == name]
+        if len(where) > 1:
+            raise InputDataError(
+                f"Column {name!r} (the {role!r} column) appears {len(where)} times in the "
+                f"header of {path!r} (line 1, fields {where}); which one holds the data is "
+                "ambiguous. Rename the duplicated columns."
+            )
         out.append(names.index(name))
     return out
+
+
+def check_sep(sep) -> str:
+    """The CSV reader (NumPy's ``loadtxt``) splits on one character."""
+    if not isinstance(sep, str) or len(sep) != 1 or sep in '\r\n"':
+        raise InvalidParameterError(
+            f"The 'sep' parameter of from_csv must be a single character other than a quote "
+            f"or a line break (e.g. ',', ';', '\\t', '|'); got {sep!r}. Multi-character "
+            "separators are not supported: replace them first (e.g. sed 's/::/,/g')."
+        )
+    return sep
+
+
+def _check_ids(ids, name: str, first_line: int, path, unit: str = "line"):
+    """Refuse empty or missing ids and NaN/inf ids: none of them can be looked up."""
+    kind = ids.dtype.kind
+    if kind in "iub":
+        return
+    if kind == "f":
+        bad = ~np.isfinite(ids)
+    elif kind in "US":
+        bad = np.char.str_len(np.char.strip(ids)) == 0
+    else:  # object (Parquet strings with nulls)
+        bad = np.fromiter((_missing_id(x) for x in ids), dtype=bool, count=len(ids))
+    if bad.any():
+        k = int(np.argmax(bad))
+        what = (
+            "is not a finite number (a NaN or infinite id can never be looked up)"
+            if kind == "f"
+            else "is empty or missing"
+        )
+        raise InputDataError(
+            f"The id {'' if ids[k] is None else str(ids[k])!r} in column "
+            f"{name!r} at {unit} {first_line + k} of {path!r} {what}. Fix or drop that {unit}."
+        )
+
+
+def _missing_id(x) -> bool:
+    if x is None:
+        return True
+    if isinstance(x, float):
+        return not np.isfinite(x)
+    return not str(x).strip()
 
 
 _ROW_ERR = re.compile(r"at row (\d+)(?:, column (\d+))?")
@@ -111,6 +161,8 @@ def _parse_lines(lines, usecols, sep, first_line, path, names, string_ids):
             f"{[names[u] for u in usecols]}."
         ) from None
     rows, cols, vals = arr[:, 0], arr[:, 1], arr[:, 2]
+    for role, ids in enumerate((rows, cols)):
+        _check_ids(ids, names[usecols[role]], first_line, path)
     if string_ids:
         try:
             vals = vals.astype(np.float64)
@@ -181,6 +233,8 @@ def _parquet_blocks(path, columns, block_lines) -> Iterator[TableBlock]:
     line = 1
     for batch in pf.iter_batches(columns=list(columns), batch_size=block_lines):
         cols = [batch.column(i).to_numpy(zero_copy_only=False) for i in range(3)]
+        for k in range(2):
+            _check_ids(np.asarray(cols[k]), columns[k], line, path, unit="row")
         vals = np.asarray(cols[2], dtype=np.float64)
         bad = ~np.isfinite(vals)
         if bad.any():
@@ -232,6 +286,9 @@ def read_table(
     from ..engine.ingest import coo_from_dask
 
     path = os.fspath(path)
+    is_parquet = path.endswith((".parquet", ".pq"))
+    if not is_parquet:
+        check_sep(sep)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such input file: {path!r}.")
     if os.path.getsize(path) == 0:
@@ -257,9 +314,17 @@ def read_table(
     col_ids = _normalise_ids(uniq_c)
     key_r = uniq_r
     key_c = uniq_c
-    # pass 2: map ids and append COO blocks to a scratch store
-    parent = os.path.dirname(os.path.abspath(out)) if out else None
+    # pass 2: map ids and append COO blocks to a scratch store; without ``out`` the
+    # store goes to a temporary directory that the returned Observations owns
+    tmpdir = None
+    if out is None:
+        tmpdir = tempfile.mkdtemp(prefix="dscaledgd-obs-")
+        target = os.path.join(tmpdir, "obs.zarr")
+    else:
+        target = os.fspath(out)
+    parent = os.path.dirname(os.path.abspath(target))
     scratch = tempfile.mkdtemp(prefix=".dscaledgd-csv-", dir=parent)
+    ok = False
     try:
         g = zarr.open_group(scratch, mode="w")
         arrs = layout.create_entry_arrays(
@@ -275,7 +340,7 @@ def read_table(
         src = [da.from_zarr(arrs[name]) for name in ("rows", "cols", "values")]
         extra = {"row_ids": row_ids, "col_ids": col_ids}
         meta = {"id_names": {"row": row, "col": col, "value": value}, "source": path}
-        unit = "rows" if path.endswith((".parquet", ".pq")) else "lines"
+        unit = "rows" if is_parquet else "lines"
 
         def describe(first, later, i, j, n_rep):
             return (
@@ -285,16 +350,20 @@ def read_table(
                 "Pass duplicates='sum', 'mean' or 'last' to combine them."
             )
 
-        return coo_from_dask(
+        obs = coo_from_dask(
             *src,
             shape=(len(row_ids), len(col_ids)),
             tiles=tiles,
             duplicates=duplicates,
-            path=out,
+            path=target,
             overwrite=overwrite,
             extra_arrays=extra,
             extra_attrs=meta,
             describe_duplicate=describe,
         )
+        ok = True
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if tmpdir is not None and not ok:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return obs._adopt_temporary(tmpdir) if tmpdir is not None else obs

@@ -166,3 +166,77 @@ def test_scheduler_task_count_is_bounded(client):
     # one materialize period holds ~20 iterations x ~30 tasks; the count must not trend up
     assert max(counts[3:]) <= max(counts[:3]) and max(counts) < 1000, counts
     assert counts[-1] <= counts[2] + 50, counts
+
+
+# ------------------------------------------------------------ store integrity
+def _dense(res):
+    L, R = (np.asarray(F) for F in res.compute_factors())
+    return L @ R.T
+
+
+@pytest.mark.filterwarnings("ignore::dscaledgd.ConvergenceWarning")
+def test_replaced_store_is_reopened_by_long_lived_workers(client, tmp_path):
+    """Issue 12: workers cached a store's arrays by path; a store replaced at the same
+    path between two runs on one cluster was read with the old shapes (a reshape error,
+    or above 2**21 entries a silently different problem). Caches are keyed by the
+    store's identity now: the second run equals a fresh run on the new store."""
+    path = str(tmp_path / "obs.zarr")
+    a, _ = dsg.datasets.make_completion((300, 240), 3, 0.25, random_state=1, tiles=(2, 2))
+    b, _ = dsg.datasets.make_completion((260, 280), 3, 0.3, random_state=2, tiles=(2, 2))
+    kw = dict(random_state=0, max_iter=15, tol=1e-300, stall_tol=0.0, cache="stream")
+    a.to_zarr(path)
+    first = dsg.complete(path, 3, client=client, **kw)
+    assert _dense(first).shape == (300, 240)
+    b.to_zarr(path, overwrite=True)
+    second = dsg.complete(path, 3, client=client, **kw)
+    fresh = dsg.complete(path, 3, scheduler="threads", **kw)
+    Xs, Xf = _dense(second), _dense(fresh)
+    assert Xs.shape == (260, 280)
+    assert np.linalg.norm(Xs - Xf) <= 1e-9 * np.linalg.norm(Xf)
+    np.testing.assert_allclose(
+        second.info["init_values"], fresh.info["init_values"], rtol=1e-12, atol=0
+    )
+    assert second.n_iter == fresh.n_iter
+
+
+def test_store_replaced_during_use_is_refused(tmp_path):
+    """An Observations opened before its store was replaced is refused by the worker."""
+    path = str(tmp_path / "obs.zarr")
+    a, _ = dsg.datasets.make_completion((60, 50), 2, 0.5, random_state=1)
+    b, _ = dsg.datasets.make_completion((60, 50), 2, 0.5, random_state=2)
+    a.to_zarr(path)
+    stale = dsg.Observations.open_zarr(path)
+    b.to_zarr(path, overwrite=True)
+    with pytest.raises(dsg.InputDataError, match="was replaced while in use"):
+        dsg.complete(stale, 2, scheduler="threads", cache="stream", max_iter=3)
+
+
+@pytest.mark.parametrize("cache", ["memory", "stream"])
+def test_corrupt_entries_refused_cleanly_on_threads_and_cluster(client, tmp_path, cache):
+    """An index outside its tile raises InputDataError from the worker task (no
+    segfault, no hang), in memory placement and when streamed."""
+    import zarr
+
+    obs, _ = dsg.datasets.make_completion((60, 50), 2, 0.5, random_state=3, tiles=(2, 2))
+    path = obs.to_zarr(str(tmp_path / "obs.zarr"))
+    zarr.open_array(path + "/rows", mode="r+")[int(obs.tile_ptr[3])] = 100000
+    match = r"array 'rows' of tile 3 holds local row index 100000 .*outside \[0, \d+\)"
+    for kw in ({"scheduler": "threads"}, {"client": client}):
+        with pytest.raises(dsg.InputDataError, match=match):
+            dsg.complete(path, 2, cache=cache, max_iter=5, **kw)
+    # the cluster is still usable afterwards
+    assert client.submit(sum, [1, 2]).result(timeout=30) == 3
+
+
+def test_tile_refs_carry_identity_and_tile_shape(tmp_path):
+    from dscaledgd.engine.blockwise import tile_refs
+
+    obs, _ = dsg.datasets.make_completion((70, 50), 2, 0.4, random_state=4, tiles=(2, 3))
+    stored = dsg.Observations.open_zarr(obs.to_zarr(str(tmp_path / "o.zarr")))
+    refs = tile_refs(stored, 100)
+    assert [r.tile for r in refs] == list(range(6))
+    for t, ref in enumerate(refs):
+        r0, r1, c0, c1 = stored.tile_bounds(t)
+        assert (ref.height, ref.width) == (r1 - r0, c1 - c0)
+        assert ref.store_id == stored.store_id == stored.attrs.get("store_id", ref.store_id)
+        assert (ref.lo, ref.hi) == (stored.tile_ptr[t], stored.tile_ptr[t + 1])
