@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 from _common import report, table  # noqa: E402
 
 import dscaledgd as dsg  # noqa: E402
-from dscaledgd.engine import cluster as cl  # noqa: E402
+from dscaledgd.engine import executors as cl  # noqa: E402
 from tests.faults._procs import ProcessCluster  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 Scattered data has no lineage: a worker that dies with its only copy takes
 it away. :meth:`DistributedExecutor.scatter
-<dscaledgd.engine.cluster.DistributedExecutor.scatter>` therefore sends
+<dscaledgd.engine.executors.DistributedExecutor.scatter>` therefore sends
 each item to two workers, under keys that start with :data:`PREFIX`. But
 distributed's Active Memory Manager runs ``ReduceReplicas`` every two
 seconds by default, which drops every copy beyond the first of a key that

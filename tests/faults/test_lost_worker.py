@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import dscaledgd as dsg
-from dscaledgd.engine import cluster as cl
+from dscaledgd.engine import executors as cl
 
 from ._procs import ProcessCluster
 

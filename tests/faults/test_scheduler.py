@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import dscaledgd as dsg
-from dscaledgd.engine import cluster as cl
+from dscaledgd.engine import executors as cl
 from dscaledgd.engine.replicas import PREFIX
 
 from ._procs import ProcessCluster
