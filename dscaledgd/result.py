@@ -7,16 +7,14 @@ length ``n_iter + 1`` (entry 0 is the initial point).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from ._version import __version__
 from .exceptions import InputDataError, InvalidParameterError
+from .storage.results import RESULT_FORMAT, read_result, write_result  # noqa: F401 (re-export)
 
 __all__ = ["SolveResult", "IterationState", "load_result", "STATUSES"]
 
@@ -328,186 +326,34 @@ class SolveResult:
         garbled or partly deleted one.
         """
         import dask.array as da
-        import zarr
 
-        from .storage.layout import atomic_dir
-
-        path = os.fspath(path)
-        with atomic_dir(path, overwrite=overwrite) as tmp:
-            g = zarr.open_group(tmp, mode="w")
-            names = ("L",) if self.symmetric else ("L", "R")
-            for name, F in zip(names, self.factors):
-                F = F if hasattr(F, "chunks") else da.from_array(np.asarray(F))
-                if self._client is not None:  # futures-backed: gather through its client
-                    F = da.from_array(self._client.compute(F).result(), chunks=F.chunks)
-                arr = g.create_array(
-                    name,
-                    shape=F.shape,
-                    chunks=(max(1, min(F.shape[0], 1 << 18)), F.shape[1]),
-                    dtype="float64",
-                    compressors=_checksum(),
-                    config={"write_empty_chunks": True},
-                )
-                da.store(F.rechunk({0: arr.chunks[0]}), arr, lock=False)
-            h = g.create_group("history")
-            for k, v in self.history.items():
-                _write_array(h, k, np.asarray(v, dtype=np.float64))
-            for name, arr in (
-                ("row_bias", self.offsets.get("row_bias")),
-                ("col_bias", self.offsets.get("col_bias")),
-                ("row_ids", self.ids.get("row")),
-                ("col_ids", self.ids.get("col")),
-            ):
-                if arr is not None:
-                    _write_array(g, name, arr)
-            g.attrs["dscaledgd"] = {
-                "type": "result",
-                "format_version": RESULT_FORMAT,
-                "library_version": __version__,
+        factors = {}
+        for name, F in zip(("L",) if self.symmetric else ("L", "R"), self.factors):
+            F = F if hasattr(F, "chunks") else da.from_array(np.asarray(F))
+            if self._client is not None:  # futures-backed: gather through its client
+                F = da.from_array(self._client.compute(F).result(), chunks=F.chunks)
+            factors[name] = F
+        return write_result(
+            os.fspath(path),
+            factors=factors,
+            history=self.history,
+            arrays={
+                "row_bias": self.offsets.get("row_bias"),
+                "col_bias": self.offsets.get("col_bias"),
+                "row_ids": self.ids.get("row"),
+                "col_ids": self.ids.get("col"),
+            },
+            meta={
                 "status": self.status,
                 "n_iter": self.n_iter,
                 "converged": self.converged,
                 "message": self.message,
-                "params": _jsonable(self.params),
-                "info": _jsonable(self.info),
-                "factors": list(names),
-                "history": list(self.history),
-                "mean": float(self.offsets.get("mean", 0.0)),
-            }
-        return path
-
-
-#: format version of result stores: 1 (no checksums), 2 (CRC-32C on every chunk)
-RESULT_FORMAT = 2
-
-
-def _checksum():
-    """The codecs after the raw bytes of every array: one CRC-32C per chunk."""
-    import zarr
-
-    return (zarr.codecs.Crc32cCodec(),)
-
-
-def _write_array(group, name: str, data) -> None:
-    """A small 1-D array (history, biases, id maps), checksummed, every chunk written."""
-    from .storage.layout import unstable_dtype_ok
-
-    data = np.asarray(data)
-    if data.dtype.kind in "iub":
-        data = data.astype(np.int64)
-    with unstable_dtype_ok():
-        group.create_array(
-            name,
-            data=data,
-            chunks=(max(1, min(len(data), 1 << 22)),),
-            compressors=_checksum(),
-            config={"write_empty_chunks": True},
+                "params": self.params,
+                "info": self.info,
+                "mean": self.offsets.get("mean", 0.0),
+            },
+            overwrite=overwrite,
         )
-
-
-class _CheckedArray:
-    """A stored factor read lazily; a failed read names the store and the array."""
-
-    def __init__(self, arr, store: str, name: str):
-        import uuid
-
-        self.arr, self.store, self.name = arr, store, name
-        self.shape, self.dtype, self.ndim = tuple(arr.shape), arr.dtype, arr.ndim
-        self.token = uuid.uuid4().hex  # per load: a store replaced at the same path is new
-
-    def __getitem__(self, key):
-        try:
-            return self.arr[key]
-        except Exception as exc:
-            raise _corrupt(self.store, f"array {self.name!r}", f"cannot be read ({exc})") from exc
-
-    def __dask_tokenize__(self):
-        return ("dscaledgd-result", self.store, self.name, self.token)
-
-
-def _corrupt(store: str, name: str, what: str) -> InputDataError:
-    return InputDataError(
-        f"The result store {store!r} is corrupt or truncated: {name} {what}. Re-create it "
-        "(SolveResult.to_zarr, or rerun the solve with `--overwrite`)."
-    )
-
-
-def _check_chunks(path: str, arr, name: str, strict: bool) -> None:
-    """Every chunk of ``arr`` is present and, when its encoding has a fixed size
-    (raw bytes, optionally with a CRC-32C), exactly that size on disk."""
-    if strict and arr.nchunks_initialized != arr.nchunks:
-        raise _corrupt(
-            path, f"array {name!r}", f"has {arr.nchunks_initialized} of {arr.nchunks} chunks"
-        )
-    codecs = [type(c).__name__ for c in arr.metadata.codecs]
-    if codecs[0] != "BytesCodec" or any(c != "Crc32cCodec" for c in codecs[1:]):
-        return  # compressed: the size is not known in advance
-    size = int(np.prod(arr.chunks)) * arr.dtype.itemsize + 4 * (len(codecs) - 1)
-    for idx in np.ndindex(*arr.cdata_shape):
-        f = os.path.join(path, arr.path, *arr.metadata.encode_chunk_key(idx).split("/"))
-        if os.path.exists(f) and os.path.getsize(f) != size:
-            raise _corrupt(
-                path,
-                f"array {name!r}",
-                f"has a chunk of {os.path.getsize(f)} bytes where {size} are expected "
-                f"({os.path.relpath(f, path)})",
-            )
-        elif strict and not os.path.exists(f):
-            raise _corrupt(path, f"array {name!r}", f"lacks the chunk {os.path.relpath(f, path)}")
-
-
-def _read_small(path: str, g, name: str, strict: bool) -> np.ndarray:
-    from .storage.layout import unstable_dtype_ok
-
-    arr = g[name]
-    _check_chunks(path, arr, arr.path, strict)
-    try:
-        with unstable_dtype_ok():
-            return np.asarray(arr[:])
-    except Exception as exc:
-        raise _corrupt(path, f"array {arr.path!r}", f"cannot be read ({exc})") from None
-
-
-#: attributes every result store has (``dscaledgd`` in the group's attrs)
-_REQUIRED = {"status": str, "n_iter": int, "converged": bool, "message": str, "params": dict}
-
-
-def _result_meta(path: str, g) -> dict:
-    """The validated ``dscaledgd`` attrs of a result store."""
-    meta = dict(g.attrs).get("dscaledgd")
-    if not isinstance(meta, dict) or meta.get("type") != "result":
-        raise InputDataError(
-            f"{path!r} is not a dscaledgd result store (attrs lack dscaledgd.type == "
-            "'result'). Write one with SolveResult.to_zarr or `dscaledgd complete`."
-        )
-    version = meta.get("format_version", 1)
-    if not isinstance(version, int) or version > RESULT_FORMAT:
-        raise InputDataError(
-            f"The result store {path!r} has format version {version!r}, newer than this "
-            f"library's {RESULT_FORMAT}. Upgrade dscaledgd."
-        )
-    for key, kind in _REQUIRED.items():
-        v = meta.get(key)
-        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-            raise _corrupt(
-                path,
-                f"its attrs' {key!r}",
-                "is missing" if key not in meta else f"is {v!r}, not a {kind.__name__}",
-            )
-    if meta["status"] not in STATUSES or meta["n_iter"] < 0:
-        raise _corrupt(path, "its attrs", f"say status={meta['status']!r}, n_iter={meta['n_iter']}")
-    names = meta.get("factors")
-    present = set(g.array_keys())
-    if not isinstance(names, list) or not 1 <= len(names) <= 2:
-        raise _corrupt(path, "its attrs' 'factors'", f"is {names!r}")
-    for name in names:
-        if name not in present:
-            raise _corrupt(
-                path, f"its attrs' 'factors' name the array {name!r}", "but it is missing"
-            )
-    if names not in (["L"], ["L", "R"]):
-        raise _corrupt(path, "its attrs' 'factors'", f"is {names!r}, not ['L', 'R'] or ['L']")
-    return meta
 
 
 def load_result(path: str | os.PathLike) -> SolveResult:
@@ -518,94 +364,7 @@ def load_result(path: str | os.PathLike) -> SolveResult:
     names is missing, or when a chunk of any array is missing or has the
     wrong size. History, biases and id maps are read and their checksums
     verified here; each factor chunk's checksum is verified when it is read,
-    and a failed read raises ``InputDataError`` too. Results written before
-    checksums (format 1) still load.
+    and a failed read raises ``InputDataError`` too (naming the chunk).
+    Results written before checksums (format 1) still load.
     """
-    import dask.array as da
-    import zarr
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No result store at {path!r}.")
-    try:
-        g = zarr.open_group(path, mode="r")
-        dict(g.attrs)
-    except Exception as exc:
-        raise InputDataError(
-            f"{path!r} is not a dscaledgd result store (not a readable Zarr v3 group: {exc}). "
-            "Write one with SolveResult.to_zarr or `dscaledgd complete`."
-        ) from None
-    meta = _result_meta(path, g)
-    strict = meta.get("format_version", 1) >= 2
-    arrays = {name: g[name] for name in meta["factors"]}
-    for name, arr in arrays.items():
-        if arr.ndim != 2 or arr.dtype.kind != "f":
-            raise _corrupt(path, f"factor {name!r}", f"has shape {arr.shape} and dtype {arr.dtype}")
-        _check_chunks(path, arr, name, True)  # factors were always written in full
-    ranks = {arr.shape[1] for arr in arrays.values()}
-    if len(ranks) != 1:
-        raise _corrupt(path, "the factors", f"have different ranks {sorted(ranks)}")
-    if "history" not in set(g.group_keys()):
-        raise _corrupt(path, "the 'history' group", "is missing")
-    h = g["history"]
-    stored = sorted(h.array_keys())
-    missing = [k for k in meta.get("history", ("loss", "residual")) if k not in stored]
-    if missing:
-        raise _corrupt(path, f"history arrays {missing}", "are missing")
-    # format 1 wrote history chunks equal to the fill value (0) only in the first chunk
-    history = {k: _read_small(path, h, k, strict or h[k].nchunks == 1) for k in stored}
-    lengths = sorted({len(v) for v in history.values()})
-    if lengths != [meta["n_iter"] + 1]:
-        raise _corrupt(path, "the history", f"has lengths {lengths} for n_iter={meta['n_iter']}")
-    info = meta.get("info", {}) if isinstance(meta.get("info"), dict) else {}
-    best = info.get("best_iteration", meta["n_iter"])
-    if not isinstance(best, int) or not 0 <= best <= meta["n_iter"]:
-        raise _corrupt(path, "its attrs' info.best_iteration", f"is {best!r}")
-    present = set(g.array_keys())
-    extra = {
-        name: _read_small(path, g, name, True) if name in present else None
-        for name in ("row_bias", "col_bias", "row_ids", "col_ids")
-    }
-    n1, n2 = arrays[meta["factors"][0]].shape[0], arrays[meta["factors"][-1]].shape[0]
-    for name, n in (("row_bias", n1), ("col_bias", n2), ("row_ids", n1), ("col_ids", n2)):
-        if extra[name] is not None and extra[name].shape != (n,):
-            raise _corrupt(path, f"array {name!r}", f"has shape {extra[name].shape}, not ({n},)")
-    factors = tuple(
-        da.from_array(_CheckedArray(arr, path, name), chunks=arr.chunks, meta=np.empty((0, 0)))
-        for name, arr in arrays.items()
-    )
-    return SolveResult(
-        factors=factors,
-        status=meta["status"],
-        n_iter=int(meta["n_iter"]),
-        converged=bool(meta["converged"]),
-        message=meta["message"],
-        history=history,
-        params=meta["params"],
-        info=info,
-        offsets={
-            "mean": float(meta.get("mean", 0.0)),
-            "row_bias": extra["row_bias"],
-            "col_bias": extra["col_bias"],
-        },
-        ids={"row": extra["row_ids"], "col": extra["col_ids"]},
-    )
-
-
-def _jsonable(obj: Any) -> Any:
-    """Recursively convert NumPy scalars/arrays for JSON attrs (checked by json.dumps)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return str(obj)
-    try:
-        json.dumps(obj)
-        return obj
-    except TypeError:
-        return repr(obj)
+    return SolveResult(**read_result(os.fspath(path), STATUSES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -14,6 +15,16 @@ DATA_DIR = os.environ.get(
     "DSCALEDGD_DATA",
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
 )
+
+
+def edit_store_attrs(path, fn) -> None:
+    """Apply ``fn`` to the ``dscaledgd`` attrs of the store at ``path``, in its zarr.json."""
+    meta = os.path.join(path, "zarr.json")
+    with open(meta) as fh:
+        doc = json.load(fh)
+    fn(doc["attributes"]["dscaledgd"])
+    with open(meta, "w") as fh:
+        json.dump(doc, fh)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ fix (:data:`RECREATE`).
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from .._jit import njit
 from ..exceptions import InputDataError
-from . import layout
+from . import chunks, layout
 
 __all__ = [
     "ARRAYS",
@@ -40,6 +41,7 @@ __all__ = [
     "check_span",
     "open_store",
     "read_entries",
+    "read_span",
     "store_identity",
     "validate_arrays",
     "validate_meta",
@@ -52,13 +54,15 @@ REQUIRED_KEYS = ("shape", "nnz", "row_bounds", "col_bounds", "value_norm2")
 
 
 def corrupt(path, detail: str) -> InputDataError:
-    return InputDataError(f"The Observations store {path!r} is corrupt: {detail}. {RECREATE}")
+    return chunks.store_error("Observations", path, detail, RECREATE)
+
+
+def truncated(path, detail: str) -> InputDataError:
+    return chunks.store_error("Observations", path, detail, RECREATE, state="is truncated")
 
 
 def bad_meta(path, detail: str) -> InputDataError:
-    return InputDataError(
-        f"The Observations store {path!r} has invalid metadata: {detail}. {RECREATE}"
-    )
+    return chunks.store_error("Observations", path, detail, RECREATE, "has invalid metadata")
 
 
 # ------------------------------------------------------------- entry checks
@@ -123,34 +127,12 @@ def check_entries(rows, cols, vals, height: int, width: int, *, path, tile: int,
 _DTYPES = (("rows", np.int32), ("cols", np.int32), ("values", np.float64))
 
 
-def _read_array(arr, name: str, s: int, e: int, dtype, *, path, tile: int):
+def _read_array(arr, name: str, s: int, e: int, dtype, *, path, tile: int | None):
     """``arr[s:e]`` as ``dtype``; a Zarr or codec error names the chunk that fails."""
-    try:
-        return np.ascontiguousarray(arr[s:e], dtype=dtype)
-    except (MemoryError, OSError):
-        raise
-    except Exception as exc:
-        raise _chunk_error(arr, name, s, e, exc, path=path, tile=tile) from None
-
-
-def _chunk_error(arr, name, s, e, exc, *, path, tile) -> InputDataError:
-    """Find the first chunk of ``[s, e)`` that fails to decode (error path only)."""
-    step = int(arr.chunks[0])
-    for j in range(s // step, (e - 1) // step + 1):
-        try:
-            arr[j * step : min(arr.shape[0], (j + 1) * step)]
-        except Exception as sub:  # noqa: BLE001 - reported below
-            exc = sub
-            break
-    else:
-        j = s // step
     where = f"tile {tile}, " if tile is not None else ""
-    return corrupt(
-        path,
-        f"chunk {j} of array {name!r} ({where}entries {j * step}:"
-        f"{min(arr.shape[0], (j + 1) * step)}) cannot be decoded ({type(exc).__name__}: {exc}); "
-        "it was truncated, overwritten or garbled on disk",
-    )
+    error = functools.partial(corrupt, path)
+    data = chunks.read(arr, slice(s, e), name=name, error=error, where=where)
+    return np.ascontiguousarray(data, dtype=dtype)
 
 
 def read_entries(arrays, s: int, e: int, *, path, tile: int, tile_lo: int, height, width):
@@ -184,10 +166,20 @@ def _missing_chunk(arrays, s, e, path):
     for arr, (name, _) in zip(arrays, _DTYPES):
         step = int(arr.chunks[0])
         for j in range(s // step, (e - 1) // step + 1):
-            key = arr.metadata.encode_chunk_key((j,))
-            if not os.path.exists(os.path.join(path, name, *key.split("/"))):
+            if not os.path.exists(chunks.chunk_path(path, arr, (j,))):
                 return name, j, j * step, min(arr.shape[0], (j + 1) * step)
     return None
+
+
+def read_span(arrays, start: int, stop: int, tile_ptr, row_bounds, col_bounds, *, path):
+    """Entries ``[start, stop)`` of ``(rows, cols, values)``, which may span several tiles,
+    read and checked as :func:`read_entries` does (:func:`check_span`)."""
+    out = tuple(
+        _read_array(arr, name, start, stop, dt, path=path, tile=None)
+        for arr, (name, dt) in zip(arrays, _DTYPES)
+    )
+    check_span(*out, start, tile_ptr, row_bounds, col_bounds, path=path)
+    return out
 
 
 def check_span(rows, cols, vals, start: int, tile_ptr, row_bounds, col_bounds, *, path):
@@ -330,33 +322,14 @@ def store_identity(path, meta: dict) -> str:
 #: The arrays of an Observations store.
 ARRAYS = ("rows", "cols", "values", "tile_ptr", "row_counts", "col_counts")
 #: Attrs owned by the store format (not carried as user attrs when re-written).
-CORE_META = frozenset(
-    {
-        "type",
-        "format_version",
-        "library_version",
-        "shape",
-        "nnz",
-        "row_bounds",
-        "col_bounds",
-        "value_norm2",
-        "store_id",
-        "digest",
-    }
-)
+CORE_META = frozenset({"type", "library_version", "digest", *layout.DIGEST_KEYS})
 #: dtypes of the arrays: the entries exactly (a cast could wrap an index into range)
 _KINDS = {name: "iu" for name in ARRAYS}
 _EXACT = {"rows": np.dtype(np.int32), "cols": np.dtype(np.int32), "values": np.dtype(np.float64)}
 
 
 def _read_whole(arr, name: str, path) -> np.ndarray:
-    try:
-        with layout.unstable_dtype_ok():
-            return arr[:]
-    except (MemoryError, OSError):
-        raise
-    except Exception as exc:
-        raise _chunk_error(arr, name, 0, max(1, arr.shape[0]), exc, path=path, tile=None) from None
+    return chunks.read_all(arr, name=name, error=functools.partial(corrupt, path))
 
 
 def open_store(path) -> dict:
@@ -398,10 +371,7 @@ def open_store(path) -> dict:
     present = set(g.array_keys())
     missing = [a for a in ARRAYS if a not in present]
     if missing:
-        raise InputDataError(
-            f"The Observations store {path!r} is truncated: arrays {missing} are missing. "
-            f"{RECREATE}"
-        )
+        raise truncated(path, f"arrays {missing} are missing")
     arr = {a: g[a] for a in ARRAYS}
     nnz, (n1, n2) = info["nnz"], info["shape"]
     a, b = len(info["row_bounds"]) - 1, len(info["col_bounds"]) - 1
@@ -425,11 +395,8 @@ def open_store(path) -> dict:
         if (dt != _EXACT[name]) if name in _EXACT else (dt.kind not in _KINDS[name]):
             want = _EXACT.get(name, "an integer dtype")
             raise corrupt(path, f"array {name!r} has dtype {dt}, expected {want}")
-        if x.nchunks_initialized != x.nchunks:
-            raise InputDataError(
-                f"The Observations store {path!r} is truncated: array {name!r} has "
-                f"{x.nchunks_initialized} of {x.nchunks} chunks. {RECREATE}"
-            )
+        # presence only: a chunk's size is checked as it is decoded (read_entries)
+        chunks.check_chunks(x, name, functools.partial(truncated, path))
     tile_ptr = _read_whole(arr["tile_ptr"], "tile_ptr", path).astype(np.int64)
     row_counts = _read_whole(arr["row_counts"], "row_counts", path).astype(np.int64)
     col_counts = _read_whole(arr["col_counts"], "col_counts", path).astype(np.int64)

@@ -75,10 +75,14 @@ __all__ = [
     "check_output_path",
     "checksum_codecs",
     "core_attrs",
+    "create_checked_array",
+    "create_entry_arrays",
     "invalid_fill",
     "meta_digest",
     "new_store_id",
     "remove_stale_siblings",
+    "unstable_dtype_ok",
+    "write_small_array",
 ]
 
 #: Bounds of the column band of the order inside a tile; the band's rows of ``R``
@@ -251,17 +255,24 @@ def create_entry_arrays(group, total: int, fields: dict | None = None, chunk: in
     fields = ENTRY_FIELDS if fields is None else fields
     chunk = max(1, min(CHUNK, total)) if chunk is None else chunk
     return {
-        name: group.create_array(
-            name,
-            shape=(total,),
-            chunks=(chunk,),
-            dtype=dt,
-            compressors=checksum_codecs(),
-            fill_value=invalid_fill(dt),
-            config={"write_empty_chunks": True},
+        name: create_checked_array(
+            group, name, shape=(total,), chunks=(chunk,), dtype=dt, fill_value=invalid_fill(dt)
         )
         for name, dt in fields.items()
     }
+
+
+def create_checked_array(group, name: str, **kwargs):
+    """``group.create_array(name, **kwargs)`` the way every store writes its arrays.
+
+    Each chunk carries a CRC-32C (:func:`checksum_codecs`), and chunks equal to
+    the fill value are written too (``write_empty_chunks``), so that every chunk
+    exists and a missing one means a damaged store
+    (:func:`~dscaledgd.storage.chunks.check_chunks`).
+    """
+    return group.create_array(
+        name, compressors=checksum_codecs(), config={"write_empty_chunks": True}, **kwargs
+    )
 
 
 @contextlib.contextmanager
@@ -279,7 +290,8 @@ def unstable_dtype_ok():
 
 
 def write_small_array(group, name: str, data) -> None:
-    """Write a metadata array (counts, pointers, id maps), one chunk per 4M, checksummed.
+    """Write a small 1-D array (counts, pointers, id maps, histories), one chunk per 4M,
+    checksummed (:func:`create_checked_array`).
 
     Integer data is stored as int64; string ids as fixed-width unicode (Zarr
     warns that this dtype's v3 spec is not final; the warning is silenced).
@@ -288,13 +300,7 @@ def write_small_array(group, name: str, data) -> None:
     if data.dtype.kind in "iub":
         data = data.astype(np.int64)
     with unstable_dtype_ok():
-        group.create_array(
-            name,
-            data=data,
-            chunks=(max(1, min(len(data), 1 << 22)),),
-            compressors=checksum_codecs(),
-            config={"write_empty_chunks": True},
-        )
+        create_checked_array(group, name, data=data, chunks=(max(1, min(len(data), 1 << 22)),))
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool, what: str = "output") -> str:

@@ -166,14 +166,15 @@ class Observations:
                 np.asarray(self._cols[start:stop]),
                 np.asarray(self._values[start:stop]),
             )
-        out = tuple(
-            integrity._read_array(arr, name, start, stop, dt, path=self.path, tile=None)
-            for arr, (name, dt) in zip((self._rows, self._cols, self._values), integrity._DTYPES)
+        return integrity.read_span(
+            (self._rows, self._cols, self._values),
+            start,
+            stop,
+            self.tile_ptr,
+            self.row_bounds,
+            self.col_bounds,
+            path=self.path,
         )
-        integrity.check_span(
-            *out, start, self.tile_ptr, self.row_bounds, self.col_bounds, path=self.path
-        )
-        return out
 
     def to_coo(self):
         """All entries as global ``(rows, cols, values)`` (int64, int64, float64).

@@ -9,7 +9,6 @@ and then damage it on disk, as the probe did.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 
@@ -19,6 +18,8 @@ import pytest
 
 import dscaledgd as dsg
 from dscaledgd import DataWarning, InputDataError, InvalidParameterError, NotFittedError
+
+from ..conftest import edit_store_attrs
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +43,6 @@ def _chunk_files(path, name) -> list:
         for f in glob.glob(os.path.join(path, name, "c", "**"), recursive=True)
         if os.path.isfile(f)
     ]
-
-
-def _edit_attrs(path, fn) -> None:
-    with open(os.path.join(path, "zarr.json")) as fh:
-        doc = json.load(fh)
-    fn(doc["attributes"]["dscaledgd"])
-    with open(os.path.join(path, "zarr.json"), "w") as fh:
-        json.dump(doc, fh)
 
 
 def _load_and_predict(path):
@@ -124,13 +117,13 @@ def _load_truncated_L_chunk(tmp_path, fx):
 
 def _load_attr_factors_bad(tmp_path, fx):
     path = _result_copy(fx, tmp_path)
-    _edit_attrs(path, lambda m: m.update(factors=["L", "Q"]))
+    edit_store_attrs(path, lambda m: m.update(factors=["L", "Q"]))
     _load_and_predict(path)
 
 
 def _load_attr_missing_status(tmp_path, fx):
     path = _result_copy(fx, tmp_path)
-    _edit_attrs(path, lambda m: m.pop("status"))
+    edit_store_attrs(path, lambda m: m.pop("status"))
     _load_and_predict(path)
 
 

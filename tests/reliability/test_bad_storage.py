@@ -8,7 +8,6 @@ silently wrong answer. "store:" cases write a small valid store with
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -17,6 +16,8 @@ import zarr
 
 import dscaledgd as dsg
 from dscaledgd import InputDataError, InvalidParameterError, Observations
+
+from ..conftest import edit_store_attrs
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +36,6 @@ def _copy(valid_stores, tmp_path, which="one") -> str:
     dst = str(tmp_path / "obs.zarr")
     shutil.copytree(valid_stores[which], dst)
     return dst
-
-
-def _edit_attrs(path, fn) -> None:
-    with open(os.path.join(path, "zarr.json")) as fh:
-        doc = json.load(fh)
-    fn(doc["attributes"]["dscaledgd"])
-    with open(os.path.join(path, "zarr.json"), "w") as fh:
-        json.dump(doc, fh)
 
 
 def _chunk_file(path, name, j=0) -> str:
@@ -115,25 +108,25 @@ def _open_garbled_rows_chunk_complete(tmp_path, stores):
 
 def _open_attr_rowbounds(tmp_path, stores):
     path = _copy(stores, tmp_path, "grid")
-    _edit_attrs(path, lambda m: m["row_bounds"].__setitem__(1, m["row_bounds"][1] + 5))
+    edit_store_attrs(path, lambda m: m["row_bounds"].__setitem__(1, m["row_bounds"][1] + 5))
     _complete(path)
 
 
 def _open_attr_value_norm(tmp_path, stores):
     path = _copy(stores, tmp_path)
-    _edit_attrs(path, lambda m: m.__setitem__("value_norm2", m["value_norm2"] * 1e6))
+    edit_store_attrs(path, lambda m: m.__setitem__("value_norm2", m["value_norm2"] * 1e6))
     _complete(path)
 
 
 def _open_attr_nnz_str(tmp_path, stores):
     path = _copy(stores, tmp_path)
-    _edit_attrs(path, lambda m: m.__setitem__("nnz", str(m["nnz"])))
+    edit_store_attrs(path, lambda m: m.__setitem__("nnz", str(m["nnz"])))
     _complete(path)
 
 
 def _open_attr_missing_key(tmp_path, stores):
     path = _copy(stores, tmp_path)
-    _edit_attrs(path, lambda m: m.pop("row_bounds"))
+    edit_store_attrs(path, lambda m: m.pop("row_bounds"))
     _complete(path)
 
 
@@ -148,7 +141,7 @@ def _set_entry(name, k, value):
 
 def _store_tileptr_edit(tmp_path, stores):
     path = _copy(stores, tmp_path)
-    _edit_attrs(path, lambda m: m["col_bounds"].__setitem__(-1, 25))
+    edit_store_attrs(path, lambda m: m["col_bounds"].__setitem__(-1, 25))
     _complete(path)
 
 

@@ -14,6 +14,8 @@ import dscaledgd as dsg
 from dscaledgd import InputDataError, InvalidParameterError, Observations
 from dscaledgd.storage import coo, integrity, layout
 
+from ..conftest import edit_store_attrs
+
 
 @pytest.fixture
 def store(tmp_path):
@@ -26,20 +28,13 @@ def _attrs(path):
         return json.load(fh)
 
 
-def _edit_attrs(path, fn):
-    doc = _attrs(path)
-    fn(doc["attributes"]["dscaledgd"])
-    with open(os.path.join(path, "zarr.json"), "w") as fh:
-        json.dump(doc, fh)
-
-
 def _write_legacy(obs, path, monkeypatch):
     """A store as written before the integrity change: no checksum, fill 0, no id/digest."""
     with monkeypatch.context() as m:
         m.setattr(layout, "checksum_codecs", lambda: None)
         m.setattr(layout, "invalid_fill", lambda dtype: 0)
         obs.to_zarr(path)
-    _edit_attrs(path, lambda meta: [meta.pop(k) for k in ("store_id", "digest")])
+    edit_store_attrs(path, lambda meta: [meta.pop(k) for k in ("store_id", "digest")])
     return path
 
 
@@ -92,7 +87,7 @@ def test_digest_is_canonical_and_covers_tile_ptr(store):
 )
 def test_open_refuses_malformed_attributes(store, edit, match):
     _, path = store
-    _edit_attrs(path, edit)
+    edit_store_attrs(path, edit)
     with pytest.raises(InputDataError, match=match) as info:
         Observations.open_zarr(path)
     assert "Re-create the store" in str(info.value)
@@ -101,7 +96,7 @@ def test_open_refuses_malformed_attributes(store, edit, match):
 def test_open_refuses_shifted_bounds_by_stripe_counts_even_without_digest(store):
     """A shift that keeps the bounds valid is caught by the per-stripe counts."""
     _, path = store
-    _edit_attrs(path, lambda m: [m.pop("digest"), m["col_bounds"].__setitem__(1, 20)])
+    edit_store_attrs(path, lambda m: [m.pop("digest"), m["col_bounds"].__setitem__(1, 20)])
     with pytest.raises(InputDataError, match=r"'col_counts' sums to .* column stripe 0"):
         Observations.open_zarr(path)
 
@@ -123,7 +118,7 @@ def test_open_refuses_edited_tile_ptr(store):
 
 def test_open_refuses_tampered_value_norm2(store):
     _, path = store
-    _edit_attrs(path, lambda m: m.__setitem__("value_norm2", m["value_norm2"] * 1e6))
+    edit_store_attrs(path, lambda m: m.__setitem__("value_norm2", m["value_norm2"] * 1e6))
     with pytest.raises(InputDataError, match="metadata was edited after it was written"):
         Observations.open_zarr(path)
 
@@ -224,7 +219,7 @@ def test_legacy_store_opens_works_and_is_still_checked(tmp_path, monkeypatch):
     # structural checks still apply without a digest
     bad = str(tmp_path / "bad.zarr")
     shutil.copytree(path, bad)
-    _edit_attrs(bad, lambda m: m["row_bounds"].__setitem__(1, m["row_bounds"][1] + 3))
+    edit_store_attrs(bad, lambda m: m["row_bounds"].__setitem__(1, m["row_bounds"][1] + 3))
     with pytest.raises(InputDataError, match="'row_counts' sums to"):
         Observations.open_zarr(bad)
     # a truncated chunk without a checksum: the zarr error is wrapped
