@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import dask
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from dscaledgd import InputDataError, Observations
-from dscaledgd.engine import ingest
+from dscaledgd.engine import ingest, merge
 
 
 def _coo(rng, shape=(300, 200), nnz=5000):
@@ -170,3 +171,174 @@ def test_from_dense_dask_matches_numpy(tmp_path, rng):
             mask=da.from_array(mask, chunks=(50, 50)),
             path=tmp_path / "x.zarr",
         )
+
+
+# ------------------------------------------------------------ bounded merge
+def _dask_coo(r, c, v, chunks):
+    return [da.from_array(x, chunks=chunks) for x in (r, c, v)]
+
+
+def _entries(obs):
+    return [np.asarray(a[:]).tobytes() for a in (obs._rows, obs._cols, obs._values)]
+
+
+@pytest.mark.parametrize("policy", ["error", "sum", "mean", "last"])
+def test_tiny_merge_budget_gives_the_same_store(tmp_path, rng, monkeypatch, policy):
+    """A budget of a few dozen entries: every tile is merged in many sub-ranges from
+    many runs, duplicate groups (one key repeated 150 times) straddle sub-ranges, and
+    the store is byte-identical to the one merged whole."""
+    r, c, v = _coo(rng, nnz=3000)
+    if policy != "error":
+        heavy = np.full(150, 7)
+        idx = np.concatenate([rng.integers(0, 3000, 600), heavy])
+        r, c = np.concatenate([r, r[idx]]), np.concatenate([c, c[idx]])
+        perm = rng.permutation(len(r))
+        r, c = r[perm], c[perm]
+    v = rng.standard_normal(len(r))
+    v[::37] = -0.0
+    plans = []
+    real_plan = merge._plan
+    monkeypatch.setattr(merge, "_plan", lambda *a: plans.append(real_plan(*a)) or plans[-1])
+    with dask.config.set(scheduler="threads"):
+        whole = Observations.from_coo(
+            *_dask_coo(r, c, v, 1000), tiles=(2, 2), duplicates=policy, path=tmp_path / "a.zarr"
+        )
+        assert max(len(p) for p in plans) == 2  # one sub-range per tile
+        plans.clear()
+        monkeypatch.setattr(merge, "MERGE_BUDGET", 96 * 60)
+        small = Observations.from_coo(
+            *_dask_coo(r, c, v, 1000), tiles=(2, 2), duplicates=policy, path=tmp_path / "b.zarr"
+        )
+    assert min(len(p) for p in plans) > 10  # many sub-ranges per tile
+    assert_same_observations(small, whole)
+    assert _entries(small) == _entries(whole)
+    ref = Observations.from_coo(r, c, v, tiles=(2, 2), duplicates=policy)
+    np.testing.assert_array_equal(small.to_coo()[2], ref.to_coo()[2])
+    assert sorted(os.listdir(tmp_path)) == ["a.zarr", "b.zarr"]
+
+
+def test_tiny_merge_budget_duplicate_error_names_the_first_repeat(tmp_path, rng, monkeypatch):
+    r, c, v = _coo(rng, nnz=3000)
+    # entry 2500 repeats entry 40; later, entries 2900.. repeat entries 10..
+    r = np.concatenate([r, r[[40]], r[10:60]])
+    c = np.concatenate([c, c[[40]], c[10:60]])
+    v = rng.standard_normal(len(r))
+    monkeypatch.setattr(merge, "MERGE_BUDGET", 96 * 40)
+    with pytest.raises(InputDataError, match=rf"\({r[40]}, {c[40]}\) at entries 40 and 3000 "):
+        with dask.config.set(scheduler="threads"):
+            Observations.from_coo(*_dask_coo(r, c, v, 700), tiles=(2, 2), path=tmp_path / "o.zarr")
+    assert os.listdir(tmp_path) == []
+
+
+def test_budget_passed_to_distributed_workers(tmp_path, rng, client):
+    r, c, v = _coo(rng)
+    r = np.concatenate([r, r[:500]])
+    c = np.concatenate([c, c[:500]])
+    v = rng.standard_normal(len(r))
+    ref = Observations.from_coo(r, c, v, tiles=(2, 3), duplicates="mean")
+    with client.as_current():
+        got = ingest.ingest_chunks(
+            ingest_producers(r, c, v, 900),
+            shape=None,
+            tiles=(2, 3),
+            duplicates="mean",
+            path=str(tmp_path / "o.zarr"),
+            overwrite=False,
+            budget=96 * 100,
+        )
+    assert_same_observations(got, ref)
+
+
+def ingest_producers(r, c, v, chunks):
+    from dask import delayed
+
+    blocks = [a.to_delayed().ravel() for a in _dask_coo(r, c, v, chunks)]
+    return [delayed(tuple)(list(p)) for p in zip(*blocks)]
+
+
+def test_task_budget_follows_the_worker_memory_limit(client):
+    got = client.run(lambda dask_worker: merge.task_budget(worker=dask_worker))
+    limit = next(iter(client.scheduler_info()["workers"].values()))["memory_limit"]
+    want = int(np.clip(merge.MERGE_FRACTION * limit, merge.MIN_BUDGET, merge.MAX_BUDGET))
+    assert set(got.values()) == {want}
+    assert merge.task_budget(12345) == 12345
+    assert merge.MIN_BUDGET <= merge.task_budget() <= merge.MAX_BUDGET
+
+
+# ------------------------------------------------------ temporary and scratch
+def test_temporary_store_removed_on_close_and_collection(rng):
+    r, c, v = _coo(rng, nnz=500)
+    with dask.config.set(scheduler="threads"):
+        obs = Observations.from_coo(*_dask_coo(r, c, v, 200))
+        tmp = os.path.dirname(obs.path)
+        assert os.path.basename(tmp).startswith("dscaledgd-obs-") and obs.is_temporary
+        obs.close()
+        assert not os.path.exists(tmp)
+        obs = Observations.from_dense(da.from_array(rng.standard_normal((30, 20)), chunks=10))
+        tmp = os.path.dirname(obs.path)
+        assert os.path.isdir(tmp)
+        del obs
+        gc.collect()
+        assert not os.path.exists(tmp)
+        with Observations.from_coo(*_dask_coo(r, c, v, 200)) as obs:
+            tmp = os.path.dirname(obs.path)
+        assert not os.path.exists(tmp)
+
+
+def test_store_at_a_chosen_path_is_not_temporary(tmp_path, rng):
+    r, c, v = _coo(rng, nnz=500)
+    with dask.config.set(scheduler="threads"):
+        obs = Observations.from_coo(*_dask_coo(r, c, v, 200), path=tmp_path / "o.zarr")
+    assert not obs.is_temporary
+    obs.close()
+    del obs
+    gc.collect()
+    assert os.listdir(tmp_path) == ["o.zarr"]
+
+
+def _flaky(k, r, c, v, calls, fail_on):
+    calls[k] = calls.get(k, 0) + 1
+    if k == 1 and calls[k] == fail_on:
+        raise RuntimeError("producer failed")
+    return r, c, v
+
+
+@pytest.mark.parametrize("fail_on", [1, 2, 3])  # stats, scatter, (no third pass reads input)
+def test_scratch_removed_when_a_task_fails(tmp_path, rng, fail_on, monkeypatch):
+    from dask import delayed
+
+    r, c, v = _coo(rng, nnz=900)
+    calls: dict = {}
+    prods = [
+        delayed(_flaky)(k, r[s : s + 300], c[s : s + 300], v[s : s + 300], calls, fail_on)
+        for k, s in enumerate(range(0, 900, 300))
+    ]
+    if fail_on == 3:  # fail in the tile pass instead
+        monkeypatch.setattr(merge, "assemble", _raise)
+    with dask.config.set(scheduler="threads"), pytest.raises(RuntimeError, match="failed"):
+        ingest.ingest_chunks(
+            prods,
+            shape=(300, 200),
+            tiles=(2, 2),
+            duplicates="error",
+            path=str(tmp_path / "o.zarr"),
+            overwrite=False,
+        )
+    assert os.listdir(tmp_path) == []
+
+
+def _raise(*a, **k):
+    raise RuntimeError("assembly failed")
+
+
+def test_temporary_dir_removed_when_import_fails(rng, monkeypatch):
+    import tempfile
+
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    r, c, v = _coo(rng, nnz=500)
+    v[3] = np.inf
+    with dask.config.set(scheduler="threads"), pytest.raises(InputDataError, match="finite"):
+        Observations.from_coo(*_dask_coo(r, c, v, 200))
+    assert made and not any(os.path.exists(d) for d in made)
