@@ -252,6 +252,22 @@ def _sample_every(total: int, budget) -> int:
 
 
 # ------------------------------------------------------------------ driver
+def _thread_memory_limit() -> int | None:
+    """Memory limit per worker thread of the active distributed client, if any."""
+    try:
+        from distributed import get_client
+
+        workers = get_client().scheduler_info().get("workers", {})
+    except (ImportError, ValueError):
+        return None
+    per_thread = [
+        w["memory_limit"] / max(1, w.get("nthreads", 1))
+        for w in workers.values()
+        if w.get("memory_limit")
+    ]
+    return int(min(per_thread)) if per_thread else None
+
+
 def ingest_chunks(
     producers,
     *,
@@ -294,7 +310,7 @@ def ingest_chunks(
     if shape is None:
         shape = _inferred_shape(infos, offsets)
         _, counts = _stats_pass(producers, shape)
-    tiles = check_tiles(tiles, shape, total)
+    tiles = check_tiles(tiles, shape, total, memory_limit=_thread_memory_limit())
     rcount, ccount = counts
     row_bounds = layout.balanced_bounds(rcount, tiles[0])
     col_bounds = layout.balanced_bounds(ccount, tiles[1])

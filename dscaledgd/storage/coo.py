@@ -134,9 +134,10 @@ def check_shape(shape, rows, cols) -> tuple[int, int]:
     return check_size((n1, n2))
 
 
-def check_tiles(tiles, shape, nnz) -> tuple[int, int]:
+def check_tiles(tiles, shape, nnz, memory_limit: int | None = None) -> tuple[int, int]:
+    """The tile grid: ``tiles`` checked, or the default (``layout.default_tiles``)."""
     if tiles is None:
-        return layout.default_tiles(shape, nnz)
+        return layout.default_tiles(shape, nnz, memory_limit=memory_limit)
     n1, n2 = shape
     ok = (
         isinstance(tiles, tuple | list)

@@ -98,21 +98,53 @@ _MIN_TILE_NNZ = 200_000
 _MAX_TILE_BYTES = 256 << 20
 
 
-def default_tiles(shape: tuple[int, int], nnz: int, nthreads: int | None = None) -> tuple[int, int]:
+#: Rank for which a memory-limited default grid is sized (a task's factor working set)
+_NOMINAL_RANK = 10
+#: Bytes per factor row of a tile task's working set at that rank: the interleaved
+#: ``[F | ∇F]`` blocks of the fused kernel (2r), the returned gradient (r) and the
+#: factor block itself (r), float64
+_TASK_BYTES_PER_ROW = 8 * 4 * _NOMINAL_RANK
+#: Share of a worker thread's memory that one tile task's factor working set may take
+_TASK_MEMORY_SHARE = 0.25
+
+
+def _grid(t: int, n1: int, n2: int) -> tuple[int, int]:
+    a = int(np.clip(round(np.sqrt(t * n1 / max(n2, 1))), 1, t))
+    b = max(1, t // a)
+    return min(a, n1), min(b, n2)
+
+
+def default_tiles(
+    shape: tuple[int, int],
+    nnz: int,
+    nthreads: int | None = None,
+    memory_limit: int | None = None,
+) -> tuple[int, int]:
     """A tile grid sized to the parallelism: about two tiles per thread.
 
     Small data sets get fewer tiles (at least ``_MIN_TILE_NNZ`` entries each),
     large ones more (at most about 256 MB of entries per tile), and the grid's
     aspect follows the matrix's so that the partial gradients exchanged per
     iteration (``b·n1·r + a·n2·r`` numbers) stay small.
+
+    ``memory_limit`` (bytes per worker thread, when the import runs on a
+    cluster with memory limits) bounds a tile task's factor working set at
+    rank 10, ``320 · (tile height + tile width)`` bytes, to a quarter of it:
+    the grid is refined until it fits. At 2M × 1M on 768 MiB workers this
+    gives 7 × 3 tiles instead of 3 × 2 (measured: the 3 × 2 grid's iterations
+    restarted the workers 21 times; ``benchmarks/bench_ingest.py``).
     """
     n1, n2 = shape
     nthreads = nthreads or os.cpu_count() or 1
     t = max(1, min(2 * nthreads, nnz // _MIN_TILE_NNZ))
     t = max(t, -(-16 * nnz // _MAX_TILE_BYTES))  # at most ~256 MB of entries per tile
-    a = int(np.clip(round(np.sqrt(t * n1 / max(n2, 1))), 1, t))
-    b = max(1, t // a)
-    return min(a, n1), min(b, n2)
+    a, b = _grid(t, n1, n2)
+    if memory_limit:
+        budget = _TASK_MEMORY_SHARE * memory_limit
+        while _TASK_BYTES_PER_ROW * (-(-n1 // a) + -(-n2 // b)) > budget and (a < n1 or b < n2):
+            t *= 2
+            a, b = _grid(t, n1, n2)
+    return a, b
 
 
 def balanced_bounds(counts: np.ndarray, nblocks: int) -> np.ndarray:

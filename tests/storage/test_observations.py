@@ -315,3 +315,16 @@ def test_default_tiles_follow_parallelism_and_size():
     assert (a, b) == (4, 1)
     a, b = layout.default_tiles((600_000, 400_000), 200_000_000, nthreads=2)
     assert a * b >= 12 and 16 * 200_000_000 / (a * b) <= 300 * 2**20  # tiles <= ~256 MB
+
+
+def test_default_tiles_fit_the_workers_memory():
+    """Under a memory limit per worker thread, a tile task's factor working set at
+    rank 10 (320 bytes per tile row and column) takes at most a quarter of it."""
+    shape, nnz = (2_000_000, 1_000_000), 100_000_000
+    assert layout.default_tiles(shape, nnz, nthreads=2) == (3, 2)
+    limit = 768 << 20
+    a, b = layout.default_tiles(shape, nnz, nthreads=2, memory_limit=limit)
+    assert 320 * (-(-shape[0] // a) + -(-shape[1] // b)) <= limit / 4
+    assert (a, b) == (7, 3)  # the first doubling of the grid that fits
+    # a generous limit changes nothing
+    assert layout.default_tiles(shape, nnz, nthreads=2, memory_limit=64 << 30) == (3, 2)
