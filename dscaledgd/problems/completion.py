@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
 from .._jit import njit
 
 __all__ = [
