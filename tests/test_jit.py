@@ -30,9 +30,7 @@ def test_plain_numba_fails_without_locator(no_locators):
 
 def test_falls_back_to_private_cache_dir(no_locators, tmp_path):
     # only the NUMBA_CACHE_DIR locator exists: it works once the fallback sets the dir
-    no_locators.setattr(
-        caching.CacheImpl, "_locator_classes", [caching.UserProvidedCacheLocator]
-    )
+    no_locators.setattr(caching.CacheImpl, "_locator_classes", [caching.UserProvidedCacheLocator])
     f = _jit.njit(cache=True)(_kernel)
     assert f(np.arange(4.0)) == 12.0
     assert numba.config.CACHE_DIR.startswith(str(tmp_path))
@@ -43,4 +41,3 @@ def test_compiles_without_cache_when_nothing_is_writable(no_locators):
     no_locators.setattr(caching.CacheImpl, "_locator_classes", [])
     f = _jit.njit(nogil=True, cache=True)(_kernel)
     assert f(np.arange(3.0)) == 6.0
-

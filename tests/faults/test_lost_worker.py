@@ -22,7 +22,6 @@ from ._procs import ProcessCluster
 pytestmark = pytest.mark.timeout(300)
 
 
-
 @pytest.fixture(scope="module")
 def procs():
     pc = ProcessCluster(3)

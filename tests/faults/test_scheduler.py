@@ -65,9 +65,7 @@ def test_killed_scheduler_is_reported_gone(short_timeout):
     pc = ProcessCluster(1)
     try:
         with pytest.raises(dsg.ClusterError, match=r"scheduler at .* is gone"):
-            dsg.complete(
-                _obs(), 3, address=pc.address, callback=_signal_at(pc, 2, signal.SIGKILL)
-            )
+            dsg.complete(_obs(), 3, address=pc.address, callback=_signal_at(pc, 2, signal.SIGKILL))
     finally:
         pc.close()
 

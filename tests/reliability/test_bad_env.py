@@ -60,7 +60,9 @@ def test_without_a_writable_numba_cache(case, csv, tmp_path):
         args = ["import", csv, "--row", "u", "--col", "m", "--value", "r", "--out", out]
     else:
         obs = str(tmp_path / "obs.zarr")
-        r = _cli(["import", csv, "--row", "u", "--col", "m", "--value", "r", "--out", obs], tmp_path)
+        r = _cli(
+            ["import", csv, "--row", "u", "--col", "m", "--value", "r", "--out", obs], tmp_path
+        )
         assert r.returncode == 0, r.stderr  # import works without a writable cache
         args = ["complete", obs, "--rank", "2", "--scheduler", "sync", "--out", out]
     r = _cli(args, tmp_path)
