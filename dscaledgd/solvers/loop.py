@@ -312,7 +312,8 @@ def run(
                     f"{what} stall_tol={cfg.stall_tol:g} for {cfg.patience} iterations; "
                     f"relative residual {cur.stats.residual:.3g}"
                 )
-            if reseed is not None and status is None:
+            if reseed is not None and status is None and n_iter < cfg.max_iter:
+                # (never at the last iteration: a fresh re-seed would be what is returned)
                 out = reseed(engine, cur.state, cur.stats, rule.c, cfg.seed)
                 pt = evaluate(out[0]) if out is not None else None
                 if pt is not None and _finite(pt.stats):

@@ -185,14 +185,50 @@ def test_early_stopped_run_points_at_the_returned_iterate():
     assert f"best_iteration={res.best_iteration}" in repr(res)
 
 
-def test_a_returned_reseeded_point_takes_its_history_entry():
-    """The issue instance of test_reseed (κ = 1000) re-seeds at iteration 5 (measured):
-    stopped there, the re-seeded factors are returned and the history describes them."""
+def test_no_reseed_at_a_max_iter_stop():
+    """The issue instance of test_reseed (κ = 1000) re-seeds at iteration 5 (measured).
+    Stopped there by max_iter, it does not: a fresh re-seed would be the returned
+    iterate (issue 12: test_slow's 3-iteration run returned one at 3.4× the initial
+    residual). The history describes the returned factors."""
     obs, _ = dsg.datasets.make_completion((1500, 1100), 8, 0.25, cond=1000, random_state=1)
+    with pytest.warns(ConvergenceWarning, match="max_iter=6"):
+        res6 = dsg.complete(obs, 8, scheduler="threads", max_iter=6, random_state=0)
+    assert [e["iteration"] for e in res6.info["events"] if e["event"] == "reseeded"] == [5]
     with pytest.warns(ConvergenceWarning, match="max_iter=5"):
         res = dsg.complete(obs, 8, scheduler="threads", max_iter=5, random_state=0)
+    assert not [e for e in res.info["events"] if e["event"] == "reseeded"]
+    assert res.n_iter == 5
+    loss = 0.5 / obs.density * res.rmse(obs) ** 2 * obs.nnz
+    assert res.history["loss"][-1] == pytest.approx(loss, rel=1e-9)
+    assert res.history["residual"][-1] == pytest.approx(_relative_residual(res, obs), rel=1e-9)
+
+
+def test_a_returned_reseeded_point_takes_its_history_entry(monkeypatch):
+    """A re-seeded point that is returned (here: converged at the next check) takes the
+    history entry of the iterate it replaced."""
+    import numpy as np
+
+    from dscaledgd.api import _core
+
+    obs, _ = dsg.datasets.make_completion((120, 90), 3, 0.4, cond=10, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        r1 = dsg.complete(obs, 3, scheduler="sync", max_iter=1, random_state=0).history
+    calls = []
+
+    def reseed(engine, state, stats, c, seed):  # a "re-seed" that rescales L by 1/2, R by 2
+        calls.append(1)
+        if len(calls) > 1:
+            return None
+        r = state[0].ncols
+        return engine.transform(state, [0.5 * np.eye(r), 2.0 * np.eye(r)]), {
+            "event": "reseeded",
+            "components": [],
+        }
+
+    monkeypatch.setattr(_core, "_reseed", lambda engine, rule, params: reseed)
+    res = dsg.complete(obs, 3, scheduler="sync", random_state=0, tol=r1["residual"][1] * (1 + 1e-9))
     (ev,) = [e for e in res.info["events"] if e["event"] == "reseeded"]
-    assert ev["iteration"] == res.n_iter == 5 and ev["loss"] != ev["loss_before"]
+    assert res.status == "converged" and res.n_iter == ev["iteration"] == 1
     assert res.history["loss"][-1] == ev["loss"]
     loss = 0.5 / obs.density * res.rmse(obs) ** 2 * obs.nnz
     assert res.history["loss"][-1] == pytest.approx(loss, rel=1e-9)

@@ -161,3 +161,22 @@ def test_reseeded_run_is_the_same_on_a_process_cluster(client):
     Xa = a.L.compute() @ a.R.compute().T
     La, Rb = b.compute_factors()
     assert np.linalg.norm(La @ Rb.T - Xa) <= 1e-10 * np.linalg.norm(Xa)
+
+
+def test_no_reseed_at_the_last_iteration(monkeypatch):
+    """A re-seed right before a max_iter stop would be the iterate returned (its loss is
+    high by construction): the loop never re-seeds at the last iteration."""
+    from dscaledgd.api import _core
+
+    seen = []
+
+    def probe(engine, state, stats, c, seed):
+        seen.append(len(seen) + 1)
+        return None  # looked at, nothing replaced
+
+    monkeypatch.setattr(_core, "_reseed", lambda engine, rule, params: probe)
+    obs, _ = dsg.datasets.make_completion((120, 90), 3, 0.4, cond=10, random_state=0)
+    with pytest.warns(dsg.ConvergenceWarning, match="max_iter=3"):
+        res = dsg.complete(obs, 3, scheduler="sync", max_iter=3, random_state=0)
+    assert res.n_iter == 3
+    assert seen == [1, 2]  # after iterations 1 and 2, not after 3
