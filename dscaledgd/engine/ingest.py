@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
@@ -324,9 +323,7 @@ def ingest_chunks(
     band = layout.band_width(total, shape)
     every = _sample_every(total, budget)
 
-    scratch = tempfile.mkdtemp(
-        prefix=".dscaledgd-ingest-", dir=os.path.dirname(os.path.abspath(path))
-    )
+    scratch = layout.scratch_dir(os.path.dirname(os.path.abspath(path)), ".dscaledgd-ingest-")
     try:
         # pass 2: per chunk, sorted runs in the scratch directory
         runs = _compute(
@@ -521,7 +518,7 @@ def _dense_producers(M, mask):
 def _run(producers, shape, tiles, duplicates, path, overwrite, **extra):
     tmpdir = None
     if path is None:
-        tmpdir = tempfile.mkdtemp(prefix="dscaledgd-obs-")
+        tmpdir = layout.scratch_dir(None, "dscaledgd-obs-")
         path = os.path.join(tmpdir, "obs.zarr")
     else:
         path = layout.check_output_path(path, overwrite)

@@ -445,6 +445,32 @@ def remove_stale_siblings(path: str, max_age: float = STALE_AGE_S) -> list[str]:
     """
     parent = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(os.path.abspath(path))
+    return _remove_stale(parent, f".{base}.", _SIBLING, max_age)
+
+
+#: ``<uuid>-<host>-<pid>`` after a scratch directory's prefix (:func:`scratch_dir`)
+_SCRATCH = re.compile(r"[0-9a-f]{12}-(?P<host>.+)-(?P<pid>\d+)")
+
+
+def scratch_dir(parent: str | None, prefix: str, max_age: float = STALE_AGE_S) -> str:
+    """A new directory ``PREFIX<uuid>-<host>-<pid>`` in ``parent`` (default: the temp dir).
+
+    Import scratch space and temporary stores: a process killed while using
+    one (SIGKILL runs no clean-up) leaves it behind, so every call first
+    removes the directories with the same prefix that are stale by the rule
+    of :func:`remove_stale_siblings` (a dead writer on this host, or older
+    than a day).
+    """
+    import tempfile
+
+    parent = os.path.abspath(parent or tempfile.gettempdir())
+    _remove_stale(parent, prefix, _SCRATCH, max_age)
+    path = os.path.join(parent, f"{prefix}{uuid.uuid4().hex[:12]}-{_HOST}-{os.getpid()}")
+    os.makedirs(path)
+    return path
+
+
+def _remove_stale(parent: str, prefix: str, pattern, max_age: float) -> list[str]:
     removed = []
     try:
         names = os.listdir(parent)
@@ -452,8 +478,7 @@ def remove_stale_siblings(path: str, max_age: float = STALE_AGE_S) -> list[str]:
         return removed
     now = time.time()
     for name in names:
-        prefix = f".{base}."
-        m = _SIBLING.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
+        m = pattern.fullmatch(name[len(prefix) :]) if name.startswith(prefix) else None
         if m is None:
             continue
         full = os.path.join(parent, name)

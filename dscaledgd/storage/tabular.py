@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -318,12 +317,12 @@ def read_table(
     # store goes to a temporary directory that the returned Observations owns
     tmpdir = None
     if out is None:
-        tmpdir = tempfile.mkdtemp(prefix="dscaledgd-obs-")
+        tmpdir = layout.scratch_dir(None, "dscaledgd-obs-")
         target = os.path.join(tmpdir, "obs.zarr")
     else:
         target = os.fspath(out)
     parent = os.path.dirname(os.path.abspath(target))
-    scratch = tempfile.mkdtemp(prefix=".dscaledgd-csv-", dir=parent)
+    scratch = layout.scratch_dir(parent, ".dscaledgd-csv-")
     ok = False
     try:
         g = zarr.open_group(scratch, mode="w")

@@ -332,11 +332,13 @@ def _raise(*a, **k):
 
 
 def test_temporary_dir_removed_when_import_fails(rng, monkeypatch):
-    import tempfile
+    from dscaledgd.storage import layout
 
     made = []
-    real = tempfile.mkdtemp
-    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    real = layout.scratch_dir
+    monkeypatch.setattr(
+        layout, "scratch_dir", lambda *a, **k: made.append(real(*a, **k)) or made[-1]
+    )
     r, c, v = _coo(rng, nnz=500)
     v[3] = np.inf
     with dask.config.set(scheduler="threads"), pytest.raises(InputDataError, match="finite"):

@@ -166,3 +166,38 @@ def test_temporary_sibling_names_record_host_and_pid(tmp_path):
         os.makedirs(tmp)
         assert layout.remove_stale_siblings(path) == []  # a live writer's is kept
     assert os.path.isdir(path) and _siblings(path) == []
+
+
+def test_scratch_dirs_of_dead_writers_are_removed_on_the_next_import(tmp_path):
+    """Import scratch space and temporary stores left by a SIGKILLed process (no clean-up
+    runs) are removed by the next process that makes one with the same prefix."""
+    import subprocess
+    import sys
+
+    from dscaledgd.storage import layout
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(dead.stdout)
+    host = layout._HOST
+    names = {
+        "dead": f".dscaledgd-ingest-{'a' * 12}-{host}-{dead_pid}",
+        "live": f".dscaledgd-ingest-{'b' * 12}-{host}-{os.getpid()}",
+        "other_host_young": f".dscaledgd-ingest-{'c' * 12}-elsewhere-{dead_pid}",
+        "other_host_old": f".dscaledgd-ingest-{'d' * 12}-elsewhere-{dead_pid}",
+        "other_prefix": f".dscaledgd-csv-{'e' * 12}-{host}-{dead_pid}",
+        "user_dir": ".dscaledgd-ingest-mine",
+    }
+    for n in names.values():
+        (tmp_path / n).mkdir()
+    old = os.path.getmtime(tmp_path) - 2 * layout.STALE_AGE_S
+    os.utime(tmp_path / names["other_host_old"], (old, old))
+    new = layout.scratch_dir(str(tmp_path), ".dscaledgd-ingest-")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert os.path.basename(new) in left and new.endswith(f"-{host}-{os.getpid()}")
+    gone = {"dead", "other_host_old"}
+    assert {k for k, n in names.items() if n not in left} == gone
