@@ -37,6 +37,10 @@ class PassStats:
     FWF: list | None = None
 
 
+def _colmax_sq(X, W):
+    return np.max((X @ W) ** 2, axis=0) if len(X) else np.zeros(W.shape[1])
+
+
 def machine_memory() -> int:
     """Physical memory of this machine in bytes (8 GiB when unknown)."""
     try:
@@ -111,6 +115,32 @@ class FactorEngine:
     def materialize(self, state: list) -> list:
         """Make ``state`` resident with no task history (bounds the scheduler's graph)."""
         return [F.reroot() for F in state]
+
+    def column_max_sq(self, state: list, W: list) -> list:
+        """Per factor ``k``, ``max_i ((F_k W_k)_{ij})²`` for every column ``j`` (one gather).
+
+        The coherence statistic of a component with row-space direction
+        ``F_k W_k`` (:mod:`dscaledgd.solvers.reseed`).
+        """
+        parts = [
+            [self.ex.submit(_colmax_sq, b, Wk, name="coherence") for b in F.blocks]
+            for F, Wk in zip(state, W)
+        ]
+        flat = self.ex.gather([p for per in parts for p in per])
+        out, i = [], 0
+        for per in parts:
+            out.append(np.max(np.vstack(flat[i : i + len(per)]), axis=0))
+            i += len(per)
+        return out
+
+    def with_random(self, state: list, M: list, N: list, seeds: list) -> list:
+        """``F_k M_k + Z_k N_k`` with ``Z_k`` Gaussian (entries ``N(0, 1/n_k)``, seeded by
+        ``seeds[k]``, the same for any partition), block by block."""
+        out = []
+        for F, Mk, Nk, sk in zip(state, M, N, seeds):
+            Z = random_blocked(self.ex, F.bounds, Nk.shape[0], sk, 1.0 / np.sqrt(F.n))
+            out.append(combine(F, Mk, Z, Nk, name="reseed"))
+        return out
 
     def random_factors(self, rank: int, *, seed: int, scale: float) -> list:
         """Gaussian factors with i.i.d. ``N(0, scale² / n_k)`` entries."""

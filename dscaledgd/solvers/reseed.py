@@ -32,8 +32,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
-from ..engine.factors import combine, random_blocked
-from ..engine.spectral import chol_upper
+from ..linalg import chol_upper
 
 __all__ = ["CoherentReseed", "singular_frames"]
 
@@ -42,7 +41,7 @@ def singular_frames(FF_L: np.ndarray, FF_R: np.ndarray):
     """``(s, W_L, W_R)`` with ``L Rᵀ = (L W_L) diag(s) (R W_R)ᵀ`` an SVD.
 
     From the Grams only. With ``LᵀL = C_Lᵀ C_L`` (upper Cholesky, as in the
-    CholeskyQR of :mod:`dscaledgd.engine.spectral`), ``L C_L⁻¹`` has
+    CholeskyQR of the spectral init, :func:`dscaledgd.linalg.chol_upper`), ``L C_L⁻¹`` has
     orthonormal columns. So the SVD ``U s Vᵀ`` of the ``r × r`` matrix
     ``C_L C_Rᵀ`` gives ``W_L = C_L⁻¹ U`` and ``W_R = C_R⁻¹ V``.
     Raises ``numpy.linalg.LinAlgError`` when a Gram stays indefinite.
@@ -52,10 +51,6 @@ def singular_frames(FF_L: np.ndarray, FF_R: np.ndarray):
     WL = sla.solve_triangular(CL, U, lower=False)
     WR = sla.solve_triangular(CR, Vt.T, lower=False)
     return s, WL, WR
-
-
-def _colmax_sq(X, W):
-    return np.max((X @ W) ** 2, axis=0) if len(X) else np.zeros(W.shape[1])
 
 
 class CoherentReseed:
@@ -96,16 +91,8 @@ class CoherentReseed:
         if len(cand) == 0:
             return None
         # one gather for both factors: n · (max_i of each candidate column)²
-        parts = [
-            [engine.ex.submit(_colmax_sq, b, W[:, cand], name="coherence") for b in F.blocks]
-            for F, W in zip(state, (WL, WR))
-        ]
-        gathered = engine.ex.gather(parts[0] + parts[1])
-        nb = len(parts[0])
-        coh = np.maximum(
-            state[0].n * np.max(np.vstack(gathered[:nb]), axis=0),
-            state[1].n * np.max(np.vstack(gathered[nb:]), axis=0),
-        )
+        mL, mR = engine.column_max_sq(state, [WL[:, cand], WR[:, cand]])
+        coh = np.maximum(state[0].n * mL, state[1].n * mR)
         bad = cand[coh > self.tau]
         if len(bad) == 0:
             return None
@@ -115,15 +102,14 @@ class CoherentReseed:
         new_s[bad] = c * level
         keep = np.ones(r, dtype=bool)
         keep[bad] = False
-        new = []
-        for k, (F, W) in enumerate(zip(state, (WL, WR))):
-            M = W * np.sqrt(np.where(keep, new_s, 0.0))  # the kept components, balanced
-            N = np.zeros((len(bad), r))
-            N[np.arange(len(bad)), bad] = np.sqrt(new_s[bad])
-            Z = random_blocked(
-                engine.ex, F.bounds, len(bad), seed + 2 * self.events + k, 1.0 / np.sqrt(F.n)
-            )
-            new.append(combine(F, M, Z, N, name="reseed"))
+        N = np.zeros((len(bad), r))
+        N[np.arange(len(bad)), bad] = np.sqrt(new_s[bad])
+        new = engine.with_random(
+            state,
+            [W * np.sqrt(np.where(keep, new_s, 0.0)) for W in (WL, WR)],  # kept, balanced
+            [N, N],
+            [seed + 2 * self.events + k for k in range(2)],
+        )
         event = {
             "event": "reseeded",
             "components": bad.tolist(),
