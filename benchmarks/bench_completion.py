@@ -165,7 +165,7 @@ def part_flat_eta(args):
 @contextlib.contextmanager
 def _reseed(on: bool):
     """Switch the coherent-component re-seed of the default rule (solvers/reseed.py)."""
-    from dscaledgd.engine.blockwise import CompletionEngine
+    from dscaledgd.engine.completion import CompletionEngine
 
     was = CompletionEngine.reseed_coherent
     CompletionEngine.reseed_coherent = on
@@ -240,7 +240,7 @@ def _per_iter(res, skip=2):
 
 
 def kernel_only(obs, r, nthreads=2, reps=3):
-    from dscaledgd.engine.blockwise import _tile_grad
+    from dscaledgd.engine.completion import _tile_grad
 
     rng = np.random.default_rng(0)
     tiles = [obs.read_tile(t) for t in range(obs.n_tiles)]

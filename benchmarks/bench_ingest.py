@@ -30,7 +30,7 @@ import numpy as np
 from _common import report, table
 
 import dscaledgd as dsg
-from dscaledgd.engine import merge
+from dscaledgd.storage import merge
 
 SHAPE = (2_000_000, 1_000_000)
 

@@ -104,8 +104,8 @@ RULES = {"lm": LMScalar, "polyak": PolyakScaled, "shrink": ShrinkOnBlowup}
 
 def passes_with_rule(obs, truth, r, rule, target, max_passes):
     """Same as ``passes_to`` for a custom rule object, through the library's loop."""
-    from dscaledgd.engine.blockwise import CompletionEngine
     from dscaledgd.engine.cluster import ThreadExecutor
+    from dscaledgd.engine.completion import CompletionEngine
     from dscaledgd.solvers import init as inits
     from dscaledgd.solvers.loop import LoopConfig, run
     from dscaledgd.solvers.scaledgd import Preconditioner

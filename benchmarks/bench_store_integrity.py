@@ -16,7 +16,7 @@ Variants:
 * ``read + check``: the reads plus the entry check (one Numba sweep: local
   indices inside the tile, finite values), without checksums;
 * ``engine read (crc32c + check)``: what a streamed pass does now
-  (``blockwise._read_range``: ``stat`` of ``zarr.json``, reads, check).
+  (``engine.completion._read_range``: ``stat`` of ``zarr.json``, reads, check).
 
 The notes give the entry check alone on a piece already in memory and, for
 scale, the fused rank-10 completion kernel on the same piece.
@@ -36,7 +36,7 @@ import time
 import numpy as np
 from _common import report, table
 
-from dscaledgd.engine import blockwise
+from dscaledgd.engine import completion as ce
 from dscaledgd.problems import completion as cp
 from dscaledgd.storage import integrity, layout
 from dscaledgd.storage.observations import Observations
@@ -81,8 +81,8 @@ def _read(obs, sub, check, engine=False):
         lo, hi = int(obs.tile_ptr[t]), int(obs.tile_ptr[t + 1])
         r0, r1, c0, c1 = obs.tile_bounds(t)
         if engine:
-            ref = blockwise.tile_refs(obs, sub)[t]
-            for piece in blockwise._chunks(ref):
+            ref = ce.tile_refs(obs, sub)[t]
+            for piece in ce._chunks(ref):
                 total += len(piece[0])
             continue
         for s in range(lo, hi, sub):

@@ -1,7 +1,9 @@
 """One result type for every solver: :class:`SolveResult`, and :class:`IterationState`.
 
-A :class:`SolveResult` is frozen and its shape does not depend on flags.
-``factors`` holds Dask arrays; ``history`` maps names to 1-D NumPy arrays of
+A :class:`SolveResult` is frozen and its shape does not depend on flags. It
+holds the fitted **model** (:mod:`dscaledgd.models`: what the fit is) beside
+the record of the run (status, history, parameters: how it was obtained).
+``factors`` are Dask arrays; ``history`` maps names to 1-D NumPy arrays of
 length ``n_iter + 1`` (entry 0 is the initial point).
 """
 
@@ -13,16 +15,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .exceptions import InputDataError, InvalidParameterError
+from .models import (
+    COLD_START,  # noqa: F401 (re-export)
+    LowRank,
+    RobustLowRank,
+    Tucker,
+    model_from_parts,
+    replace_client,
+)
 from .storage.results import RESULT_FORMAT, read_result, write_result  # noqa: F401 (re-export)
 
 __all__ = ["SolveResult", "IterationState", "load_result", "STATUSES"]
 
 #: Every value ``SolveResult.status`` can take.
 STATUSES = ("converged", "stalled", "early_stopped", "max_iter", "callback", "diverged")
-
-#: What :meth:`SolveResult.predict` does with ids never seen in training.
-COLD_START = ("nan", "mean", "error")
 
 #: History arrays recorded by the solver loop.
 HISTORY_KEYS = ("loss", "residual", "step_size", "damping", "adaptive_damping", "time", "passes")
@@ -68,18 +74,29 @@ class IterationState:
         return self._gather()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SolveResult:
-    """The outcome of a solve.
+    """The outcome of a solve: the fitted :attr:`model` and the record of the run.
+
+    Construct it with ``model=`` (a :class:`~dscaledgd.models.LowRank`,
+    :class:`~dscaledgd.models.RobustLowRank` or
+    :class:`~dscaledgd.models.Tucker`), or, for a matrix fit, with
+    ``factors=`` (plus ``offsets=``, ``ids=`` and, for robust PCA,
+    ``sparse=``), which builds the model. Every other field is keyword-only.
 
     Attributes
     ----------
+    model : LowRank, RobustLowRank or Tucker
+        What the fit is: predict, rmse, the factors (and the core or the
+        sparse component). The attributes below that describe the fit
+        delegate to it.
     factors : tuple of dask.array.Array
-        ``(L, R)``, or ``(L,)`` for a symmetric (PSD) fit ``X = L Lᵀ``. On a
-        client that outlives the run (``client=``, or the active default
-        client) they are backed by the worker-held blocks: compute them with
-        that client (``with client.as_current():``) or use
-        :meth:`compute_factors`. Otherwise they wrap gathered NumPy arrays.
+        ``(L, R)``, or ``(L,)`` for a symmetric (PSD) fit ``X = L Lᵀ``; one
+        ``U_k`` per mode for a Tucker fit. On a client that outlives the run
+        (``client=``, or the active default client) they are backed by the
+        worker-held blocks: compute them with that client
+        (``with client.as_current():``) or use :meth:`compute_factors`.
+        Otherwise they wrap gathered NumPy arrays.
     status : str
         One of ``"converged"`` (``tol`` met), ``"stalled"`` (loss stopped
         changing: the normal stop on noisy data), ``"max_iter"``,
@@ -109,14 +126,18 @@ class SolveResult:
         Diagnostics: initial singular values, safeguard events, passes spent
         on initialisation, ``best_iteration``.
     offsets : dict
-        The centring: ``mean`` (μ) and ``row_bias``/``col_bias`` arrays (or
-        ``None``). The model is ``μ + b_i + c_j + <L_i, R_j>``.
+        Matrix fits: the centring, ``mean`` (μ) and ``row_bias``/``col_bias``
+        arrays (or ``None``). The model is ``μ + b_i + c_j + <L_i, R_j>``.
     ids : dict
-        Original row/column ids when the observations came from a table
-        import; ``predict(..., by="id")`` uses them.
+        Matrix fits: original row/column ids when the observations came from
+        a table import; ``predict(..., by="id")`` uses them.
+    sparse : dask.array.Array or None
+        The sparse component ``S`` of a robust PCA fit, else ``None``.
+    core : ndarray
+        Tucker fits: the core (an ``AttributeError`` for matrix fits).
     """
 
-    factors: tuple
+    model: LowRank | Tucker
     status: str
     n_iter: int
     converged: bool
@@ -124,25 +145,101 @@ class SolveResult:
     history: dict
     params: dict
     info: dict = field(default_factory=dict)
-    #: ``{"mean": μ, "row_bias": b or None, "col_bias": c or None}`` (``center``)
-    offsets: dict = field(default_factory=lambda: {"mean": 0.0, "row_bias": None, "col_bias": None})
-    #: ``{"row": ids or None, "col": ids or None}``: original ids of an imported table
-    ids: dict = field(default_factory=lambda: {"row": None, "col": None})
-    #: the sparse component ``S`` of a robust PCA fit (dask array), else ``None``
-    sparse: object = None
     #: the distributed client holding futures-backed factors (not serialised)
     _client: object = field(default=None, repr=False, compare=False)
 
+    def __init__(
+        self,
+        model: LowRank | Tucker | None = None,
+        *,
+        status: str,
+        n_iter: int,
+        converged: bool,
+        message: str,
+        history: dict,
+        params: dict,
+        info: dict | None = None,
+        factors: tuple | None = None,
+        offsets: dict | None = None,
+        ids: dict | None = None,
+        sparse=None,
+        _client=None,
+    ):
+        if model is None:
+            if factors is None:
+                raise TypeError("SolveResult needs model= (or the factors= of a matrix fit).")
+            model = LowRank(factors, offsets, ids, _client=_client)
+        elif factors is not None or offsets is not None or ids is not None:
+            raise TypeError("SolveResult takes either model= or factors=/offsets=/ids=, not both.")
+        elif not isinstance(model, LowRank | Tucker):
+            raise TypeError(
+                f"SolveResult's model must be a LowRank, RobustLowRank or Tucker; got "
+                f"{type(model).__name__}. Pass factors=... for a matrix fit."
+            )
+        if sparse is not None:
+            if not isinstance(model, LowRank):
+                raise TypeError("sparse= belongs to a matrix fit (RobustLowRank), not a Tucker.")
+            model = model.with_sparse(sparse)
+        model = replace_client(model, _client)
+        for name, value in (
+            ("model", model),
+            ("status", status),
+            ("n_iter", n_iter),
+            ("converged", converged),
+            ("message", message),
+            ("history", history),
+            ("params", params),
+            ("info", {} if info is None else info),
+            ("_client", model._client),
+        ):
+            object.__setattr__(self, name, value)
+
     # ------------------------------------------------------------- access
+    def _matrix(self, attr: str) -> LowRank:
+        if not isinstance(self.model, LowRank):
+            raise AttributeError(
+                f"This is a {self.model.kind} fit: it has no {attr!r} (that belongs to matrix "
+                "fits). Its factors are res.factors (one per mode) and its core res.core."
+            )
+        return self.model
+
+    def _tucker(self, attr: str) -> Tucker:
+        if not isinstance(self.model, Tucker):
+            raise AttributeError(
+                f"This is a {self.model.kind} (matrix) fit: it has no {attr!r} (that belongs to "
+                "Tucker fits). Its factors are res.L and res.R."
+            )
+        return self.model
+
+    @property
+    def factors(self) -> tuple:
+        """The factors: ``(L, R)`` or ``(L,)``; ``(U_1, …, U_d)`` for Tucker (dask arrays)."""
+        return self.model.factors
+
     @property
     def L(self):
         """Left factor, shape ``(n1, rank)`` (dask array)."""
-        return self.factors[0]
+        return self._matrix("L").L
 
     @property
     def R(self):
         """Right factor, shape ``(n2, rank)``; the same array as ``L`` when symmetric."""
-        return self.factors[-1]
+        return self._matrix("R").R
+
+    @property
+    def offsets(self) -> dict:
+        """The centring of a matrix fit: ``{"mean": μ, "row_bias": b, "col_bias": c}``."""
+        return self._matrix("offsets").offsets
+
+    @property
+    def ids(self) -> dict:
+        """``{"row": ids or None, "col": ids or None}``: original ids of an imported table."""
+        return self._matrix("ids").ids
+
+    @property
+    def sparse(self):
+        """Sparse component of :func:`dscaledgd.rpca` (dask array; ``None`` otherwise)."""
+        return getattr(self.model, "sparse", None)
 
     @property
     def S(self):
@@ -151,7 +248,21 @@ class SolveResult:
 
     @property
     def symmetric(self) -> bool:
-        return len(self.factors) == 1
+        """A symmetric (PSD) matrix fit ``X = L Lᵀ`` (``False`` for a Tucker fit)."""
+        return bool(getattr(self.model, "symmetric", False))
+
+    @property
+    def core(self) -> np.ndarray:
+        """The core of a Tucker fit, shape ``(r_1, ..., r_d)`` (NumPy)."""
+        return self._tucker("core").core
+
+    def to_tensor(self, chunks=None):
+        """The fitted tensor of a Tucker fit as a lazy Dask array (:meth:`Tucker.to_tensor`)."""
+        return self._tucker("to_tensor").to_tensor(chunks)
+
+    def to_tensorly(self):
+        """A Tucker fit as a ``tensorly`` TuckerTensor (:meth:`Tucker.to_tensorly`)."""
+        return self._tucker("to_tensorly").to_tensorly()
 
     @property
     def best_iteration(self) -> int:
@@ -179,170 +290,65 @@ class SolveResult:
         for key in ("loss", "residual", "validation"):
             if key in fin:
                 parts.append(f"{key}={fin[key]:.4g}")
+        if isinstance(self.model, Tucker):
+            parts.append(f"core={self.model.ranks}")
         parts.append(f"factors={[tuple(F.shape) for F in self.factors]}")
+        if isinstance(self.model, RobustLowRank):
+            parts.append(f"sparse={tuple(self.model.sparse.shape)}")
         return f"SolveResult({', '.join(parts)})"
 
+    # ------------------------------------------------------------ compute
     def compute_factors(self) -> tuple:
         """The factors as NumPy arrays (uses the run's client for futures-backed ones)."""
-        import dask
-
-        kw = {"scheduler": self._client} if self._client is not None else {}
-        return tuple(np.ascontiguousarray(F) for F in dask.compute(*self.factors, **kw))
+        return self.model.compute_factors()
 
     def compute_sparse(self) -> np.ndarray | None:
         """The sparse component of :func:`dscaledgd.rpca` as a NumPy array (run's client)."""
-        if self.sparse is None:
+        if not isinstance(self.model, RobustLowRank):
             return None
-        kw = {"scheduler": self._client} if self._client is not None else {}
-        return np.asarray(self.sparse.compute(**kw))
+        return self.model.compute_sparse()
 
-    def _numpy_factors(self):
-        F = self.compute_factors()
-        return F[0], F[-1]
+    def predict(self, *args, **kwargs) -> np.ndarray:
+        """Entries of the fitted model.
 
-    def _offset_arrays(self, n1: int, n2: int):
-        o = self.offsets
-        b = o.get("row_bias")
-        c = o.get("col_bias")
-        b = np.zeros(n1) if b is None else np.asarray(b, dtype=np.float64)
-        c = np.zeros(n2) if c is None else np.asarray(c, dtype=np.float64)
-        return float(o.get("mean", 0.0)), b, c
-
-    def _lookup(self, ids, axis: str):
-        known = self.ids.get(axis)
-        if known is None:
-            raise InputDataError(
-                f"predict(by='id') needs the original {axis} ids, but these observations were "
-                "not imported from a table. Use by='index'."
-            )
-        known = np.asarray(known)
-        ids = np.asarray(ids, dtype=known.dtype) if known.dtype.kind in "iuf" else np.asarray(ids)
-        pos = np.clip(np.searchsorted(known, ids), 0, len(known) - 1)
-        found = known[pos] == ids
-        return pos, found
-
-    def predict(self, rows, cols, *, by: str = "index", cold_start: str = "nan") -> np.ndarray:
-        """Entries of the fitted ``X = μ + b_i + c_j + L_i·R_j`` at ``(rows, cols)``.
-
-        Parameters
-        ----------
-        rows, cols : array-like, shape (k,)
-            Row and column indices (``by="index"``; integers, or floats with
-            integer values: ``0.7`` raises ``InvalidParameterError``) or
-            original ids from the imported table (``by="id"``).
-        by : {"index", "id"}, default "index"
-        cold_start : {"nan", "mean", "error"}, default "nan"
-            For ``by="id"``, what to return for ids never seen in training:
-            ``"nan"`` (the default, as Spark ALS), ``"mean"`` (the centring
-            baseline: μ plus the bias of whichever id is known, or 0 without
-            centring), or ``"error"`` (raise, naming the first unseen id).
-
-        Notes
-        -----
-        Gathers the factors to the client (``(n1 + n2) · rank · 8`` bytes).
+        Matrix fits: ``predict(rows, cols, *, by="index", cold_start="nan")``
+        (:meth:`LowRank.predict <dscaledgd.models.LowRank.predict>`). Tucker
+        fits: ``predict(indices)`` with an ``(m, d)`` integer array
+        (:meth:`Tucker.predict <dscaledgd.models.Tucker.predict>`).
         """
-        from ._validation import check_choice
-        from .problems.completion import sddmm
-
-        check_choice("predict", "by", by, ("index", "id"))
-        check_choice("predict", "cold_start", cold_start, COLD_START)
-        L, R = self._numpy_factors()
-        n1, n2 = L.shape[0], R.shape[0]
-        mu, b, c = self._offset_arrays(n1, n2)
-        rows = np.asarray(rows)
-        cols = np.asarray(cols)
-        if rows.shape != cols.shape or rows.ndim != 1:
-            raise InputDataError(
-                f"predict needs 1-D rows and cols of equal length; got shapes {rows.shape} "
-                f"and {cols.shape}."
-            )
-        if by == "id":
-            ri, rok = self._lookup(rows, "row")
-            ci, cok = self._lookup(cols, "col")
-            ok = rok & cok
-            if not ok.all() and cold_start == "error":
-                k = int(np.argmin(ok))
-                which = (
-                    f"row id {rows[k].item()!r}" if not rok[k] else f"column id {cols[k].item()!r}"
-                )
-                raise InputDataError(
-                    f"predict: {which} (entry {k}) was never seen in training ({int((~ok).sum())} "
-                    "unseen pairs in all). Pass cold_start='nan' or 'mean'."
-                )
-            out = np.full(len(rows), np.nan)
-            out[ok] = mu + b[ri[ok]] + c[ci[ok]] + sddmm(ri[ok], ci[ok], L, R)
-            if cold_start == "mean":
-                miss = ~ok
-                out[miss] = (
-                    mu
-                    + np.where(rok[miss], b[ri[miss]], 0.0)
-                    + np.where(cok[miss], c[ci[miss]], 0.0)
-                )
-            return out
-        for name, idx, n in (("rows", rows, n1), ("cols", cols, n2)):
-            frac = np.flatnonzero(idx != np.round(idx)) if idx.dtype.kind == "f" else []
-            if idx.dtype.kind not in "iuf" or len(frac):
-                seen = f"{idx[frac[0]]!s} at position {frac[0]}" if len(frac) else idx.dtype
-                raise InvalidParameterError(
-                    f"The '{name}' parameter of predict must hold integer indices. Got {seen}. "
-                    "Pass whole numbers (round them first if they are positions), or by='id'."
-                )
-            if idx.size and (idx.min() < 0 or idx.max() >= n):
-                raise InputDataError(
-                    f"predict: '{name}' has indices outside [0, {n}); got range "
-                    f"[{idx.min()}, {idx.max()}]."
-                )
-        rows = rows.astype(np.int64)
-        cols = cols.astype(np.int64)
-        return mu + b[rows] + c[cols] + sddmm(rows, cols, L, R)
+        return self.model.predict(*args, **kwargs)
 
     def rmse(self, obs) -> float:
-        """Root-mean-square error of the fit on the entries of ``obs``."""
-        from .problems.completion import residual_sumsq
+        """Root-mean-square error of the fit on the observed entries of ``obs``.
 
-        L, R = self._numpy_factors()
-        if obs.shape != (L.shape[0], R.shape[0]):
-            raise InputDataError(
-                f"rmse: observations of shape {obs.shape} do not match the fitted matrix "
-                f"({L.shape[0]}, {R.shape[0]})."
-            )
-        mu, b, c = self._offset_arrays(L.shape[0], R.shape[0])
-        total = 0.0
-        for t in range(obs.n_tiles):
-            r0, r1, c0, c1 = obs.tile_bounds(t)
-            rows, cols, vals = obs.read_tile(t)
-            total += residual_sumsq(rows, cols, vals, L[r0:r1], R[c0:c1], (mu, b[r0:r1], c[c0:c1]))
-        return float(np.sqrt(total / obs.nnz))
+        ``obs`` is an :class:`~dscaledgd.Observations` for a matrix fit and a
+        ``TensorObservations`` for a Tucker fit.
+        """
+        return self.model.rmse(obs)
 
     # -------------------------------------------------------------- store
     def to_zarr(self, path: str | os.PathLike, overwrite: bool = False) -> str:
-        """Write factors, history and metadata to a Zarr v3 group (atomic publish).
+        """Write the model, history and metadata to a Zarr v3 group (atomic publish).
 
         The group is written under a temporary sibling name and renamed into
         place when complete, so a crash never leaves a half-written result at
         ``path``. Every array carries a CRC-32C checksum per chunk and every
         chunk is written (even one equal to the fill value), so
         :func:`load_result` can tell a complete store from a truncated,
-        garbled or partly deleted one.
+        garbled or partly deleted one. The store's ``model`` attr says which
+        model it holds (``"lowrank"``, ``"robust"`` with ``S``, ``"tucker"``
+        with the core and ``U0 … U{d-1}``).
         """
-        import dask.array as da
-
-        factors = {}
-        for name, F in zip(("L",) if self.symmetric else ("L", "R"), self.factors):
-            F = F if hasattr(F, "chunks") else da.from_array(np.asarray(F))
-            if self._client is not None:  # futures-backed: gather through its client
-                F = da.from_array(self._client.compute(F).result(), chunks=F.chunks)
-            factors[name] = F
+        parts = self.model._parts()
         return write_result(
             os.fspath(path),
-            factors=factors,
+            kind=parts["kind"],
+            factors=parts["factors"],
             history=self.history,
-            arrays={
-                "row_bias": self.offsets.get("row_bias"),
-                "col_bias": self.offsets.get("col_bias"),
-                "row_ids": self.ids.get("row"),
-                "col_ids": self.ids.get("col"),
-            },
+            arrays=parts.get("arrays", {}),
+            core=parts.get("core"),
+            sparse=parts.get("sparse"),
+            dims=parts.get("dims"),
             meta={
                 "status": self.status,
                 "n_iter": self.n_iter,
@@ -350,7 +356,7 @@ class SolveResult:
                 "message": self.message,
                 "params": self.params,
                 "info": self.info,
-                "mean": self.offsets.get("mean", 0.0),
+                "mean": parts.get("mean", 0.0),
             },
             overwrite=overwrite,
         )
@@ -362,9 +368,14 @@ def load_result(path: str | os.PathLike) -> SolveResult:
     The store is refused (:class:`~dscaledgd.InputDataError` naming the store,
     the array and the fix) when its attrs are incomplete, when an array it
     names is missing, or when a chunk of any array is missing or has the
-    wrong size. History, biases and id maps are read and their checksums
-    verified here; each factor chunk's checksum is verified when it is read,
-    and a failed read raises ``InputDataError`` too (naming the chunk).
-    Results written before checksums (format 1) still load.
+    wrong size. History, biases, id maps and a Tucker core are read and their
+    checksums verified here; each chunk of a factor (or of ``S``) has its
+    checksum verified when it is read, and a failed read raises
+    ``InputDataError`` too (naming the chunk). The model is the one the
+    store's ``model`` attr names; stores without it (written before models)
+    hold a :class:`~dscaledgd.models.LowRank`. Results written before
+    checksums (format 1) still load.
     """
-    return SolveResult(**read_result(os.fspath(path), STATUSES))
+    kw = read_result(os.fspath(path), STATUSES)
+    model = model_from_parts(**kw.pop("model"))
+    return SolveResult(model, **kw)

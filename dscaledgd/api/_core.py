@@ -193,8 +193,8 @@ def default_damping(values, fraction: float = 1.0) -> float:
     choice (ALGORITHMS.md §6: λ ≈ σ_min). With an over-specified rank the
     extra values sit at the noise level of the spectral estimate, an upper
     estimate of the smallest singular value that can be resolved (1.7–3×
-    σ_min on the measured instances). The engine sets ``fraction``
-    (``FactorEngine.damping_fraction``): 1 for completion, 1/2 for sensing.
+    σ_min on the measured instances). The problem sets ``fraction``
+    (``ProblemSpec.damping_fraction``): 1 for completion, 1/2 for sensing.
     λ trades speed for the error floor, and the floor rises much faster on
     completion. Measured to 1e-4 (true rank 2, search rank 5, κ = 10,
     α = 1e-6, tests/test_scaledgd_lambda.py): completion 60×50, p = 0.5 took
@@ -213,7 +213,7 @@ def initial_state(engine, rank: int, seed: int, params: dict):
     """``(state, spectral values, data passes)`` of the requested initialisation."""
     init = params["init"]
     q = params["init_power_iter"]
-    spectral_passes = getattr(engine, "spectral_passes", lambda q: 2 * q + 2)(q)
+    spectral_passes = engine.spec.spectral_passes(q)
     if isinstance(init, tuple):
         state = engine.from_numpy(list(init))
         L0, R0 = init[0], init[-1]
@@ -228,8 +228,12 @@ def initial_state(engine, rank: int, seed: int, params: dict):
     return inits.random_init(engine, rank, seed=seed + 1, scale=scale), values, spectral_passes
 
 
-def choose_rule(params: dict, damping: float, eta: float = 0.7):
-    """The step rule of a run (see the function docstrings for the defaults)."""
+def choose_rule(params: dict, damping: float, spec):
+    """The step rule of a run (see the function docstrings for the defaults).
+
+    ``spec`` is the problem's :class:`~dscaledgd.problems.spec.ProblemSpec`:
+    its ``default_eta`` and ``default_rule``.
+    """
     step = params.get("step_size")
     loss = params.get("loss", "l2")
     f_star = params.get("f_star")
@@ -242,14 +246,16 @@ def choose_rule(params: dict, damping: float, eta: float = 0.7):
     if loss == "l1":
         return PolyakStep(f_star, damping) if f_star is not None else GeometricStep(damping=damping)
     if params["method"] == "gd" or params["init"] == "random":
-        return guarded(0.5, damping)
-    return AdaptiveStep(eta=eta, damping=damping)
+        return guarded(min(0.5, spec.default_eta), damping)
+    if spec.default_rule == "guarded":
+        return guarded(spec.default_eta, damping)
+    return AdaptiveStep(eta=spec.default_eta, damping=damping)
 
 
 def _reseed(engine, rule, params: dict):
     """The coherent-component re-seed of the default rule on unregularised completion."""
     on = (
-        getattr(engine, "reseed_coherent", False)
+        engine.spec.reseed_coherent
         and isinstance(rule, _sgd.AdaptiveStep)
         and rule.c0 > 0
         and params["reg"] == 0
@@ -258,10 +264,21 @@ def _reseed(engine, rule, params: dict):
     return CoherentReseed() if on else None
 
 
-def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
-    """Initialise, run the shared loop and package the result."""
+def solve(
+    engine, rank, rng, params: dict, desc: str, *, initial=None, make_model=None
+) -> SolveResult:
+    """Initialise, run the shared loop and package the result.
+
+    ``initial(engine, seed)`` returns ``(state, values, init_passes)`` when the
+    problem has its own initialisation (Tucker), else :func:`initial_state`.
+    ``make_model(factors, params)`` builds the result's model from the final
+    factors (dask arrays) and small parameters (default: the matrix model).
+    """
     seed = int(rng.integers(2**62))
-    state, values, init_passes = initial_state(engine, rank, seed, params)
+    if initial is not None:
+        state, values, init_passes = initial(engine, seed)
+    else:
+        state, values, init_passes = initial_state(engine, rank, seed, params)
     sigma1 = float(values[0]) if len(values) and values[0] > 0 else 1.0
     method = params["method"]
     precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
@@ -269,9 +286,15 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     if method == "gd":
         damping = 0.0  # the identity preconditioner has no λ
     elif damping is None:
-        frac = getattr(engine, "damping_fraction", 1.0)
-        damping = default_damping(values, frac) if params["init"] == "random" else 0.0
-    if params["init"] == "random" and method != "gd" and damping < params["init_scale"] * sigma1:
+        frac = engine.spec.damping_fraction
+        small_start = params["init"] == "random" and initial is None
+        damping = default_damping(values, frac) if small_start else 0.0
+    if (
+        initial is None
+        and params["init"] == "random"
+        and method != "gd"
+        and damping < params["init_scale"] * sigma1
+    ):
         warnings.warn(
             f"{desc}: damping={damping:.3g} is small for init_scale={params['init_scale']:g} "
             f"(below init_scale·σ̂₁ = {params['init_scale'] * sigma1:.3g}): the first steps "
@@ -280,7 +303,7 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
             DataWarning,
             stacklevel=3,
         )
-    rule = choose_rule(params, damping, getattr(engine, "default_eta", 0.7))
+    rule = choose_rule(params, damping, engine.spec)
     cfg = LoopConfig(
         tol=params["tol"],
         max_iter=params["max_iter"],
@@ -295,7 +318,7 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
     # data scale (an upper bound of Σσ_i for balanced factors) for a given start
     norm_ref = (
         0.0
-        if params["init"] == "spectral"
+        if params["init"] == "spectral" or initial is not None
         else float(np.sqrt(rank * engine.value_norm2 / engine.p))
     )
     params = {**params, "damping": damping}
@@ -330,8 +353,16 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         if isinstance(params["random_state"], int | type(None))
         else repr(params["random_state"])
     )
+    if make_model is not None:
+        what = {"model": make_model(factors, out.state.params)}
+    else:
+        what = {
+            "factors": factors,
+            "offsets": params.get("_offsets", {"mean": 0.0, "row_bias": None, "col_bias": None}),
+            "ids": params.get("_ids", {"row": None, "col": None}),
+        }
     return SolveResult(
-        factors=factors,
+        **what,
         status=out.status,
         n_iter=out.n_iter,
         converged=out.status in ("converged", "stalled", "early_stopped"),
@@ -339,8 +370,6 @@ def solve(engine, rank: int, rng, params: dict, desc: str) -> SolveResult:
         history=out.history,
         params=stored,
         info=info,
-        offsets=params.get("_offsets", {"mean": 0.0, "row_bias": None, "col_bias": None}),
-        ids=params.get("_ids", {"row": None, "col": None}),
         _client=engine.ex.client if _lasting(engine.ex) else None,
     )
 

@@ -10,8 +10,8 @@ from .._validation import (
     check_param,
     resolve_rng,
 )
-from ..engine.blockwise import CACHE_POLICIES, CompletionEngine
 from ..engine.cluster import executor_for
+from ..engine.completion import CACHE_POLICIES, CompletionEngine
 from ..exceptions import InvalidParameterError
 from ..result import SolveResult
 from ..solvers.centering import CENTER_MODES, fit_offsets

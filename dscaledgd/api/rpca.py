@@ -97,7 +97,8 @@ def rpca(
     -------
     SolveResult
         ``res.L``, ``res.R`` and ``res.S`` (dask arrays; ``res.S`` is
-        ``T_{2α}(Y − L Rᵀ)`` at the returned factors).
+        ``T_{2α}(Y − L Rᵀ)`` at the returned factors); ``res.model`` is a
+        :class:`~dscaledgd.models.RobustLowRank`.
 
     Notes
     -----
@@ -159,11 +160,11 @@ def rpca(
             if engine.value_norm2 == 0:  # every observed entry is 0: L Rᵀ = 0 and S = 0
                 res = zero_result(shape, rank, params, func)
                 S = da.zeros(shape, chunks=Y.chunks if hasattr(Y, "chunks") else shape)
-                return dataclasses.replace(res, sparse=S)
+                return dataclasses.replace(res, model=res.model.with_sparse(S))
             res = solve(engine, rank, rng, params, desc=func)
             state = engine.from_numpy(list(res.compute_factors()))
             blocks = engine.sparse_blocks(state, 2 * alpha)
             S = finalize_blocks(ex, blocks, engine.grid, engine.factor_bounds)
-            return dataclasses.replace(res, sparse=S)
+            return dataclasses.replace(res, model=res.model.with_sparse(S))
         finally:
             engine.close()

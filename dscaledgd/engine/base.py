@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..problems.spec import State, Update
 from .factors import Blocked, combine, random_blocked, sum_small
 
 __all__ = ["PassStats", "FactorEngine", "machine_memory"]
@@ -35,6 +36,8 @@ class PassStats:
     extra: dict = field(default_factory=dict)
     #: per factor ``Fᵀ diag(w) F`` when row weights are set (weighted ridge)
     FWF: list | None = None
+    #: gradients of the small parameters by name (the Tucker core), NumPy
+    PG: dict = field(default_factory=dict)
 
 
 def _colmax_sq(X, W):
@@ -50,26 +53,28 @@ def machine_memory() -> int:
 
 
 class FactorEngine:
-    """Factor-level operations of an engine.
+    """Factor-level operations of an engine (see :mod:`dscaledgd.engine.protocol`).
 
-    Subclasses set ``ex`` (the executor), ``symmetric``, ``factor_bounds``
-    (the row bounds of each factor), ``value_norm2`` (``‖data‖²``) and, for
-    the weighted ridge, ``_weights``.
+    Subclasses set ``ex`` (the executor), ``spec`` (the problem's
+    :class:`~dscaledgd.problems.spec.ProblemSpec`), ``symmetric``,
+    ``factor_bounds`` (the row bounds of each factor), ``value_norm2``
+    (``‖data‖²``) and, for the weighted ridge, ``_weights``. States are
+    :class:`~dscaledgd.problems.spec.State`; methods that return a new
+    iterate keep the small parameters of the one they were given.
     """
 
     _weights = None
-    #: η of the default adaptive rule on this problem (completion: the measured 0.7)
-    default_eta = 0.7
-    #: ScaledGD(λ)'s default λ as a fraction of the smallest spectral value
-    #: (``api._core.default_damping``; completion: the full noise level)
-    damping_fraction = 1.0
 
     @property
     def n_factors(self) -> int:
         return len(self.factor_bounds)
 
-    def pass_stats(self, loss, sumsq, err2, stats, extra=None) -> PassStats:
-        """Assemble the gathered per-block ``(FᵀF, FᵀG, GᵀG[, FᵀWF])`` into :class:`PassStats`."""
+    def pass_stats(self, loss, sumsq, err2, stats, extra=None, PG=None, H=None) -> PassStats:
+        """Assemble the gathered per-block ``(FᵀF, FᵀG, GᵀG[, FᵀWF])`` into :class:`PassStats`.
+
+        ``H``: the preconditioning Grams, when not :meth:`preconditioner_grams`
+        of the ``FᵀF`` (Tucker's ``Ŭ_kᵀŬ_k`` needs the core).
+        """
         FF, FG, GG, FWF = [], [], [], []
         for per_block in stats:
             FF.append(sum_small([s[0] for s in per_block]))
@@ -85,9 +90,10 @@ class FactorEngine:
             FF=FF,
             FG=FG,
             GG=GG,
-            H=self.preconditioner_grams(FF),
+            H=self.preconditioner_grams(FF) if H is None else H,
             extra=extra or {},
             FWF=FWF or None,
+            PG=PG or {},
         )
 
     def stats_parts(self, state: list, G: list) -> list:
@@ -97,24 +103,31 @@ class FactorEngine:
             for k in range(self.n_factors)
         ]
 
+    def grams(self, state) -> list:
+        """``F_kᵀF_k`` of every factor (one gather)."""
+        parts = self.ex.gather([F.gram_parts() for F in state])
+        return [sum_small(p) for p in parts]
+
     def preconditioner_grams(self, FF: list) -> list:
         """The Gram that preconditions each factor: ``RᵀR`` for ``L``, ``LᵀL`` for ``R``."""
         return [FF[0]] if self.symmetric else [FF[1], FF[0]]
 
-    def step(self, state: list, pas, A: list, B: list) -> list:
-        """New factors ``F_k A_k + G_k B_k``, block by block.
+    def step(self, state: State, pas, update: Update) -> State:
+        """New factors ``F_k A_k + G_k B_k``, block by block, and the new small parameters.
 
         With row weights set, ``G_k`` is row-scaled by ``1/w`` (the degree
         preconditioner of the weighted ridge).
         """
-        return [
+        A, B = update.A, update.B
+        factors = [
             combine(F, A[k], pas.G[k], B[k], self._weights[k][1] if self._weights else None)
             for k, F in enumerate(state)
         ]
+        return State(factors, {**state.params, **update.params})
 
-    def materialize(self, state: list) -> list:
+    def materialize(self, state: State) -> State:
         """Make ``state`` resident with no task history (bounds the scheduler's graph)."""
-        return [F.reroot() for F in state]
+        return State([F.reroot() for F in state], dict(_params(state)))
 
     def column_max_sq(self, state: list, W: list) -> list:
         """Per factor ``k``, ``max_i ((F_k W_k)_{ij})²`` for every column ``j`` (one gather).
@@ -133,32 +146,41 @@ class FactorEngine:
             i += len(per)
         return out
 
-    def with_random(self, state: list, M: list, N: list, seeds: list) -> list:
+    def with_random(self, state: State, M: list, N: list, seeds: list) -> State:
         """``F_k M_k + Z_k N_k`` with ``Z_k`` Gaussian (entries ``N(0, 1/n_k)``, seeded by
         ``seeds[k]``, the same for any partition), block by block."""
         out = []
         for F, Mk, Nk, sk in zip(state, M, N, seeds):
             Z = random_blocked(self.ex, F.bounds, Nk.shape[0], sk, 1.0 / np.sqrt(F.n))
             out.append(combine(F, Mk, Z, Nk, name="reseed"))
-        return out
+        return State(out, dict(state.params))
 
-    def random_factors(self, rank: int, *, seed: int, scale: float) -> list:
-        """Gaussian factors with i.i.d. ``N(0, scale² / n_k)`` entries."""
+    def random_factors(self, rank, *, seed: int, scale: float) -> State:
+        """Gaussian factors with i.i.d. ``N(0, scale² / n_k)`` entries.
+
+        ``rank``: the columns of every factor, or a sequence with one per factor.
+        """
+        ranks = [rank] * self.n_factors if np.ndim(rank) == 0 else list(rank)
         out = []
         for k, Fb in enumerate(self.factor_bounds):
             n = int(Fb[-1])
-            out.append(random_blocked(self.ex, Fb, rank, seed + k, scale / np.sqrt(n)))
-        return out
+            out.append(random_blocked(self.ex, Fb, int(ranks[k]), seed + k, scale / np.sqrt(n)))
+        return State(out)
 
-    def transform(self, state: list, A: list) -> list:
-        """``F_k A_k`` for every factor."""
-        return [combine(F, A[k], None, None, name="scale") for k, F in enumerate(state)]
+    def transform(self, state, A: list) -> State:
+        """``F_k A_k`` for every factor (``state``: a State or a list of Blocked)."""
+        factors = [combine(F, A[k], None, None, name="scale") for k, F in enumerate(state)]
+        return State(factors, dict(_params(state)))
 
-    def from_numpy(self, arrays: list) -> list:
+    def from_numpy(self, arrays: list, params: dict | None = None) -> State:
         """Factors given as NumPy arrays, cut into this engine's row blocks."""
         out = []
         for F, Fb in zip(arrays, self.factor_bounds):
             F = np.ascontiguousarray(F, dtype=np.float64)
             blocks = self.ex.scatter([F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)])
             out.append(Blocked(self.ex, Fb, F.shape[1], list(blocks)))
-        return out
+        return State(out, dict(params or {}))
+
+
+def _params(state) -> dict:
+    return state.params if isinstance(state, State) else {}

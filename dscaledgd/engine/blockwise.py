@@ -1,518 +1,87 @@
-"""Matrix completion on tiles: the engine behind :func:`dscaledgd.complete`.
+"""The generic blockwise layer: map a chunk kernel over an N-d grid, reduce per axis block.
 
-One data pass (:meth:`CompletionEngine.pass_`) submits, per tile, the fused
-kernel of :mod:`dscaledgd.problems.completion` on the tile's factor blocks;
-each task returns its partial ``∇_L`` rows, partial ``∇_R`` rows and two
-partial sums. Partials are tree-summed per row and per column block (fixed
-order, so any scheduler gives the same bits), and per factor block a small
-task computes ``FᵀF``, ``FᵀG`` and ``GᵀG``. All of these small results, and
-nothing else, reach the client in **one** gather (:meth:`scalars`).
-
-Tiles are placed once, by the cache policy:
-
-``"memory"``
-    tiles live on the workers for the whole run (scattered from memory, or
-    loaded from Zarr by a task);
-``"stream"``
-    every pass re-reads the tile from Zarr in sub-chunks of ``sub_chunk``
-    entries, so a task's memory is bounded whatever the tile size;
-``"auto"`` (default)
-    ``"memory"`` when the tiles fit in half the cluster's memory, else
-    ``"stream"``. In-memory observations are always scattered.
-
-Every piece of a tile read from a store is decoded (CRC-32C) and checked
-(local indices inside the tile, finite values) before a kernel sees it
-(:func:`~dscaledgd.storage.integrity.read_entries`; about 0.3-0.6 ns per entry).
-Workers cache a store's open arrays by its identity (``store_id``), never by
-path alone: a store replaced at the same path is re-opened.
+Every engine's data pass has the same shape (DESIGN.md §3): one coarse task
+per chunk of an N-dimensional grid (matrix tiles, dense RPCA blocks, tensor
+chunks), each returning several partial results; each partial is tree-summed
+either per block of one grid axis (a partial gradient of the factor along
+that axis), or over the whole grid (a core gradient), or kept per chunk (the
+scalars the iteration gathers). :func:`map_reduce` does that once, for every
+engine; the sums are in a fixed order (C order over the grid, then a fixed
+fan-in tree), so any scheduler and worker count give the same bits.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ..exceptions import InputDataError
-from ..problems import completion as cp
-from ..storage.layout import CHUNK
-from .base import FactorEngine, PassStats, machine_memory
-from .factors import Blocked, getitem, sum_small, tree_sum
+from .factors import getitem, tree_sum
 
-__all__ = ["CompletionEngine", "PassStats", "TileRef", "CACHE_POLICIES"]
-
-CACHE_POLICIES = ("auto", "memory", "stream")
+__all__ = ["grid_indices", "map_reduce"]
 
 
-@dataclass(frozen=True)
-class TileRef:
-    """Tile ``tile`` of the store at ``path``, read by the task that uses it.
-
-    Entries ``[lo, hi)`` of the store's arrays, read ``sub`` at a time; every
-    piece is checked against the tile's ``height × width`` before a kernel sees
-    it. ``store_id`` is the store's identity at open: a worker whose cached
-    arrays belong to another store at the same path re-opens it, and a store
-    replaced since it was opened is refused.
-    """
-
-    path: str
-    store_id: str
-    tile: int
-    lo: int
-    hi: int
-    sub: int
-    height: int
-    width: int
+def grid_indices(grid: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every block index of ``grid``, in C order (the flat chunk number is the position)."""
+    return list(np.ndindex(*(int(g) for g in grid)))
 
 
-def tile_refs(obs, sub: int) -> list[TileRef]:
-    """A :class:`TileRef` per tile of the store-backed ``obs``."""
-    ptr = obs.tile_ptr
-    out = []
-    for t in range(obs.n_tiles):
-        r0, r1, c0, c1 = obs.tile_bounds(t)
-        out.append(
-            TileRef(
-                obs.path, obs.store_id, t, int(ptr[t]), int(ptr[t + 1]), int(sub), r1 - r0, c1 - c0
-            )
-        )
-    return out
-
-
-def _zarr_json_signature(path: str) -> tuple:
-    st = os.stat(os.path.join(path, "zarr.json"))
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-@functools.lru_cache(maxsize=8)
-def _open_cached(path: str, store_id: str, signature: tuple):
-    import zarr
-
-    from ..storage import integrity
-
-    g = zarr.open_group(path, mode="r")
-    meta = dict(g.attrs).get("dscaledgd") or {}
-    found = integrity.store_identity(path, meta)
-    if found != store_id:
-        raise InputDataError(
-            f"The Observations store {path!r} was replaced while in use: it was opened as "
-            f"store {store_id!r} but the store now at that path is {found!r}. Open it again "
-            "(Observations.open_zarr) and re-run."
-        )
-    return g["rows"], g["cols"], g["values"]
-
-
-def _open_arrays(path: str, store_id: str):
-    """The entry arrays of store ``store_id`` at ``path``, cached per worker by identity.
-
-    The cache key is ``(path, store_id)`` plus the inode and mtime of the
-    store's ``zarr.json`` (one ``stat`` per read), so a store replaced at the
-    same path is re-opened, and refused if its identity differs.
-    """
-    try:
-        sig = _zarr_json_signature(path)
-    except OSError as exc:
-        raise InputDataError(
-            f"The Observations store {path!r} is gone or unreadable on this worker ({exc}). "
-            "Every worker must see the store at the same path (a shared file system)."
-        ) from None
-    return _open_cached(path, store_id, sig)
-
-
-def _read_range(ref: TileRef, s: int, e: int):
-    """Entries ``[s, e)`` of tile ``ref``, decoded and checked (indices inside the tile,
-    finite values) before any kernel sees them."""
-    from ..storage.integrity import read_entries
-
-    return read_entries(
-        _open_arrays(ref.path, ref.store_id),
-        s,
-        e,
-        path=ref.path,
-        tile=ref.tile,
-        tile_lo=ref.lo,
-        height=ref.height,
-        width=ref.width,
-    )
-
-
-def _load_tile(ref: TileRef):
-    return _read_range(ref, ref.lo, ref.hi)
-
-
-def _chunks(tile):
-    """Yield ``(rows, cols, values)`` pieces of a tile (one piece if resident)."""
-    if isinstance(tile, TileRef):
-        for s in range(tile.lo, tile.hi, tile.sub):
-            yield _read_range(tile, s, min(tile.hi, s + tile.sub))
-    else:
-        yield tile
-
-
-# ------------------------------------------------------------------ tasks
-def _tile_grad(tile, L, R, loss, kernel, scale=1.0, offsets=None):
-    # gradients accumulate in interleaved [F | ∇F] blocks, the fused kernel's layout
-    r = L.shape[1]
-    LG, RG = cp.interleave(L), cp.interleave(R)
-    acc = np.zeros(2)
-    for rows, cols, vals in _chunks(tile):
-        if kernel == "reference":
-            (v, sq), pl, pr = cp.reference_pass(rows, cols, vals, L, R, loss, offsets)
-            LG[:, r:] += pl
-            RG[:, r:] += pr
-        else:
-            v, sq = cp.fused_pass_interleaved(rows, cols, vals, LG, RG, loss, offsets)
-        acc += (v, sq)
-    gL, gR = np.ascontiguousarray(LG[:, r:]), np.ascontiguousarray(RG[:, r:])
-    if scale != 1.0:  # scaling here spares a reduction task for single-partial blocks
-        gL *= scale
-        gR *= scale
-    return gL, gR, acc
-
-
-def _tile_spmm(tile, V, m, transpose, offsets=None):
-    out = np.zeros((m, V.shape[1]))
-    for rows, cols, vals in _chunks(tile):
-        if offsets is not None:  # the centred matrix Y − mu − b_i − c_j
-            mu, ro, co = offsets
-            vals = vals - mu - ro[rows] - co[cols]
-        if transpose:
-            cp.spmm(cols, rows, vals, V, out)
-        else:
-            cp.spmm(rows, cols, vals, V, out)
-    return out
-
-
-def _tile_residual(tile, L, R, offsets=None):
-    return sum(cp.residual_sumsq(r, c, v, L, R, offsets) for r, c, v in _chunks(tile))
-
-
-def _tile_fit(tile, L, R, offsets=None):
-    out = np.zeros(2)
-    for r, c, v in _chunks(tile):
-        out += cp.fit_sums(r, c, v, L, R, offsets)
-    return out
-
-
-def _tile_bias(tile, offsets, m, n):
-    rs, cs = np.zeros(m), np.zeros(n)
-    for r, c, v in _chunks(tile):
-        a, b = cp.bias_sums(r, c, v, offsets, m, n)
-        rs += a
-        cs += b
-    return rs, cs
-
-
-# ------------------------------------------------------------------ engine
-@dataclass
-class CompletionPass:
-    G: list
-    small: list
-
-
-class CompletionEngine(FactorEngine):
-    """Completion data passes over an :class:`~dscaledgd.Observations` on an executor.
+def map_reduce(
+    ex,
+    grid: Sequence[int],
+    task: Callable[[int, tuple], object],
+    outputs: Sequence[tuple[str, int | str | None]],
+    *,
+    scales: dict | None = None,
+    combine: dict | None = None,
+    name: str = "sum",
+) -> dict:
+    """Submit ``task(t, idx)`` for every chunk and reduce its parts.
 
     Parameters
     ----------
-    obs : Observations
     ex : Executor
-    symmetric : bool
-        Fit ``X = L Lᵀ`` (square observations): one factor.
-    loss : {"l2", "l1"}
-    cache : {"auto", "memory", "stream"}
-    kernel : {"fused", "reference"}
-        ``"reference"`` runs the plain NumPy oracle instead of the Numba
-        kernel (tests only).
-    sub_chunk : int
-        Entries per streamed read.
+    grid : blocks per axis
+    task : callable
+        ``task(t, idx)`` submits the kernel of chunk ``t`` (C order) at block
+        index ``idx`` and returns its handle.
+    outputs : sequence of ``(key, axis)``, one per part of a task's result
+        ``axis`` an int: the part is tree-summed per block along that grid
+        axis, giving ``out[key]``, a list of ``grid[axis]`` handles (parts
+        sharing a key add into the same blocks: a symmetric fit's two
+        partial gradients); a tuple of axes: per block of the sub-grid over
+        those axes (C order); ``"all"``: tree-summed over every chunk into one
+        handle; ``None``: kept per chunk, a list in C order. With one output
+        the task's result is the part itself (no selection task).
+    scales : dict, optional
+        ``{key: s}``: multiply the sums of ``key`` by ``s`` (at the tree's root).
+    combine : dict, optional
+        ``{key: f}``: reduce the per-block partials of ``key`` with
+        ``f(block, parts)`` (a handle) instead of the tree sum (e.g. a merge
+        of per-chunk top-k candidates).
     """
-
-    #: re-seed coherent spurious components under the default rule (solvers/reseed.py)
-    reseed_coherent = True
-
-    def __init__(
-        self,
-        obs,
-        ex,
-        *,
-        symmetric: bool = False,
-        loss: str = "l2",
-        cache: str = "auto",
-        kernel: str = "fused",
-        sub_chunk: int = CHUNK,
-    ):
-        self.obs = obs
-        self.ex = ex
-        self.symmetric = symmetric
-        self.loss = loss
-        self.kernel = kernel
-        self.p = obs.density
-        self.value_norm2 = obs.value_norm2
-        self.grid = obs.tiles
-        rb, cb = obs.row_bounds, obs.col_bounds
-        self.factor_bounds = [rb] if symmetric else [rb, cb]
-        self.cache = self._resolve_cache(cache)
-        self._tiles = self._place_tiles(obs, sub_chunk)
-        self._offsets = None  # (mu, row-bias block handles, col-bias block handles)
-        self._offset_values = None
-        self._vtiles = None  # validation tiles, aligned with this grid
-        self._vnnz = 0
-        # loss and gradient scaling (see problems/completion.py)
-        self.grad_scale = 1.0 / (2 * self.p) if symmetric else 1.0 / self.p
-        self.loss_scale = self.grad_scale / 2 if loss == "l2" else self.grad_scale
-
-    # -------------------------------------------------------------- placement
-    def _resolve_cache(self, cache: str) -> str:
-        if self.obs.path is None:
-            return "memory"
-        if cache != "auto":
-            return cache
-        ex = self.ex
-        if ex.kind == "distributed" and ex.memory_limit:
-            budget = 0.5 * ex.memory_limit * max(1, len(ex.client.scheduler_info()["workers"]))
+    scales, combine = scales or {}, combine or {}
+    per_block: dict = {}
+    flat: dict = {}
+    for t, idx in enumerate(grid_indices(grid)):
+        h = task(t, idx)
+        for part, (key, axis) in enumerate(outputs):
+            p = h if len(outputs) == 1 else getitem(ex, h, part)
+            if isinstance(axis, tuple):  # blocks of the sub-grid over these axes
+                sub = [int(grid[a]) for a in axis]
+                blocks = per_block.setdefault(key, [[] for _ in range(int(np.prod(sub)))])
+                blocks[int(np.ravel_multi_index(tuple(idx[a] for a in axis), sub))].append(p)
+            elif isinstance(axis, int) and not isinstance(axis, bool):
+                blocks = per_block.setdefault(key, [[] for _ in range(int(grid[axis]))])
+                blocks[idx[axis]].append(p)
+            else:
+                flat.setdefault(key, (axis, []))[1].append(p)
+    out = {}
+    for key, blocks in per_block.items():
+        if key in combine:
+            out[key] = [combine[key](i, b) for i, b in enumerate(blocks)]
         else:
-            budget = 0.5 * machine_memory()
-        return "memory" if self.obs.nbytes <= budget else "stream"
-
-    def _placement(self) -> list:
-        """Worker slot of each tile: contiguous row stripes per worker.
-
-        The partial ``∇_L`` rows of a row block then stay on one worker and only
-        the column partials cross between workers.
-        """
-        a, b = self.grid
-        w = self.ex.n_workers
-        if a >= w or a >= b:
-            return [min(w - 1, (t // b) * w // a) for t in range(a * b)]
-        return [min(w - 1, (t % b) * w // b) for t in range(a * b)]
-
-    def _place_tiles(self, obs, sub_chunk: int) -> list:
-        T = obs.n_tiles
-        slots = self._placement()
-        if obs.path is None:
-            return self.ex.scatter([obs.read_tile(t) for t in range(T)], placement=slots)
-        refs = tile_refs(obs, sub_chunk)
-        if self.cache == "memory":
-            submit = getattr(self.ex, "submit_on", None)
-            return [
-                submit(slots[t], _load_tile, refs[t], name="load")
-                if submit
-                else self.ex.submit(_load_tile, refs[t], name="load")
-                for t in range(T)
-            ]
-        return refs
-
-    def _tiles_iter(self):
-        a, b = self.grid
-        for t in range(a * b):
-            ia, ib = divmod(t, b)
-            yield t, ia, ib
-
-    # ------------------------------------------------ offsets and validation
-    def set_offsets(self, mu: float, row_bias, col_bias) -> None:
-        """Model ``mu + b_i + c_j + <L_i, R_j>``: the offsets are scattered once, by block."""
-        rb, cb = self.obs.row_bounds, self.obs.col_bounds
-        row_bias = np.zeros(self.obs.shape[0]) if row_bias is None else np.asarray(row_bias)
-        col_bias = np.zeros(self.obs.shape[1]) if col_bias is None else np.asarray(col_bias)
-        rblocks = self.ex.scatter([row_bias[rb[a] : rb[a + 1]].copy() for a in range(len(rb) - 1)])
-        cblocks = self.ex.scatter([col_bias[cb[b] : cb[b + 1]].copy() for b in range(len(cb) - 1)])
-        self._offsets = (float(mu), list(rblocks), list(cblocks))
-        self._offset_values = (float(mu), row_bias, col_bias)
-
-    def _tile_offsets(self, ia: int, ib: int):
-        if self._offsets is None:
-            return None
-        mu, rblocks, cblocks = self._offsets
-        return (mu, rblocks[ia], cblocks[ib])
-
-    def bias_sums(self, mu: float, row_bias, col_bias):
-        """Row and column sums of ``y − mu − b_i − c_j`` (one pass; vectors on the client)."""
-        self.set_offsets(mu, row_bias, col_bias)
-        rb, cb = self.obs.row_bounds, self.obs.col_bounds
-        a, b = self.grid
-        rparts = [[] for _ in range(a)]
-        cparts = [[] for _ in range(b)]
-        for t, ia, ib in self._tiles_iter():
-            m, n = int(rb[ia + 1] - rb[ia]), int(cb[ib + 1] - cb[ib])
-            out = self.ex.submit(
-                _tile_bias, self._tiles[t], self._tile_offsets(ia, ib), m, n, name="bias"
-            )
-            rparts[ia].append(getitem(self.ex, out, 0))
-            cparts[ib].append(getitem(self.ex, out, 1))
-        rs = self.ex.gather([tree_sum(self.ex, p) for p in rparts])
-        cs = self.ex.gather([tree_sum(self.ex, p) for p in cparts])
-        return np.concatenate(rs), np.concatenate(cs)
-
-    def set_row_weights(self) -> None:
-        """Row weights ``w_i = n_i / mean(n)`` (observation counts) for the weighted ridge.
-
-        Rows without observations get the smallest positive weight. The
-        blocks of ``w`` and ``1/w`` are scattered once.
-        """
-        o = self.obs
-        counts = [o.row_counts + o.col_counts] if self.symmetric else [o.row_counts, o.col_counts]
-        self._weights = []
-        for n, Fb in zip(counts, self.factor_bounds):
-            n = n.astype(np.float64)
-            w = n / n[n > 0].mean()
-            w[n == 0] = w[n > 0].min()
-            blocks = [w[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)]
-            self._weights.append(
-                (self.ex.scatter(blocks), self.ex.scatter([1.0 / b for b in blocks]))
-            )
-
-    def set_validation(self, vobs) -> None:
-        """Held-out observations whose RMSE every pass also computes (same grid)."""
-        o = self.obs
-        same = (
-            vobs.shape == o.shape
-            and np.array_equal(vobs.row_bounds, o.row_bounds)
-            and np.array_equal(vobs.col_bounds, o.col_bounds)
-        )
-        if not same:
-            vobs = vobs.retile(bounds=(o.row_bounds, o.col_bounds))
-        self._vtiles = self._place_tiles(vobs, CHUNK)
-        self._vnnz = vobs.nnz
-
-    # -------------------------------------------------- operator (spectral)
-    def matmat(self, V: Blocked) -> Blocked:
-        """``(Y / p) V`` for ``V`` blocked like the columns."""
-        return self._spmm(V, transpose=False)
-
-    def rmatmat(self, U: Blocked) -> Blocked:
-        """``(Y / p)ᵀ U`` for ``U`` blocked like the rows."""
-        return self._spmm(U, transpose=True)
-
-    def symmat(self, V: Blocked) -> Blocked:
-        """``((Y + Yᵀ) / 2p) V`` (square observations)."""
-        a, _ = self.grid
-        parts = [[] for _ in range(a)]
-        rb = self.obs.row_bounds
-        for t, ia, ib in self._tiles_iter():
-            m_a = int(rb[ia + 1] - rb[ia])
-            m_b = int(rb[ib + 1] - rb[ib])
-            offs = self._tile_offsets(ia, ib)
-            parts[ia].append(
-                self.ex.submit(
-                    _tile_spmm, self._tiles[t], V.blocks[ib], m_a, False, offs, name="spmm"
-                )
-            )
-            parts[ib].append(
-                self.ex.submit(
-                    _tile_spmm, self._tiles[t], V.blocks[ia], m_b, True, offs, name="spmm"
-                )
-            )
-        blocks = [tree_sum(self.ex, p, 0.5 / self.p) for p in parts]
-        return Blocked(self.ex, rb, V.ncols, blocks)
-
-    def _spmm(self, V: Blocked, transpose: bool) -> Blocked:
-        a, b = self.grid
-        out_bounds = self.obs.col_bounds if transpose else self.obs.row_bounds
-        parts = [[] for _ in range(b if transpose else a)]
-        for t, ia, ib in self._tiles_iter():
-            src, dst = (ia, ib) if transpose else (ib, ia)
-            m = int(out_bounds[dst + 1] - out_bounds[dst])
-            parts[dst].append(
-                self.ex.submit(
-                    _tile_spmm,
-                    self._tiles[t],
-                    V.blocks[src],
-                    m,
-                    transpose,
-                    self._tile_offsets(ia, ib),
-                    name="spmm",
-                )
-            )
-        blocks = [tree_sum(self.ex, p, 1.0 / self.p) for p in parts]
-        return Blocked(self.ex, out_bounds, V.ncols, blocks)
-
-    # ----------------------------------------------------------- protocol
-    def pass_(self, state: list) -> CompletionPass:
-        """Submit one data pass at ``state``; nothing is gathered."""
-        ex = self.ex
-        L = state[0]
-        R = L if self.symmetric else state[1]
-        parts = [[[] for _ in range(len(Fb) - 1)] for Fb in self.factor_bounds]
-        values = []
-        for t, ia, ib in self._tiles_iter():
-            g = ex.submit(
-                _tile_grad,
-                self._tiles[t],
-                L.blocks[ia],
-                R.blocks[ib],
-                self.loss,
-                self.kernel,
-                self.grad_scale,
-                self._tile_offsets(ia, ib),
-                name="grad",
-            )
-            parts[0][ia].append(getitem(ex, g, 0))
-            parts[-1][ib].append(getitem(ex, g, 1))
-            values.append(getitem(ex, g, 2))
-        G = [
-            Blocked(ex, Fb, state[k].ncols, [tree_sum(ex, p) for p in parts[k]])
-            for k, Fb in enumerate(self.factor_bounds)
-        ]
-        small = self.stats_parts(state, G)
-        vres = []
-        if self._vtiles is not None:  # held-out RMSE, in the same gather
-            vres = [
-                ex.submit(
-                    _tile_residual,
-                    self._vtiles[t],
-                    L.blocks[ia],
-                    R.blocks[ib],
-                    self._tile_offsets(ia, ib),
-                    name="validation",
-                )
-                for t, ia, ib in self._tiles_iter()
-            ]
-        return CompletionPass(G=G, small=[small, values, vres])
-
-    def scalars(self, pas: CompletionPass) -> PassStats:
-        """The one gather of an iteration: losses and r×r Grams."""
-        stats, values, vres = self.ex.gather(pas.small)
-        value, sumsq = sum_small(values)
-        extra = {}
-        if vres:
-            extra["validation"] = float(np.sqrt(sum(vres) / self._vnnz))
-        return self.pass_stats(value * self.loss_scale, sumsq, sumsq / self.p, stats, extra)
-
-    def close(self) -> None:
-        for tiles in (self._tiles, self._vtiles or []):
-            self.ex.release(*[t for t in tiles if not isinstance(t, TileRef)])
-
-    # ----------------------------------------------------- initialisation
-    def spectral(self, rank: int, *, seed: int, n_power: int = 4):
-        """Top-``rank`` spectral pairs of ``Y/p``.
-
-        Returns ``([U, V], s)``, or ``([U], w)`` when symmetric.
-        """
-        from .spectral import randomized_eigh, randomized_svd
-
-        if self.symmetric:
-            U, w = randomized_eigh(self, rank, seed=seed, n_power=n_power)
-            return [U], w
-        U, s, V = randomized_svd(self, rank, seed=seed, n_power=n_power)
-        return [U, V], s
-
-    def fit_sums(self, state: list) -> tuple[float, float]:
-        """``(<P_Ω(X), Y_c>, ‖P_Ω(X)‖²)`` for ``X = L Rᵀ`` and the centred data (one pass)."""
-        L = state[0]
-        R = L if self.symmetric else state[1]
-        parts = [
-            self.ex.submit(
-                _tile_fit,
-                self._tiles[t],
-                L.blocks[ia],
-                R.blocks[ib],
-                self._tile_offsets(ia, ib),
-                name="fit",
-            )
-            for t, ia, ib in self._tiles_iter()
-        ]
-        xy, xx = sum_small(self.ex.gather(parts))
-        return float(xy), float(xx)
+            out[key] = [tree_sum(ex, b, scales.get(key, 1.0), name=name) for b in blocks]
+    for key, (axis, parts) in flat.items():
+        out[key] = tree_sum(ex, parts, scales.get(key, 1.0), name=name) if axis == "all" else parts
+    return out

@@ -20,7 +20,6 @@ temporaries per task).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,7 +27,8 @@ from ..exceptions import InputDataError
 from ..problems import rpca as pr
 from ..storage.layout import balanced_bounds
 from .base import FactorEngine
-from .factors import Blocked, getitem, sum_small, tree_sum
+from .blockwise import map_reduce
+from .factors import Blocked, sum_small
 
 __all__ = ["RPCAEngine"]
 
@@ -109,7 +109,7 @@ class RPCAEngine(FactorEngine):
         stripes per thread).
     """
 
-    default_eta = 0.5  # ALGORITHMS.md §5
+    spec = pr.SPEC
 
     def __init__(self, Y, ex, *, alpha: float, grid=None):
         self.ex, self.symmetric, self.alpha = ex, False, float(alpha)
@@ -121,7 +121,7 @@ class RPCAEngine(FactorEngine):
             a, b = grid or (max(1, min(n1, 2 * ex.nthreads)), 1)
             rb = balanced_bounds(np.ones(n1), a)
             cb = balanced_bounds(np.ones(n2), b)
-        self.obs = SimpleNamespace(row_bounds=rb, col_bounds=cb, shape=(n1, n2))
+        self.shape = (n1, n2)
         self.factor_bounds = [rb, cb]
         self.grid = (len(rb) - 1, len(cb) - 1)
         self.cache = "memory"
@@ -147,8 +147,7 @@ class RPCAEngine(FactorEngine):
                 "masked. Pass a matrix with observed values."
             )
         self.p = nobs / (n1 * n2)
-        self.grad_scale = 1.0 / self.p
-        self.loss_scale = 0.5 / self.p
+        self.grad_scale, self.loss_scale = self.spec.scales(self.p, False, "l2")
         sumsq = [ex.submit(_sumsq, yb, name="norm") for yb in self._Y]
         self.value_norm2 = float(sum(ex.gather(sumsq)))
         self.S0 = None
@@ -185,29 +184,25 @@ class RPCAEngine(FactorEngine):
         kr_all = pr.topk_sizes(self.row_counts, alpha)
         kc_all = pr.topk_sizes(self.col_counts, alpha)
         Kr, Kc = int(kr_all.max()), int(kc_all.max())
-        a, b = self.grid
-        rparts, cparts = [[] for _ in range(a)], [[] for _ in range(b)]
-        for t, ia, ib in self._blocks():
-            c = ex.submit(
-                _candidates,
-                self._Y[t],
-                None if L is None else L.blocks[ia],
-                None if R is None else R.blocks[ib],
-                Kr,
-                Kc,
-                name="topk",
-            )
-            rparts[ia].append(getitem(ex, c, 0))
-            cparts[ib].append(getitem(ex, c, 1))
+
+        def topk(t, idx):
+            ia, ib = idx
+            Lb = None if L is None else L.blocks[ia]
+            Rb = None if R is None else R.blocks[ib]
+            return ex.submit(_candidates, self._Y[t], Lb, Rb, Kr, Kc, name="topk")
+
         rb, cb = self.factor_bounds
-        rthr = [
-            ex.submit(_merge, rparts[ia], Kr, 1, kr_all[rb[ia] : rb[ia + 1]], name="thr")
-            for ia in range(a)
-        ]
-        cthr = [
-            ex.submit(_merge, cparts[ib], Kc, 0, kc_all[cb[ib] : cb[ib + 1]], name="thr")
-            for ib in range(b)
-        ]
+
+        def merge_rows(ia, parts):
+            return ex.submit(_merge, parts, Kr, 1, kr_all[rb[ia] : rb[ia + 1]], name="thr")
+
+        def merge_cols(ib, parts):
+            return ex.submit(_merge, parts, Kc, 0, kc_all[cb[ib] : cb[ib + 1]], name="thr")
+
+        out = map_reduce(
+            ex, self.grid, topk, [("r", 0), ("c", 1)], combine={"r": merge_rows, "c": merge_cols}
+        )
+        rthr, cthr = out["r"], out["c"]
         return rthr, cthr
 
     def sparse_blocks(self, state, alpha: float) -> list:
@@ -228,14 +223,14 @@ class RPCAEngine(FactorEngine):
         ]
 
     # ------------------------------------------------------------ protocol
-    def pass_(self, state: list) -> RPCAPass:
+    def pass_(self, state, it: int = 0) -> RPCAPass:
         ex = self.ex
         L, R = state
         rthr, cthr = self._thresholds(L, R, 2 * self.alpha)
-        a, b = self.grid
-        gl, gr, values = [[] for _ in range(a)], [[] for _ in range(b)], []
-        for t, ia, ib in self._blocks():
-            g = ex.submit(
+
+        def grad(t, idx):
+            ia, ib = idx
+            return ex.submit(
                 _grad_block,
                 self._Y[t],
                 L.blocks[ia],
@@ -245,14 +240,12 @@ class RPCAEngine(FactorEngine):
                 self.grad_scale,
                 name="grad",
             )
-            gl[ia].append(getitem(ex, g, 0))
-            gr[ib].append(getitem(ex, g, 1))
-            values.append(getitem(ex, g, 2))
+
+        out = map_reduce(ex, self.grid, grad, [("G0", 0), ("G1", 1), ("v", None)])
         G = [
-            Blocked(ex, Fb, state[k].ncols, [tree_sum(ex, p) for p in parts])
-            for k, (Fb, parts) in enumerate(zip(self.factor_bounds, (gl, gr)))
+            Blocked(ex, Fb, state[k].ncols, out[f"G{k}"]) for k, Fb in enumerate(self.factor_bounds)
         ]
-        return RPCAPass(G=G, small=[self.stats_parts(state, G), values])
+        return RPCAPass(G=G, small=[self.stats_parts(state, G), out["v"]])
 
     def scalars(self, pas: RPCAPass):
         stats, values = self.ex.gather(pas.small)
@@ -263,9 +256,6 @@ class RPCAEngine(FactorEngine):
         self.ex.release(*self._Y)
 
     # ----------------------------------------------------- initialisation
-    def spectral_passes(self, n_power: int) -> int:
-        return 2 * n_power + 4  # + the T_α pass (two sweeps)
-
     def matmat(self, V: Blocked) -> Blocked:
         return self._spmm(V, transpose=False)
 
@@ -273,18 +263,15 @@ class RPCAEngine(FactorEngine):
         return self._spmm(U, transpose=True)
 
     def _spmm(self, V: Blocked, transpose: bool) -> Blocked:
-        rb, cb = self.factor_bounds
-        a, b = self.grid
-        parts = [[] for _ in range(b if transpose else a)]
-        for t, ia, ib in self._blocks():
-            src, dst = (ia, ib) if transpose else (ib, ia)
-            parts[dst].append(
-                self.ex.submit(
-                    _spmm_block, self._Y[t], self.S0[t], V.blocks[src], transpose, name="spmm"
-                )
+        def spmm(t, idx):
+            src = idx[0] if transpose else idx[1]
+            return self.ex.submit(
+                _spmm_block, self._Y[t], self.S0[t], V.blocks[src], transpose, name="spmm"
             )
-        blocks = [tree_sum(self.ex, p, 1.0 / self.p) for p in parts]
-        return Blocked(self.ex, cb if transpose else rb, V.ncols, blocks)
+
+        axis = 1 if transpose else 0
+        out = map_reduce(self.ex, self.grid, spmm, [("Y", axis)], scales={"Y": 1.0 / self.p})
+        return Blocked(self.ex, self.factor_bounds[axis], V.ncols, out["Y"])
 
     def spectral(self, rank: int, *, seed: int, n_power: int = 4):
         """``SVD_r((Y − S₀)/p)`` with ``S₀ = T_α(Y)`` (randomized, on the blocks)."""
@@ -292,7 +279,7 @@ class RPCAEngine(FactorEngine):
 
         self.S0 = self.sparse_blocks(None, self.alpha)
         try:
-            U, s, V = randomized_svd(self, rank, seed=seed, n_power=n_power)
+            U, s, V = randomized_svd(self, self.factor_bounds, rank, seed=seed, n_power=n_power)
         finally:
             self.S0 = None
         return [U, V], s

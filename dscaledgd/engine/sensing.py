@@ -25,6 +25,7 @@ import numpy as np
 
 from ..problems import sensing as ps
 from .base import FactorEngine, machine_memory
+from .blockwise import map_reduce
 from .factors import Blocked, getitem, sum_small, tree_sum
 
 __all__ = ["SensingEngine"]
@@ -99,7 +100,7 @@ class SensingEngine(FactorEngine):
     cache : {"auto", "memory", "generate"}
     """
 
-    damping_fraction = 0.5
+    spec = ps.SPEC
 
     def __init__(self, y, op, ex, *, symmetric: bool, loss: str, cache: str = "auto"):
         self.op, self.ex, self.symmetric, self.loss = op, ex, symmetric, loss
@@ -134,33 +135,23 @@ class SensingEngine(FactorEngine):
         self._y = ex.scatter(
             [self.y[bnd[b] : bnd[b + 1]] for b in range(op.n_blocks)], placement=slots
         )
-        # loss and gradient scaling (module docstring)
-        self.default_eta = 0.5
-        self.grad_scale = (0.5 if loss == "l2" else 1.0) if symmetric else 1.0
-        self.loss_scale = (0.25 if symmetric else 0.5) if loss == "l2" else 1.0
+        self.grad_scale, self.loss_scale = self.spec.scales(1.0, symmetric, loss)
         self._weights_spec = None  # truncation of the spectral initialisation
 
     # ------------------------------------------------------------ protocol
-    def pass_(self, state: list) -> SensingPass:
+    def pass_(self, state, it: int = 0) -> SensingPass:
         ex = self.ex
         L = state[0].blocks[0]
         R = L if self.symmetric else state[1].blocks[0]
-        parts = [
-            ex.submit(
-                _block_pass,
-                self._blocks[b],
-                L,
-                R,
-                self._y[b],
-                self.kind,
-                self.loss,
-                self.op.shape,
-                name="sense",
+
+        def block(b, idx):
+            y, kind, shape = self._y[b], self.kind, self.op.shape
+            return ex.submit(
+                _block_pass, self._blocks[b], L, R, y, kind, self.loss, shape, name="sense"
             )
-            for b in range(self.op.n_blocks)
-        ]
-        Z = tree_sum(ex, [getitem(ex, p, 0) for p in parts])
-        values = [getitem(ex, p, 1) for p in parts]
+
+        out = map_reduce(ex, self.grid, block, [("Z", "all"), ("v", None)])
+        Z, values = out["Z"], out["v"]
         g = ex.submit(_grads, Z, L, R, self.symmetric, self.grad_scale, name="grad")
         G = [
             Blocked(ex, Fb, state[k].ncols, [getitem(ex, g, k)])
@@ -177,10 +168,6 @@ class SensingEngine(FactorEngine):
         self.ex.release(*[b for b in self._blocks if not isinstance(b, BlockRef)], *self._y)
 
     # ----------------------------------------------------- initialisation
-    def spectral_passes(self, n_power: int) -> int:
-        """Data passes of :meth:`spectral`: one adjoint (the SVD is dense, on the client)."""
-        return 1
-
     def set_truncation(self, keep: np.ndarray | None) -> None:
         """Measurements used by the spectral initialisation (``None``: all)."""
         self._weights_spec = None if keep is None else keep.astype(np.float64)

@@ -37,17 +37,18 @@ def orthonormalize(X: Blocked, return_r: bool = False):
     return (X, Rtot) if return_r else X
 
 
-def randomized_svd(op, rank: int, *, seed: int, oversample: int = 10, n_power: int = 4):
-    """Top-``rank`` singular triplets of ``op``.
+def randomized_svd(op, bounds, rank: int, *, seed: int, oversample: int = 10, n_power: int = 4):
+    """Top-``rank`` singular triplets of ``op``, whose rows and columns are blocked at
+    ``bounds = (row_bounds, col_bounds)``.
 
     Returns
     -------
     U : Blocked (n1 × rank), s : ndarray (rank,), V : Blocked (n2 × rank)
     """
-    n1 = int(op.obs.row_bounds[-1])
-    n2 = int(op.obs.col_bounds[-1])
+    row_bounds, col_bounds = bounds
+    n1, n2 = int(row_bounds[-1]), int(col_bounds[-1])
     k = min(rank + oversample, n1, n2)
-    Om = random_blocked(op.ex, op.obs.col_bounds, k, seed)
+    Om = random_blocked(op.ex, col_bounds, k, seed)
     Q = orthonormalize(op.matmat(Om))
     for _ in range(n_power):
         Z = orthonormalize(op.rmatmat(Q))
@@ -59,16 +60,17 @@ def randomized_svd(op, rank: int, *, seed: int, oversample: int = 10, n_power: i
     return U, s[:rank], V
 
 
-def randomized_eigh(op, rank: int, *, seed: int, oversample: int = 10, n_power: int = 4):
-    """Top-``rank`` *algebraic* eigenpairs of the symmetric ``op.symmat``.
+def randomized_eigh(op, bounds, rank: int, *, seed: int, oversample: int = 10, n_power: int = 4):
+    """Top-``rank`` *algebraic* eigenpairs of the symmetric ``op.symmat`` (rows blocked at
+    ``bounds``).
 
     Returns
     -------
     U : Blocked (n × rank), w : ndarray (rank,), largest first
     """
-    n = int(op.obs.row_bounds[-1])
+    n = int(bounds[-1])
     k = min(rank + oversample, n)
-    Q = orthonormalize(op.symmat(random_blocked(op.ex, op.obs.row_bounds, k, seed)))
+    Q = orthonormalize(op.symmat(random_blocked(op.ex, bounds, k, seed)))
     for _ in range(n_power):
         Q = orthonormalize(op.symmat(Q))
     W = op.symmat(Q)

@@ -34,6 +34,7 @@ import functools
 import numpy as np
 
 from .._jit import njit
+from .spec import ProblemSpec
 
 __all__ = [
     "LOSSES",
@@ -48,6 +49,18 @@ __all__ = [
     "reference_pass",
 ]
 
+
+def _scales(p: float, symmetric: bool, loss: str):
+    """``f = (1/2p)‖P_Ω(X) − Y‖²`` (l2) or ``(1/p)‖·‖₁`` (l1); ``L Lᵀ`` counts both triangles."""
+    grad = 1.0 / (2 * p) if symmetric else 1.0 / p
+    return grad, (grad / 2 if loss == "l2" else grad)
+
+
+#: the constants of matrix completion (η = 0.7 of the default rule: docs/step_rule.md)
+SPEC = ProblemSpec(
+    "completion", default_eta=0.7, damping_fraction=1.0, reseed_coherent=True, scales=_scales
+)
+
 #: Loss names understood by the kernels, mapped to the kernel's loss code.
 LOSSES = {"l2": 0, "l1": 1}
 
@@ -57,6 +70,18 @@ _MAX_LITERAL_RANK = 32
 
 def loss_code(loss: str) -> int:
     return LOSSES[loss]
+
+
+@njit(inline="always", fastmath=True)
+def _residual(i, j, y, L, R, r, ro, co, mu, centered):  # pragma: no cover - jitted
+    """``<L[i, :r], R[j, :r]> (+ mu + ro[i] + co[j]) − y``, inlined into each kernel
+    (``L`` and ``R`` may be the interleaved ``[F | ∇F]`` blocks: only ``:r`` is read)."""
+    z = -y
+    if centered:
+        z += mu + ro[i] + co[j]
+    for q in range(r):
+        z += L[i, q] * R[j, q]
+    return z
 
 
 def _fused_body(r_const, code_const, centered):
@@ -81,11 +106,7 @@ def _fused_body(r_const, code_const, centered):
         for k in range(vals.shape[0]):
             i = rows[k]
             j = cols[k]
-            z = -vals[k]
-            if centered:
-                z += mu + ro[i] + co[j]
-            for q in range(r):
-                z += LG[i, q] * RG[j, q]
+            z = _residual(i, j, vals[k], LG, RG, r, ro, co, mu, centered)
             sq += z * z
             if code_const == 0:
                 g = z
@@ -185,13 +206,7 @@ def _residual_sumsq(rows, cols, vals, L, R, ro, co, mu, centered):  # pragma: no
     r = L.shape[1]
     s = 0.0
     for k in range(vals.shape[0]):
-        i = rows[k]
-        j = cols[k]
-        z = -vals[k]
-        if centered:
-            z += mu + ro[i] + co[j]
-        for q in range(r):
-            z += L[i, q] * R[j, q]
+        z = _residual(rows[k], cols[k], vals[k], L, R, r, ro, co, mu, centered)
         s += z * z
     return s
 

@@ -53,6 +53,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .spec import ProblemSpec
+
 __all__ = [
     "topk_sizes",
     "observed_counts",
@@ -65,6 +67,16 @@ __all__ = [
     "t_alpha_chunked",
     "soft_threshold",
 ]
+
+
+#: the constants of robust PCA: ``f = (1/2p)‖P_Ω(X + S − Y)‖²``, η = 0.5 (ALGORITHMS.md §5);
+#: the spectral init costs the randomized SVD plus the T_α pass (two sweeps)
+SPEC = ProblemSpec(
+    "rpca",
+    default_eta=0.5,
+    scales=lambda p, symmetric, loss: (1.0 / p, 0.5 / p),
+    spectral_passes=lambda q: 2 * q + 4,
+)
 
 # Relative nudge applied before the floor in ``topk_sizes`` so that decimal
 # fractions give the decimal answer (0.29 * 100 is 28.999999999999996 in
@@ -210,24 +222,12 @@ def row_topk(Z_chunk, k: int) -> np.ndarray:
 
 
 def col_topk(Z_chunk, k: int) -> np.ndarray:
-    """The ``k`` largest magnitudes of each column of a chunk.
+    """The ``k`` largest magnitudes of each column of a chunk: ``row_topk(Z_chunk.T, k).T``.
 
-    Parameters
-    ----------
-    Z_chunk : array_like, shape (m, n)
-        NaN marks a missing entry; it is never a candidate.
-    k : int >= 0
-        Number of candidates per column.
-
-    Returns
-    -------
-    top : ndarray of float64, shape (k, n)
-        ``top[:, j]`` holds the ``k`` largest ``|Z_·j|`` in descending order,
-        with multiplicity, ``-inf`` padded. Equal to ``row_topk(Z_chunk.T, k).T``.
-
-    Notes
-    -----
-    Same cost as :func:`row_topk` (the selection runs on a transposed copy).
+    The parameters are those of :func:`row_topk` (``k`` candidates per column);
+    the result, of shape ``(k, n)``, holds in ``top[:, j]`` the ``k`` largest
+    ``|Z_·j|`` in descending order, with multiplicity, ``-inf`` padded. Same
+    cost as :func:`row_topk` (the selection runs on a transposed copy).
     """
     k = _check_k(k)
     A = np.ascontiguousarray(_magnitudes(Z_chunk).T)

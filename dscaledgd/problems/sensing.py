@@ -21,7 +21,9 @@ import numbers
 
 import numpy as np
 
+from .._random import seeded_normal_rows
 from ..exceptions import InputDataError, InvalidParameterError
+from .spec import ProblemSpec
 
 __all__ = [
     "GaussianSensing",
@@ -31,6 +33,24 @@ __all__ = [
     "forward_block",
     "adjoint_block",
 ]
+
+
+def _scales(p: float, symmetric: bool, loss: str):
+    """``f = ½‖A(X) − y‖²`` (l2, ¼ for ``X = L Lᵀ``) or ``‖A(X) − y‖₁`` (l1)."""
+    if loss != "l2":
+        return 1.0, 1.0
+    return (0.5, 0.25) if symmetric else (1.0, 0.5)
+
+
+#: the constants of matrix sensing: η = 0.5 (ALGORITHMS.md §3), λ at half the noise
+#: level (``api._core.default_damping``), one adjoint for the spectral estimate
+SPEC = ProblemSpec(
+    "sensing",
+    default_eta=0.5,
+    damping_fraction=0.5,
+    scales=_scales,
+    spectral_passes=lambda q: 1,
+)
 
 #: Measurements per independently seeded chunk: any blocking gives the same operator.
 _SEED_ROWS = 256
@@ -48,17 +68,6 @@ def _block_bounds(m: int, chunks) -> np.ndarray:
             f"Got {chunks!r}."
         )
     return np.linspace(0, m, nb + 1).astype(np.int64)
-
-
-def _seeded_gaussian(seed: int, r0: int, r1: int, width: int, scale: float) -> np.ndarray:
-    c0, c1 = r0 // _SEED_ROWS, (r1 - 1) // _SEED_ROWS
-    parts = []
-    for c in range(c0, c1 + 1):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(c,)))
-        parts.append(rng.standard_normal((_SEED_ROWS, width)))
-    full = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    off = c0 * _SEED_ROWS
-    return full[r0 - off : r1 - off] * scale
 
 
 class _Operator:
@@ -141,7 +150,7 @@ class GaussianSensing(_Operator):
     def block(self, b: int) -> np.ndarray:
         r0, r1 = int(self.bounds[b]), int(self.bounds[b + 1])
         n = self.shape[0] * self.shape[1]
-        return _seeded_gaussian(self.seed, r0, r1, n, 1.0 / np.sqrt(self.m))
+        return seeded_normal_rows(self.seed, r0, r1, n, _SEED_ROWS) * (1.0 / np.sqrt(self.m))
 
     def __repr__(self) -> str:
         return f"GaussianSensing(shape={self.shape}, m={self.m}, blocks={self.n_blocks})"
@@ -166,7 +175,7 @@ class QuadraticSensing(_Operator):
 
     def block(self, b: int) -> np.ndarray:
         r0, r1 = int(self.bounds[b]), int(self.bounds[b + 1])
-        return _seeded_gaussian(self.seed, r0, r1, self.shape[0], 1.0)
+        return seeded_normal_rows(self.seed, r0, r1, self.shape[0], _SEED_ROWS)
 
     def __repr__(self) -> str:
         return f"QuadraticSensing(n={self.shape[0]}, m={self.m}, blocks={self.n_blocks})"

@@ -31,12 +31,10 @@ CENTER_MODES = (False, True, "mean", "biases")
 
 def fit_offsets(engine, mode, *, reg: float, sweeps: int = 10):
     """Return ``(mu, row_bias, col_bias)``; biases are ``None`` unless ``mode == "biases"``."""
-    n1, n2 = engine.obs.shape
-    nr = engine.obs.row_counts.astype(np.float64)
-    nc = engine.obs.col_counts.astype(np.float64)
-    zeros_r, zeros_c = np.zeros(n1), np.zeros(n2)
+    nr, nc = (c.astype(np.float64) for c in engine.counts())
+    zeros_r, zeros_c = np.zeros(len(nr)), np.zeros(len(nc))
     rsum, _ = engine.bias_sums(0.0, zeros_r, zeros_c)
-    mu = float(rsum.sum() / engine.obs.nnz)
+    mu = float(rsum.sum() / nr.sum())
     if mode != "biases":
         return mu, None, None
     lam = max(float(reg) * engine.p, 1e-12)

@@ -29,13 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg as sla
 
+from ..problems.spec import Update
+
 __all__ = [
     "GramSolveError",
     "Preconditioner",
     "Step",
+    "StepRule",
     "FixedStep",
     "AdaptiveStep",
     "guarded",
+    "make_update",
     "predicted_grams",
     "update_matrices",
     "with_ridge",
@@ -90,6 +94,10 @@ class Preconditioner:
     under ``(L Q, R Q⁻ᵀ)``, so the iterates keep ScaledGD's invariance.
 
     ``kind="identity"``: ``P_k = I / σ̂₁`` (vanilla GD).
+
+    Small parameters with a gradient (the Tucker core ``S``) move by
+    ``S − η ∇S ×_k Q_k`` (:meth:`param_matrices`): ``Q_k = (F_kᵀF_k + λ I)⁻¹``
+    for ScaledGD (ALGORITHMS.md §7), ``Q_k = I`` for GD.
     """
 
     def __init__(self, kind: str = "scaled", sigma1: float = 1.0):
@@ -110,6 +118,31 @@ class Preconditioner:
                 M = M + step.mu * spd_solve_identity(FFk)
             out.append(spd_solve_identity(M))
         return out
+
+    def param_matrices(self, stats, step: Step) -> list:
+        """Per factor ``Q_k``: the mode-wise preconditioner of the small parameters."""
+        r = len(stats.FF[0])
+        if self.kind == "identity":
+            return [np.eye(len(FF)) for FF in stats.FF]
+        return [spd_solve_identity(FF + step.damping * np.eye(r)) for FF in stats.FF]
+
+
+def make_update(precond: Preconditioner, P: list, stats, state, step: Step, reg: float = 0.0):
+    """The :class:`~dscaledgd.problems.spec.Update` of one step of size ``step.eta``.
+
+    Factors: :func:`update_matrices`. Each small parameter ``S`` with a
+    gradient ``stats.PG[name]``: ``S − η ∇S ×_k Q_k``
+    (:meth:`Preconditioner.param_matrices`).
+    """
+    A, B = update_matrices(P, step.eta, reg)
+    params = {}
+    if stats.PG:
+        from ..linalg import multi_mode_product
+
+        Q = precond.param_matrices(stats, step)
+        for name, grad in stats.PG.items():
+            params[name] = state.params[name] - step.eta * multi_mode_product(grad, Q)
+    return Update(A, B, params)
 
 
 def with_ridge(stats, reg: float):
@@ -162,7 +195,41 @@ def scaled_grad_norm2(stats, P: list) -> float:
 
 
 # ------------------------------------------------------------------ rules
-class FixedStep:
+class StepRule:
+    """What the loop asks of a step rule; the defaults are those of a fixed rule.
+
+    ``propose(stats)`` gives the step before the preconditioner is known,
+    ``scale(stats, step, P)`` may set ``η`` from it (ScaledSM), ``recover()``
+    after a guard restore says whether to go on (``False``: the run ends
+    ``"diverged"``). ``loss_blowup`` and ``norm_blowup`` are the guard's
+    thresholds, ``stall_on_step`` makes the stall rule watch the relative
+    step instead of the loss, and ``c`` is the adaptive damping's constant
+    (0 when there is none; the re-seed uses it).
+    """
+
+    name = "rule"
+    loss_blowup = 1e3
+    norm_blowup = 1e2
+    stall_on_step = False
+    c = 0.0
+
+    def __init__(self, damping: float = 0.0):
+        self.damping = float(damping)
+
+    def start(self, stats) -> None:
+        pass
+
+    def propose(self, stats) -> Step:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def scale(self, stats, step: Step, P: list) -> Step:
+        return step
+
+    def recover(self) -> bool:
+        return False
+
+
+class FixedStep(StepRule):
     """Constant ``η`` and damping, as in the papers' reference code.
 
     The loop stops the run only on a real blow-up (non-finite values, the loss
@@ -172,24 +239,16 @@ class FixedStep:
     """
 
     name = "fixed"
-    loss_blowup = 1e3
-    norm_blowup = 1e2
 
     def __init__(self, eta: float, damping: float = 0.0):
+        super().__init__(damping)
         self.eta = float(eta)
-        self.damping = float(damping)
-
-    def start(self, stats) -> None:
-        pass
 
     def propose(self, stats) -> Step:
         return Step(self.eta, self.damping)
 
-    def recover(self) -> bool:
-        return False
 
-
-class AdaptiveStep:
+class AdaptiveStep(StepRule):
     r"""The default step rule: invariant adaptive damping plus a blow-up guard.
 
     Each iteration uses ``η`` and the preconditioner
@@ -247,8 +306,8 @@ class AdaptiveStep:
         c_growth: float = 2.0,
         max_restores: int = 30,
     ):
+        super().__init__(damping)
         self.eta0, self.c0 = float(eta), float(c)
-        self.damping = float(damping)
         self.eta_min, self.eta_shrink, self.c_growth = eta_min, eta_shrink, c_growth
         self.max_restores = max_restores
 
@@ -275,4 +334,6 @@ def guarded(eta: float = 0.5, damping: float = 0.0) -> AdaptiveStep:
     where the adaptive damping's ``μ (FᵀF)⁻¹`` term would freeze the tiny
     factors.
     """
-    return AdaptiveStep(eta=eta, c=0.0, damping=damping, eta_min=1e-4, eta_shrink=0.5)
+    rule = AdaptiveStep(eta=eta, c=0.0, damping=damping, eta_min=1e-4, eta_shrink=0.5)
+    rule.name = "guarded"
+    return rule

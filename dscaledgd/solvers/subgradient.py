@@ -29,21 +29,19 @@ from __future__ import annotations
 
 import math
 
-from .scaledgd import Step, scaled_grad_norm2, x_norm2
+from .scaledgd import Step, StepRule, scaled_grad_norm2, x_norm2
 
 __all__ = ["PolyakStep", "GeometricStep"]
 
 
-class _ScaledSubgradientRule:
+class _ScaledSubgradientRule(StepRule):
     """Common parts: stop on a real blow-up, never silently change the rule."""
 
-    loss_blowup = 1e3
-    norm_blowup = 1e2
     #: the loop's stall rule watches ‖ΔX‖/‖X‖ (the step length), not the loss
     stall_on_step = True
 
     def __init__(self, damping: float = 0.0):
-        self.damping = float(damping)
+        super().__init__(damping)
         self.t = 0
 
     def start(self, stats) -> None:
@@ -51,9 +49,6 @@ class _ScaledSubgradientRule:
 
     def propose(self, stats) -> Step:
         return Step(math.nan, self.damping)  # η is set by scale() once P is known
-
-    def recover(self) -> bool:
-        return False
 
 
 class PolyakStep(_ScaledSubgradientRule):

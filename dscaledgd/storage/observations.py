@@ -14,6 +14,7 @@ from .._validation import RANDOM_STATE, Interval, Options, check_param, resolve_
 from .._version import __version__
 from ..exceptions import InputDataError, InvalidParameterError
 from . import integrity, layout
+from .chunks import StoreBacked
 from .coo import as_real_matrix, build_in_memory, check_tiles
 from .layout import CHUNK
 
@@ -26,7 +27,7 @@ def _is_dask(x: Any) -> bool:
     return type(x).__module__.startswith("dask.")
 
 
-class Observations:
+class Observations(StoreBacked):
     """The observed entries of an ``n1 × n2`` matrix, stored as a grid of COO tiles.
 
     Build one with :meth:`from_coo`, :meth:`from_dense` or :meth:`open_zarr`;
@@ -218,18 +219,8 @@ class Observations:
         if fin is not None:
             fin()
 
-    def __enter__(self) -> Observations:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        where = f"store={self.path!r}" if self.path else "in memory"
-        return (
-            f"Observations(shape={self.shape}, nnz={self.nnz}, density={self.density:.3g}, "
-            f"tiles={self.tiles}, {where})"
-        )
+    def _describe(self) -> str:
+        return f"shape={self.shape}, nnz={self.nnz}, density={self.density:.3g}, tiles={self.tiles}"
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -287,7 +278,7 @@ class Observations:
         """
         check_param("from_coo", "duplicates", duplicates, [Options(DUPLICATE_POLICIES)])
         if any(_is_dask(x) for x in (rows, cols, values)):
-            from ..engine.ingest import coo_from_dask
+            from .ingest import coo_from_dask
 
             return coo_from_dask(
                 rows,
@@ -321,7 +312,7 @@ class Observations:
             is imported block by block without being gathered.
         """
         if _is_dask(M) or _is_dask(mask):
-            from ..engine.ingest import dense_from_dask
+            from .ingest import dense_from_dask
 
             return dense_from_dask(
                 M,
@@ -358,17 +349,7 @@ class Observations:
 
     @classmethod
     def from_csv(
-        cls,
-        path,
-        row: str,
-        col: str,
-        value: str,
-        sep: str = ",",
-        *,
-        out=None,
-        overwrite: bool = False,
-        tiles=None,
-        duplicates: str = "error",
+        cls, path, row: str, col: str, value: str, sep: str = ",", **options
     ) -> Observations:
         """Observations from a CSV file with a header line, streamed in blocks.
 
@@ -384,11 +365,16 @@ class Observations:
         row, col, value : str
             Column names of the row id, column id and value.
         sep : str, default ","
-        out : str, optional
+        out : str, optional (keyword-only, as the parameters below)
             Zarr store to write; a temporary directory when omitted.
         overwrite : bool, default False
         tiles, duplicates
             As in :meth:`from_coo`.
+
+        Returns
+        -------
+        Observations
+            Backed by ``out``, or by a temporary store it owns (see :meth:`close`).
 
         Notes
         -----
@@ -405,18 +391,7 @@ class Observations:
         """
         from .tabular import read_table
 
-        check_param("from_csv", "duplicates", duplicates, [Options(DUPLICATE_POLICIES)])
-        return read_table(
-            path,
-            row=row,
-            col=col,
-            value=value,
-            sep=sep,
-            out=out,
-            overwrite=overwrite,
-            tiles=tiles,
-            duplicates=duplicates,
-        )
+        return read_table(path, row=row, col=col, value=value, sep=sep, **options)
 
     @classmethod
     def from_parquet(cls, path, row: str, col: str, value: str, **kwargs) -> Observations:

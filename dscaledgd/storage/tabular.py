@@ -8,7 +8,7 @@ Two streaming passes over the file, each holding one block of lines at a time:
    append the COO block to a scratch Zarr store.
 
 The scratch store then goes through the out-of-core Dask import
-(:mod:`dscaledgd.engine.ingest`), which tiles, sorts and checks duplicates,
+(:mod:`dscaledgd.storage.ingest`), which tiles, sorts and checks duplicates,
 and writes the final store with the id maps (``row_ids``/``col_ids`` arrays).
 Memory: one block (``block_lines`` lines) plus the distinct ids.
 
@@ -26,6 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .._validation import Options, check_param
 from ..exceptions import InputDataError, InvalidParameterError
 from . import layout
 
@@ -115,6 +116,17 @@ def _check_ids(ids, name: str, first_line: int, path, unit: str = "line"):
         )
 
 
+def _check_values(vals, name: str, first_line: int, path, unit: str = "line"):
+    """Refuse NaN and infinite values, naming the first one's ``unit`` (line or row)."""
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise InputDataError(
+            f"Value {float(vals[k])!r} in column {name!r} at {unit} {first_line + k} of "
+            f"{path!r} is not finite. Drop or impute it."
+        )
+
+
 def _missing_id(x) -> bool:
     if x is None:
         return True
@@ -171,13 +183,7 @@ def _parse_lines(lines, usecols, sep, first_line, path, names, string_ids):
                 f"Non-numeric value {str(vals[k])!r} in column {names[usecols[2]]!r} at line "
                 f"{first_line + k} of {path!r}. Fix or drop that line."
             ) from None
-    bad = ~np.isfinite(vals)
-    if bad.any():
-        k = int(np.argmax(bad))
-        raise InputDataError(
-            f"Value {float(vals[k])!r} in column {names[usecols[2]]!r} at line {first_line + k} of "
-            f"{path!r} is not finite. Drop or impute it."
-        )
+    _check_values(vals, names[usecols[2]], first_line, path)
     return rows, cols, vals
 
 
@@ -235,13 +241,7 @@ def _parquet_blocks(path, columns, block_lines) -> Iterator[TableBlock]:
         for k in range(2):
             _check_ids(np.asarray(cols[k]), columns[k], line, path, unit="row")
         vals = np.asarray(cols[2], dtype=np.float64)
-        bad = ~np.isfinite(vals)
-        if bad.any():
-            k = int(np.argmax(bad))
-            raise InputDataError(
-                f"Value {float(vals[k])!r} in column {columns[2]!r} at row {line + k} of "
-                f"{path!r} is not finite. Drop or impute it."
-            )
+        _check_values(vals, columns[2], line, path, unit="row")
         yield TableBlock(line, cols[0], cols[1], vals)
         line += len(vals)
     if line == 1:
@@ -278,12 +278,16 @@ def read_table(
     duplicates: str = "error",
     block_lines: int = BLOCK_LINES,
 ):
-    """Import a table into an Observations store (see the module docstring)."""
+    """Import a table into an Observations store (see the module docstring): the body of
+    :meth:`Observations.from_csv <dscaledgd.Observations.from_csv>`, which documents the
+    parameters; ``block_lines`` is the number of lines parsed at a time."""
     import dask.array as da
     import zarr
 
-    from ..engine.ingest import coo_from_dask
+    from .ingest import coo_from_dask
+    from .observations import DUPLICATE_POLICIES
 
+    check_param("from_csv", "duplicates", duplicates, [Options(DUPLICATE_POLICIES)])
     path = os.fspath(path)
     is_parquet = path.endswith((".parquet", ".pq"))
     if not is_parquet:

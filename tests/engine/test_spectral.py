@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import dscaledgd as dsg
-from dscaledgd.engine.blockwise import CompletionEngine
 from dscaledgd.engine.cluster import ThreadExecutor
+from dscaledgd.engine.completion import CompletionEngine
 from dscaledgd.engine.factors import random_blocked
 from dscaledgd.engine.spectral import orthonormalize
 

@@ -7,8 +7,9 @@ import pytest
 
 import dscaledgd as dsg
 from dscaledgd import InvalidParameterError
-from dscaledgd.engine.blockwise import CompletionEngine
 from dscaledgd.engine.cluster import ThreadExecutor
+from dscaledgd.engine.completion import CompletionEngine
+from dscaledgd.problems.spec import Update
 from dscaledgd.solvers.centering import fit_offsets
 from dscaledgd.solvers.scaledgd import Preconditioner, Step, update_matrices, with_ridge
 
@@ -47,7 +48,7 @@ def test_weighted_ridge_step_is_a_descent_step():
     stats = with_ridge(eng.scalars(pas), reg)
     P = Preconditioner().matrices(stats, Step(1.0, reg))
     A, B = update_matrices(P, 1.0, reg)  # η = 1 gives the direction D = F(A − I) + S G B
-    D = [n - f for n, f in zip([x.gather() for x in eng.step(eng.from_numpy(F), pas, A, B)], F)]
+    D = [n - f for n, f in zip([x.gather() for x in eng.step(eng.from_numpy(F), pas, Update(A, B))], F)]
     h = 1e-6
     fd = (
         f_reg([f + h * d for f, d in zip(F, D)])[0] - f_reg([f - h * d for f, d in zip(F, D)])[0]
@@ -67,7 +68,7 @@ def test_weighted_ridge_step_is_a_descent_step():
     assert fd == pytest.approx(analytic, rel=1e-5)
     # and a small step decreases the regularised loss
     A, B = update_matrices(P, 0.05, reg)
-    f1 = f_reg([x.gather() for x in eng.step(eng.from_numpy(F), pas, A, B)])[0]
+    f1 = f_reg([x.gather() for x in eng.step(eng.from_numpy(F), pas, Update(A, B))])[0]
     assert f1 < f0
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import dscaledgd as dsg
-from dscaledgd.engine.blockwise import CompletionEngine
 from dscaledgd.engine.cluster import ThreadExecutor
+from dscaledgd.engine.completion import CompletionEngine
 from dscaledgd.solvers.reseed import CoherentReseed, singular_frames
 
 

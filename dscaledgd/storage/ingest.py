@@ -11,18 +11,18 @@ is one):
    the counts that give the balanced tile bounds;
 2. **scatter**: per input chunk, sorted runs of tile-local banded keys,
    values and input positions written to a scratch directory
-   (:func:`~dscaledgd.engine.merge.scatter_chunk`);
+   (:func:`~dscaledgd.storage.merge.scatter_chunk`);
 3. **tiles**: per tile, a streaming merge of its pieces of every run in
    sub-ranges of bounded size, with the duplicate policy, written to the
-   final arrays (:func:`~dscaledgd.engine.merge.tile_task`). Under
+   final arrays (:func:`~dscaledgd.storage.merge.tile_task`). Under
    ``"sum"``/``"mean"``/``"last"`` the tile sizes change, so a counting pass
    precedes the writing pass.
 
 Memory per task: its input chunk plus a budget sized to the worker's memory
-limit (:mod:`dscaledgd.engine.merge`), whatever the size of a tile. Concurrent
+limit (:mod:`dscaledgd.storage.merge`), whatever the size of a tile. Concurrent
 writes never touch the same Zarr chunk: a tile task writes only the chunks
 wholly inside its range; the chunks it shares with its neighbours are
-assembled from pieces afterwards (:func:`~dscaledgd.engine.merge.assemble`).
+assembled from pieces afterwards (:func:`~dscaledgd.storage.merge.assemble`).
 The scratch directory (``.dscaledgd-ingest-*`` beside the output) is removed
 whatever happens; tasks never create directories, so a task still running
 after a failure cannot re-create it.
@@ -36,9 +36,8 @@ import shutil
 import numpy as np
 
 from ..exceptions import InputDataError
-from ..storage import layout
-from ..storage.layout import CHUNK
-from . import merge
+from . import layout, merge
+from .layout import CHUNK
 
 __all__ = ["coo_from_dask", "dense_from_dask", "ingest_chunks"]
 
@@ -207,7 +206,7 @@ def _raise_first_error(infos, offsets, shape) -> None:
 
 def _inferred_shape(infos, offsets) -> tuple[int, int]:
     """``(max row + 1, max column + 1)``, refused before anything of that size is made."""
-    from ..storage.coo import MAX_DIM, check_size
+    from .coo import MAX_DIM, check_size
 
     peaks = []
     for axis, label, name in ((0, "row", "rows"), (1, "column", "cols")):
@@ -287,13 +286,13 @@ def ingest_chunks(
     ``extra_arrays`` (e.g. id maps) and ``extra_attrs`` are written into the
     store before it is published. ``describe_duplicate(first, later, i, j, n)``
     formats the duplicate error (default: input entry positions). ``budget``:
-    bytes per task (default :data:`dscaledgd.engine.merge.MERGE_BUDGET`, else a
+    bytes per task (default :data:`dscaledgd.storage.merge.MERGE_BUDGET`, else a
     share of each worker's memory limit).
     """
     from dask import delayed
 
-    from ..storage.coo import check_shape, check_tiles
-    from ..storage.observations import Observations
+    from .coo import check_shape, check_tiles
+    from .observations import Observations
 
     budget = merge.MERGE_BUDGET if budget is None else budget
     if shape is not None:  # the parameter and its size, before any task runs

@@ -1,4 +1,4 @@
-"""Dask input → Observations store without gathering (engine/ingest.py)."""
+"""Dask input → Observations store without gathering (storage/ingest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dscaledgd import InputDataError, Observations
-from dscaledgd.engine import ingest, merge
+from dscaledgd.storage import ingest, merge
 
 
 def _coo(rng, shape=(300, 200), nnz=5000):

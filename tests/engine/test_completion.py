@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 import dscaledgd as dsg
 from dscaledgd.api import reference_copy
-from dscaledgd.engine.blockwise import CompletionEngine
 from dscaledgd.engine.cluster import DistributedExecutor, ThreadExecutor
+from dscaledgd.engine.completion import CompletionEngine
 
 
 def _engine(obs, *, symmetric=False, loss="l2", kernel="fused", ex=None):
@@ -229,7 +229,7 @@ def test_corrupt_entries_refused_cleanly_on_threads_and_cluster(client, tmp_path
 
 
 def test_tile_refs_carry_identity_and_tile_shape(tmp_path):
-    from dscaledgd.engine.blockwise import tile_refs
+    from dscaledgd.engine.completion import tile_refs
 
     obs, _ = dsg.datasets.make_completion((70, 50), 2, 0.4, random_state=4, tiles=(2, 3))
     stored = dsg.Observations.open_zarr(obs.to_zarr(str(tmp_path / "o.zarr")))

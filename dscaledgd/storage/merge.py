@@ -1,4 +1,4 @@
-"""Bounded-memory scatter and per-tile merge of the out-of-core import (engine/ingest.py).
+"""Bounded-memory scatter and per-tile merge of the out-of-core import (storage/ingest.py).
 
 **Runs.** Each input chunk is cut into slices of at most ``B`` entries (the
 task's entry budget, :func:`budget_entries`). Each slice is sorted by
@@ -43,7 +43,7 @@ import os
 
 import numpy as np
 
-from ..storage import layout
+from . import layout
 
 __all__ = ["MERGE_BUDGET", "task_budget", "budget_entries", "scatter_chunk", "tile_task"]
 
