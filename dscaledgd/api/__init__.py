@@ -1,8 +1,9 @@
 """Public functions: validation → engine → solver.
 
 ``complete`` (matrix completion) lives in :mod:`.completion`, ``sense``
-(matrix sensing, robust l1 recovery) in :mod:`.sensing` and ``rpca`` in
-:mod:`.rpca`; :mod:`._core` holds what they share (the solve driver).
+(matrix sensing, robust l1 recovery) in :mod:`.sensing`, ``rpca`` in
+:mod:`.rpca` and ``tucker_complete`` (Tucker tensor completion) in
+:mod:`.tucker`; :mod:`._core` holds what they share (the solve driver).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from ._core import INITS, LOSSES, METHODS
 from .completion import complete, complete_oracle, reference_copy
 from .rpca import rpca
 from .sensing import sense
+from .tucker import tucker_complete
 
 __all__ = [
     "complete",
@@ -18,6 +20,7 @@ __all__ = [
     "reference_copy",
     "sense",
     "rpca",
+    "tucker_complete",
     "METHODS",
     "LOSSES",
     "INITS",

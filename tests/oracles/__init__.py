@@ -1,0 +1,1 @@
+"""Independent, full-tensor, in-memory NumPy oracles for tests and benchmarks."""
