@@ -8,45 +8,35 @@ from __future__ import annotations
 
 import logging
 
-from . import datasets
+from . import datasets, exceptions
 from ._version import __version__
-from .api import complete, rpca, sense
-from .estimators import MatrixCompletion, MatrixSensing, RobustPCA
-from .exceptions import (
-    ClusterError,
-    ConvergenceWarning,
-    DataWarning,
-    DivergenceError,
-    InputDataError,
-    InvalidParameterError,
-    NotFittedError,
-)
+from .api import complete, rpca, sense, tucker_complete
+from .estimators import MatrixCompletion, MatrixSensing, RobustPCA, TuckerCompletion
+from .exceptions import *  # noqa: F403 - the errors and warnings (exceptions.__all__)
 from .problems.sensing import GaussianSensing, QuadraticSensing
 from .result import IterationState, SolveResult, load_result
 from .storage.observations import Observations
+from .storage.tensors import TensorObservations
 
 logging.getLogger("dscaledgd").addHandler(logging.NullHandler())
 
 __all__ = [
     "__version__",
     "Observations",
+    "TensorObservations",
     "complete",
     "sense",
     "rpca",
+    "tucker_complete",
     "GaussianSensing",
     "QuadraticSensing",
     "MatrixCompletion",
     "MatrixSensing",
     "RobustPCA",
+    "TuckerCompletion",
     "SolveResult",
     "IterationState",
     "load_result",
     "datasets",
-    "InvalidParameterError",
-    "InputDataError",
-    "ConvergenceWarning",
-    "DataWarning",
-    "DivergenceError",
-    "NotFittedError",
-    "ClusterError",
 ]
+__all__ += exceptions.__all__

@@ -2,9 +2,10 @@
 
 ``__init__`` only stores parameters; ``fit`` calls the function and sets the
 fitted attributes (ending in ``_``). Every constructor parameter is forwarded
-to the function (a test checks this). A method that needs a fit (``predict``,
-``score``, ``transform``) raises :class:`~dscaledgd.NotFittedError` before
-``fit``, with scikit-learn's message.
+to the function (a test checks this): the constructor is made from the
+function's signature (:func:`_constructor`), so the two cannot drift apart.
+A method that needs a fit (``predict``, ``score``, ``transform``) raises
+:class:`~dscaledgd.NotFittedError` before ``fit``, with scikit-learn's message.
 """
 
 from __future__ import annotations
@@ -14,12 +15,54 @@ import inspect
 from . import api
 from .exceptions import NotFittedError
 
-__all__ = ["MatrixCompletion", "MatrixSensing", "RobustPCA"]
+__all__ = ["MatrixCompletion", "MatrixSensing", "RobustPCA", "TuckerCompletion"]
+
+
+def _constructor(cls, func: str, defaults: dict):
+    """``__init__(self, rank=…, *, <keyword-only parameters of api.<func>>)``.
+
+    The function's positional parameters before its last one are the data
+    (``fit``'s arguments); the last one (``rank``/``ranks``) becomes the
+    estimator's first parameter. Its default, and those of the function's
+    parameters that have none, come from ``defaults``. The body stores every
+    parameter unchanged (scikit-learn rule); ``__signature__`` lists them, as
+    ``inspect.signature`` (scikit-learn's ``get_params``) reads them.
+    """
+    P = inspect.Parameter
+    params = inspect.signature(getattr(api, func)).parameters.values()
+    rank = [p for p in params if p.kind is P.POSITIONAL_OR_KEYWORD][-1]
+    public = [rank] + [p for p in params if p.kind is P.KEYWORD_ONLY and p.name[0] != "_"]
+    sig = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD)]
+        + [p.replace(default=defaults.get(p.name, p.default)) for p in public]
+    )
+
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:  # name the estimator, as a written __init__ would
+            raise TypeError(f"{type(self).__name__}(): {exc}") from None
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
+
+    __init__.__signature__ = sig
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__module__ = cls.__module__
+    __init__.__doc__ = f"Store the parameters of :func:`dscaledgd.{func}` unchanged."
+    return __init__
 
 
 class _Estimator:
-    _func = None  # the api function wrapped
-    _positional = ()  # data arguments of the function, not parameters
+    """Base of the estimators: ``class E(_Estimator, func="complete", defaults={"rank": 10})``
+    wraps ``api.complete`` (looked up at each fit), with a generated ``__init__``."""
+
+    _func: str  # the name of the api function wrapped
+
+    def __init_subclass__(cls, *, func: str, defaults: dict, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._func = func
+        cls.__init__ = _constructor(cls, func, defaults)
 
     def get_params(self, deep: bool = True) -> dict:
         return {k: getattr(self, k) for k in self._param_names()}
@@ -47,7 +90,9 @@ class _Estimator:
                 "appropriate arguments before using this estimator."
             )
 
-    def _fit_result(self, res):
+    def _fit(self, *data):
+        """Call the api function on ``data`` with every parameter; set the fitted attributes."""
+        res = getattr(api, self._func)(*data, **self.get_params())
         self.result_ = res
         self.factors_ = res.factors
         self.n_iter_ = res.n_iter
@@ -60,7 +105,7 @@ class _Estimator:
         return f"{type(self).__name__}({args})"
 
 
-class MatrixCompletion(_Estimator):
+class MatrixCompletion(_Estimator, func="complete", defaults={"rank": 10}):
     """Low-rank matrix completion with ScaledGD (see :func:`dscaledgd.complete`).
 
     Parameters are those of :func:`dscaledgd.complete`.
@@ -84,60 +129,9 @@ class MatrixCompletion(_Estimator):
     True
     """
 
-    def __init__(
-        self,
-        rank: int = 10,
-        *,
-        method: str = "scaledgd",
-        loss: str = "l2",
-        symmetric: bool = False,
-        damping=None,
-        init: str = "spectral",
-        init_scale: float = 1e-3,
-        step_size=None,
-        reg: float = 0.0,
-        center=False,
-        validation=None,
-        max_iter: int = 500,
-        tol: float = 1e-10,
-        stall_tol: float = 1e-8,
-        patience: int = 10,
-        random_state=None,
-        client=None,
-        address=None,
-        scheduler=None,
-        cache: str = "auto",
-        init_power_iter: int = 4,
-        callback=None,
-        progress=None,
-    ):
-        self.rank = rank
-        self.method = method
-        self.loss = loss
-        self.symmetric = symmetric
-        self.damping = damping
-        self.init = init
-        self.init_scale = init_scale
-        self.step_size = step_size
-        self.reg = reg
-        self.center = center
-        self.validation = validation
-        self.max_iter = max_iter
-        self.tol = tol
-        self.stall_tol = stall_tol
-        self.patience = patience
-        self.random_state = random_state
-        self.client = client
-        self.address = address
-        self.scheduler = scheduler
-        self.cache = cache
-        self.init_power_iter = init_power_iter
-        self.callback = callback
-        self.progress = progress
-
     def fit(self, obs, y=None):
         """Fit to ``obs`` (Observations or a store path). ``y`` is ignored."""
-        self._fit_result(api.complete(obs, **self.get_params()))
+        self._fit(obs)
         self.L_ = self.result_.L
         self.R_ = self.result_.R
         return self
@@ -153,7 +147,7 @@ class MatrixCompletion(_Estimator):
         return -self.result_.rmse(obs)
 
 
-class MatrixSensing(_Estimator):
+class MatrixSensing(_Estimator, func="sense", defaults={"rank": 10}):
     """Matrix sensing / robust l1 recovery (see :func:`dscaledgd.sense`).
 
     ``fit(y, operator)``; parameters are those of :func:`dscaledgd.sense`.
@@ -163,62 +157,15 @@ class MatrixSensing(_Estimator):
     factors_, n_iter_, history_, converged_, result_
     """
 
-    def __init__(
-        self,
-        rank: int = 10,
-        *,
-        loss: str = "l2",
-        symmetric: bool = False,
-        step=None,
-        f_star=None,
-        outlier_fraction=None,
-        method: str = "scaledgd",
-        damping=None,
-        init="spectral",
-        init_scale: float = 1e-3,
-        shape=None,
-        max_iter: int = 500,
-        tol: float = 1e-10,
-        stall_tol: float = 1e-8,
-        patience: int = 10,
-        random_state=None,
-        client=None,
-        address=None,
-        scheduler=None,
-        cache: str = "auto",
-        callback=None,
-        progress=None,
-    ):
-        self.rank = rank
-        self.loss = loss
-        self.symmetric = symmetric
-        self.step = step
-        self.f_star = f_star
-        self.outlier_fraction = outlier_fraction
-        self.method = method
-        self.damping = damping
-        self.init = init
-        self.init_scale = init_scale
-        self.shape = shape
-        self.max_iter = max_iter
-        self.tol = tol
-        self.stall_tol = stall_tol
-        self.patience = patience
-        self.random_state = random_state
-        self.client = client
-        self.address = address
-        self.scheduler = scheduler
-        self.cache = cache
-        self.callback = callback
-        self.progress = progress
-
     def fit(self, y, operator):
         """Fit to measurements ``y`` of ``operator``."""
-        return self._fit_result(api.sense(y, operator, **self.get_params()))
+        return self._fit(y, operator)
 
 
-class RobustPCA(_Estimator):
+class RobustPCA(_Estimator, func="rpca", defaults={"rank": 10, "alpha": 0.1}):
     """Robust PCA ``Y ≈ L Rᵀ + S`` (see :func:`dscaledgd.rpca`).
+
+    Parameters are those of :func:`dscaledgd.rpca` (``alpha`` defaults to 0.1 here).
 
     Attributes
     ----------
@@ -226,52 +173,9 @@ class RobustPCA(_Estimator):
     factors_, n_iter_, history_, converged_, result_
     """
 
-    def __init__(
-        self,
-        rank: int = 10,
-        *,
-        alpha: float = 0.1,
-        mask=None,
-        method: str = "scaledgd",
-        damping=None,
-        init="spectral",
-        step_size=None,
-        grid=None,
-        max_iter: int = 500,
-        tol: float = 1e-10,
-        stall_tol: float = 1e-8,
-        patience: int = 10,
-        init_power_iter: int = 4,
-        random_state=None,
-        client=None,
-        address=None,
-        scheduler=None,
-        callback=None,
-        progress=None,
-    ):
-        self.rank = rank
-        self.alpha = alpha
-        self.mask = mask
-        self.method = method
-        self.damping = damping
-        self.init = init
-        self.step_size = step_size
-        self.grid = grid
-        self.max_iter = max_iter
-        self.tol = tol
-        self.stall_tol = stall_tol
-        self.patience = patience
-        self.init_power_iter = init_power_iter
-        self.random_state = random_state
-        self.client = client
-        self.address = address
-        self.scheduler = scheduler
-        self.callback = callback
-        self.progress = progress
-
     def fit(self, Y, y=None):
         """Split ``Y`` (``y`` is ignored)."""
-        self._fit_result(api.rpca(Y, **self.get_params()))
+        self._fit(Y)
         self.L_, self.R_, self.S_ = self.result_.L, self.result_.R, self.result_.S
         return self
 
@@ -279,3 +183,48 @@ class RobustPCA(_Estimator):
         """The low-rank part ``L Rᵀ`` (dask array)."""
         self._check_fitted()
         return self.L_ @ self.R_.T
+
+
+class TuckerCompletion(_Estimator, func="tucker_complete", defaults={"ranks": 5}):
+    """Tucker tensor completion with ScaledGD (see :func:`dscaledgd.tucker_complete`).
+
+    Parameters are those of :func:`dscaledgd.tucker_complete`.
+
+    Attributes
+    ----------
+    core_ : ndarray
+    factors_ : tuple of dask arrays
+    n_iter_, history_, converged_, result_
+
+    Examples
+    --------
+    >>> import dscaledgd as dsg
+    >>> core, U = dsg.datasets.tucker_instance((20, 18, 16), (2, 2, 2), random_state=0)
+    >>> X = dsg.datasets.tucker_tensor(core, U)
+    >>> seen = dsg.datasets.bernoulli_mask(X.shape, 0.4, random_state=0)
+    >>> T = dsg.TensorObservations.from_array(X, mask=seen)
+    >>> est = dsg.TuckerCompletion(ranks=(2, 2, 2), scheduler="sync", random_state=0).fit(T)
+    >>> est.converged_, est.core_.shape
+    (True, (2, 2, 2))
+    """
+
+    def fit(self, T, y=None):
+        """Fit to ``T`` (TensorObservations, array or path). ``y`` is ignored."""
+        self._fit(T)
+        self.core_ = self.result_.core
+        return self
+
+    def predict(self, indices):
+        """Fitted entries at ``indices`` (an ``(m, d)`` integer array)."""
+        self._check_fitted()
+        return self.result_.predict(indices)
+
+    def transform(self, T=None):
+        """The completed tensor (lazy dask array)."""
+        self._check_fitted()
+        return self.result_.to_tensor()
+
+    def score(self, T) -> float:
+        """Negative RMSE on the observed entries of ``T``."""
+        self._check_fitted()
+        return -self.result_.rmse(T)

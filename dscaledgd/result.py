@@ -195,21 +195,20 @@ class SolveResult:
             object.__setattr__(self, name, value)
 
     # ------------------------------------------------------------- access
-    def _matrix(self, attr: str) -> LowRank:
-        if not isinstance(self.model, LowRank):
-            raise AttributeError(
-                f"This is a {self.model.kind} fit: it has no {attr!r} (that belongs to matrix "
-                "fits). Its factors are res.factors (one per mode) and its core res.core."
-            )
-        return self.model
-
-    def _tucker(self, attr: str) -> Tucker:
-        if not isinstance(self.model, Tucker):
-            raise AttributeError(
-                f"This is a {self.model.kind} (matrix) fit: it has no {attr!r} (that belongs to "
-                "Tucker fits). Its factors are res.L and res.R."
-            )
-        return self.model
+    def _model_as(self, kind: type, attr: str):
+        """The model, when it is a ``kind`` (:class:`LowRank` or :class:`Tucker`): ``attr``
+        belongs to that kind of fit; else an AttributeError saying where this fit's are."""
+        if isinstance(self.model, kind):
+            return self.model
+        this, owner, theirs = (
+            (self.model.kind, "matrix", "res.factors (one per mode) and its core res.core")
+            if kind is LowRank
+            else (f"{self.model.kind} (matrix)", "Tucker", "res.L and res.R")
+        )
+        raise AttributeError(
+            f"This is a {this} fit: it has no {attr!r} (that belongs to {owner} fits). "
+            f"Its factors are {theirs}."
+        )
 
     @property
     def factors(self) -> tuple:
@@ -219,22 +218,22 @@ class SolveResult:
     @property
     def L(self):
         """Left factor, shape ``(n1, rank)`` (dask array)."""
-        return self._matrix("L").L
+        return self._model_as(LowRank, "L").L
 
     @property
     def R(self):
         """Right factor, shape ``(n2, rank)``; the same array as ``L`` when symmetric."""
-        return self._matrix("R").R
+        return self._model_as(LowRank, "R").R
 
     @property
     def offsets(self) -> dict:
         """The centring of a matrix fit: ``{"mean": μ, "row_bias": b, "col_bias": c}``."""
-        return self._matrix("offsets").offsets
+        return self._model_as(LowRank, "offsets").offsets
 
     @property
     def ids(self) -> dict:
         """``{"row": ids or None, "col": ids or None}``: original ids of an imported table."""
-        return self._matrix("ids").ids
+        return self._model_as(LowRank, "ids").ids
 
     @property
     def sparse(self):
@@ -254,15 +253,15 @@ class SolveResult:
     @property
     def core(self) -> np.ndarray:
         """The core of a Tucker fit, shape ``(r_1, ..., r_d)`` (NumPy)."""
-        return self._tucker("core").core
+        return self._model_as(Tucker, "core").core
 
     def to_tensor(self, chunks=None):
         """The fitted tensor of a Tucker fit as a lazy Dask array (:meth:`Tucker.to_tensor`)."""
-        return self._tucker("to_tensor").to_tensor(chunks)
+        return self._model_as(Tucker, "to_tensor").to_tensor(chunks)
 
     def to_tensorly(self):
         """A Tucker fit as a ``tensorly`` TuckerTensor (:meth:`Tucker.to_tensorly`)."""
-        return self._tucker("to_tensorly").to_tensorly()
+        return self._model_as(Tucker, "to_tensorly").to_tensorly()
 
     @property
     def best_iteration(self) -> int:

@@ -244,13 +244,7 @@ class CompletionEngine(FactorEngine):
             return self.ex.scatter([obs.read_tile(t) for t in range(T)], placement=slots)
         refs = tile_refs(obs, sub_chunk)
         if self.cache == "memory":
-            submit = getattr(self.ex, "submit_on", None)
-            return [
-                submit(slots[t], _load_tile, refs[t], name="load")
-                if submit
-                else self.ex.submit(_load_tile, refs[t], name="load")
-                for t in range(T)
-            ]
+            return [self.ex.submit_on(slots[t], _load_tile, refs[t], name="load") for t in range(T)]
         return refs
 
     def _tiles_iter(self):

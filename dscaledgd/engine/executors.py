@@ -45,6 +45,10 @@ class Executor:
     def submit(self, fn, *args, name: str, **kwargs) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def submit_on(self, slot: int, fn, *args, name: str, **kwargs) -> Any:
+        """:meth:`submit`, preferring worker ``slot`` where there are several workers."""
+        return self.submit(fn, *args, name=name, **kwargs)
+
     def scatter(self, data: Sequence[Any], placement: Sequence[int] | None = None) -> list:
         """Put data on the workers; ``placement[k]`` is a worker slot (hint) for item k."""
         raise NotImplementedError  # pragma: no cover - interface
@@ -52,6 +56,23 @@ class Executor:
     @property
     def n_workers(self) -> int:
         return 1
+
+    def memory_budget(self) -> float:
+        """Bytes of data a run may keep on the workers: half of their memory (this
+        machine's here; see :meth:`DistributedExecutor.memory_budget`)."""
+        from .base import machine_memory
+
+        return 0.5 * machine_memory()
+
+    def cache_policy(self, cache: str, data) -> str:
+        """The tile cache of ``data`` (with ``path`` and ``nbytes``: Observations,
+        TensorObservations): ``"memory"`` when it is held in memory (scattered);
+        ``"auto"`` is ``"memory"`` when it fits :meth:`memory_budget`, else ``"stream"``."""
+        if data.path is None:
+            return "memory"
+        if cache != "auto":
+            return cache
+        return "memory" if data.nbytes <= self.memory_budget() else "stream"
 
     def gather(self, handles) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
@@ -190,23 +211,41 @@ class DistributedExecutor(Executor):
     def n_workers(self) -> int:
         return max(1, len(self._addrs))
 
+    def memory_budget(self) -> float:
+        """Half the memory of the workers (their limit × their number), when they have
+        a limit; else half of this machine's memory."""
+        if self.memory_limit:
+            return 0.5 * self.memory_limit * self.n_workers
+        return super().memory_budget()
+
     # ------------------------------------------------------ talking to the scheduler
-    def _identity(self) -> dict:
-        """The scheduler's identity (workers included), or a ClusterError within the timeout."""
+    @contextlib.contextmanager
+    def _connected(self):
+        """A closed connection to the scheduler (``CommClosedError``, ``OSError``) inside
+        the block is a :class:`ClusterError` saying the scheduler is gone."""
         from distributed.client import CommClosedError
 
         try:
-            return self.client.sync(self.client.scheduler.identity, callback_timeout=self.timeout)
-        except TimeoutError:
-            if self._unreachable():
-                raise self._scheduler_gone(ConnectionRefusedError("no process listens")) from None
-            raise ClusterError(
-                f"The Dask scheduler at {self.address} did not answer within "
-                f"{self.timeout:g} s: it is hung, stopped or overloaded. Check the scheduler "
-                "process (or raise the dask config 'dscaledgd.scheduler-timeout')."
-            ) from None
+            yield
         except (CommClosedError, OSError) as exc:
             raise self._scheduler_gone(exc) from None
+
+    def _identity(self) -> dict:
+        """The scheduler's identity (workers included), or a ClusterError within the timeout."""
+        with self._connected():
+            try:
+                return self.client.sync(
+                    self.client.scheduler.identity, callback_timeout=self.timeout
+                )
+            except TimeoutError:
+                if self._unreachable():
+                    gone = ConnectionRefusedError("no process listens")
+                    raise self._scheduler_gone(gone) from None
+                raise ClusterError(
+                    f"The Dask scheduler at {self.address} did not answer within "
+                    f"{self.timeout:g} s: it is hung, stopped or overloaded. Check the "
+                    "scheduler process (or raise the dask config 'dscaledgd.scheduler-timeout')."
+                ) from None
 
     def _unreachable(self) -> bool:
         """True when nothing accepts connections at the scheduler's address (a stopped
@@ -318,40 +357,39 @@ class DistributedExecutor(Executor):
         (a ``SIGSTOP``-ed or wedged scheduler) ends the wait with a message
         naming its address, instead of blocking for as long as it is stopped.
         """
-        from distributed.client import (
-            CancelledError,
-            CommClosedError,
-            FutureCancelledError,
-            FuturesCancelledError,
-        )
+        from distributed.client import CancelledError, FutureCancelledError, FuturesCancelledError
         from distributed.scheduler import KilledWorker
 
         futures = list(_futures_of(handles))
-        try:
-            while True:
-                try:
-                    self._wait(futures)
-                    break
-                except TimeoutError:
-                    self._identity()  # raises when the scheduler is hung or gone
-            return self.client.gather(handles)
-        except (FutureCancelledError, FuturesCancelledError, CancelledError) as exc:
-            self._identity()  # a vanished scheduler cancels every future: say so
-            raise ClusterError(
-                f"Data of this run was lost on the cluster at {self.address} and could not be "
-                f"re-created ({exc}). Every scattered item is kept on {self.replicas} "
-                "workers and everything else is recomputed from its lineage, so this "
-                "takes losing that many workers at once, or the run's futures being "
-                "released by another client (client.restart(), cancel()). Run again."
-            ) from None
-        except KilledWorker as exc:
-            raise ClusterError(
-                f"A task of this run killed the workers it ran on ({exc}). Workers of the "
-                f"cluster at {self.address} died repeatedly while running it: check their "
-                "memory limit and logs."
-            ) from None
-        except (CommClosedError, OSError) as exc:
-            raise self._scheduler_gone(exc) from None
+        with self._connected():
+            try:
+                return self._gather(futures, handles)
+            except (FutureCancelledError, FuturesCancelledError, CancelledError) as exc:
+                self._identity()  # a vanished scheduler cancels every future: say so
+                raise ClusterError(
+                    f"Data of this run was lost on the cluster at {self.address} and could not "
+                    f"be re-created ({exc}). Every scattered item is kept on {self.replicas} "
+                    "workers and everything else is recomputed from its lineage, so this "
+                    "takes losing that many workers at once, or the run's futures being "
+                    "released by another client (client.restart(), cancel()). Run again."
+                ) from None
+            except KilledWorker as exc:
+                raise ClusterError(
+                    f"A task of this run killed the workers it ran on ({exc}). Workers of the "
+                    f"cluster at {self.address} died repeatedly while running it: check their "
+                    "memory limit and logs."
+                ) from None
+
+    def _gather(self, futures, handles):
+        """Wait for ``futures``, asking the scheduler every :data:`POLL` s whether it is
+        still there, then gather ``handles``."""
+        while True:
+            try:
+                self._wait(futures)
+                break
+            except TimeoutError:
+                self._identity()  # raises when the scheduler is hung or gone
+        return self.client.gather(handles)
 
     def _wait(self, futures) -> None:
         """Wait up to :data:`POLL` s for ``futures`` on *this* client (``distributed.wait``

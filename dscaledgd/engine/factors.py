@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._random import seeded_normal_rows
+
 __all__ = ["Blocked", "combine", "random_blocked", "zeros_blocked", "tree_sum", "sum_small"]
 
 #: Rows per independently seeded chunk of a random matrix: makes random
@@ -47,14 +49,7 @@ def _combine(X, A, G, B, gscale=None):
 
 
 def _random_block(seed, r0, r1, k, scale):
-    c0, c1 = r0 // _RANDOM_CHUNK, (r1 - 1) // _RANDOM_CHUNK
-    parts = []
-    for c in range(c0, c1 + 1):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(c,)))
-        parts.append(rng.standard_normal((_RANDOM_CHUNK, k)))
-    full = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    off = c0 * _RANDOM_CHUNK
-    return np.ascontiguousarray(full[r0 - off : r1 - off] * scale)
+    return seeded_normal_rows(seed, r0, r1, k, _RANDOM_CHUNK) * scale
 
 
 def _zeros(m, k):

@@ -84,6 +84,15 @@ def _residual(i, j, y, L, R, r, ro, co, mu, centered):  # pragma: no cover - jit
     return z
 
 
+@njit(inline="always", fastmath=True)
+def _dot(L, i, R, j, r):  # pragma: no cover - jitted
+    """``<L[i, :r], R[j, :r]>``, inlined into each kernel."""
+    x = 0.0
+    for q in range(r):
+        x += L[i, q] * R[j, q]
+    return x
+
+
 def _fused_body(r_const, code_const, centered):
     """Build the fused kernel with the rank and loss as compile-time constants.
 
@@ -228,9 +237,7 @@ def _fit_sums(rows, cols, vals, L, R, ro, co, mu, centered):  # pragma: no cover
         y = vals[k]
         if centered:
             y -= mu + ro[i] + co[j]
-        x = 0.0
-        for q in range(r):
-            x += L[i, q] * R[j, q]
+        x = _dot(L, i, R, j, r)
         xy += x * y
         xx += x * x
     return xy, xx
@@ -263,12 +270,7 @@ def bias_sums(rows, cols, vals, offsets, m: int, n: int):
 def _sddmm(rows, cols, L, R, out):  # pragma: no cover - jitted
     r = L.shape[1]
     for k in range(rows.shape[0]):
-        i = rows[k]
-        j = cols[k]
-        z = 0.0
-        for q in range(r):
-            z += L[i, q] * R[j, q]
-        out[k] = z
+        out[k] = _dot(L, rows[k], R, cols[k], r)
     return out
 
 

@@ -16,10 +16,16 @@ chunk written) and read back through the ones here:
 Each store kind says how its errors read by passing ``error``, a callable that
 turns a detail (``"array 'L' has 0 of 1 chunks"``) into the exception: the
 store's kind, its path and the fix (:func:`store_error`).
+
+What every store kind shares besides: :func:`open_cached`, the per-process
+cache of a store's open arrays that the workers read through (keyed by the
+store's identity, never by its path alone), and :class:`StoreBacked`, the
+lifecycle (``close``, ``with``) and ``repr`` of an object backed by a store.
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import uuid
@@ -29,7 +35,16 @@ import numpy as np
 
 from ..exceptions import InputDataError
 
-__all__ = ["CheckedArray", "check_chunks", "chunk_path", "read", "read_all", "store_error"]
+__all__ = [
+    "CheckedArray",
+    "StoreBacked",
+    "check_chunks",
+    "chunk_path",
+    "open_cached",
+    "read",
+    "read_all",
+    "store_error",
+]
 
 #: ``error(detail)``: the exception a store kind raises for a damaged array
 ErrorFactory = Callable[[str], InputDataError]
@@ -147,3 +162,70 @@ class CheckedArray:
 
     def __dask_tokenize__(self):
         return ("dscaledgd-checked", self.path, self.name, self.token)
+
+
+# ------------------------------------------------------- open stores, per process
+def open_cached(path: str, store_id: str, *, kind: str, names: tuple, identity) -> dict:
+    """The arrays ``names`` (those the store holds) of the ``kind`` store ``store_id`` at
+    ``path``, opened once per process and cached by identity.
+
+    The cache key adds the inode, mtime and size of the store's ``zarr.json``
+    (one ``stat`` per call), so a store replaced at the same path is re-opened,
+    and refused when its identity, ``identity(path, attrs["dscaledgd"])``,
+    is not ``store_id``. ``identity`` must be a module-level function (it is
+    part of the key). Raises :class:`~dscaledgd.exceptions.InputDataError`
+    when the store is gone or was replaced.
+    """
+    try:
+        st = os.stat(os.path.join(path, "zarr.json"))
+    except OSError as exc:
+        raise InputDataError(
+            f"The {kind} store {path!r} is gone or unreadable in this process ({exc}). Every "
+            "worker must see the store at the same path (a shared file system)."
+        ) from None
+    signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return _open(path, store_id, kind, tuple(names), identity, signature)
+
+
+@functools.lru_cache(maxsize=16)
+def _open(path: str, store_id: str, kind: str, names: tuple, identity, signature: tuple) -> dict:
+    import zarr
+
+    g = zarr.open_group(path, mode="r")
+    found = identity(path, dict(g.attrs).get("dscaledgd") or {})
+    if found != store_id:
+        raise InputDataError(
+            f"The {kind} store {path!r} was replaced while in use: it was opened as store "
+            f"{store_id!r} but the store now at that path is {found!r}. Open it again "
+            f"({kind}.open_zarr) and re-run."
+        )
+    present = set(g.array_keys())
+    return {name: g[name] for name in names if name in present}
+
+
+# ------------------------------------------------------------ store-backed objects
+class StoreBacked:
+    """``close``, ``with`` and ``repr`` of an object held in memory or backed by a store.
+
+    Subclasses set ``path`` (``None`` in memory) and define :meth:`_describe`,
+    the fields of their ``repr``; they override :meth:`close` when they own
+    something to release.
+    """
+
+    path: str | None
+
+    def close(self) -> None:
+        """Release what this object owns (nothing here). Safe to call twice."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _describe(self) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        where = f"store={self.path!r}" if self.path else "in memory"
+        return f"{type(self).__name__}({self._describe()}, {where})"

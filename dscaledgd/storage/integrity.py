@@ -39,6 +39,7 @@ __all__ = [
     "RECREATE",
     "check_entries",
     "check_span",
+    "entry_arrays",
     "open_store",
     "read_entries",
     "read_span",
@@ -101,20 +102,17 @@ def check_entries(rows, cols, vals, height: int, width: int, *, path, tile: int,
     if len(rows) == 0:
         return
     rmin, rmax, cmin, cmax, nonfinite = _scan(rows, cols, vals)
-    if rmin < 0 or rmax >= height:
-        k = int(np.flatnonzero((rows < 0) | (rows >= height))[0])
-        raise corrupt(
-            path,
-            f"array 'rows' of tile {tile} holds local row index {int(rows[k])} at entry "
-            f"{start + k} of the tile, outside [0, {height})",
-        )
-    if cmin < 0 or cmax >= width:
-        k = int(np.flatnonzero((cols < 0) | (cols >= width))[0])
-        raise corrupt(
-            path,
-            f"array 'cols' of tile {tile} holds local column index {int(cols[k])} at entry "
-            f"{start + k} of the tile, outside [0, {width})",
-        )
+    for name, axis, idx, lo, hi, n in (
+        ("rows", "row", rows, rmin, rmax, height),
+        ("cols", "column", cols, cmin, cmax, width),
+    ):
+        if lo < 0 or hi >= n:
+            k = int(np.flatnonzero((idx < 0) | (idx >= n))[0])
+            raise corrupt(
+                path,
+                f"array {name!r} of tile {tile} holds local {axis} index {int(idx[k])} at "
+                f"entry {start + k} of the tile, outside [0, {n})",
+            )
     if nonfinite:
         k = int(np.flatnonzero(~np.isfinite(vals))[0])
         raise corrupt(
@@ -302,6 +300,17 @@ def validate_arrays(path, meta: dict, info: dict, tile_ptr, row_counts, col_coun
             f"{', '.join(layout.DIGEST_KEYS)} and tile_ptr). Do not edit zarr.json by hand. "
             f"{RECREATE}"
         )
+
+
+def entry_arrays(path: str, store_id: str) -> tuple:
+    """``(rows, cols, values)`` of the Observations store ``store_id`` at ``path``, opened
+    once per process and cached by identity (:func:`~dscaledgd.storage.chunks.open_cached`):
+    a store replaced at the same path is re-opened, and refused if its identity differs."""
+    names = tuple(name for name, _ in _DTYPES)
+    arrays = chunks.open_cached(
+        path, store_id, kind="Observations", names=names, identity=store_identity
+    )
+    return tuple(arrays[name] for name in names)
 
 
 def store_identity(path, meta: dict) -> str:
