@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._random import seeded_normal_rows
 from ._validation import RANDOM_STATE, Interval, Options, check_param, resolve_rng
 from .exceptions import InvalidParameterError
 from .linalg import fold, multi_mode_product
@@ -474,14 +475,7 @@ def load_movielens(
 
 def _seeded_rows(seed: int, r0: int, r1: int, rank: int) -> np.ndarray:
     """Rows ``r0:r1`` of a Gaussian ``n × rank`` matrix, the same for any slicing."""
-    chunk = 65536
-    parts = []
-    for c in range(r0 // chunk, (r1 - 1) // chunk + 1):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(c,)))
-        block = rng.standard_normal((chunk, rank))
-        lo, hi = max(r0, c * chunk) - c * chunk, min(r1, (c + 1) * chunk) - c * chunk
-        parts.append(block[lo:hi])
-    return np.ascontiguousarray(np.concatenate(parts))
+    return np.ascontiguousarray(seeded_normal_rows(seed, r0, r1, rank, 65536))
 
 
 def make_completion_store(

@@ -55,6 +55,9 @@ class IterationState:
         Data passes spent so far (spectral initialisation excluded).
     validation : float or None
         Held-out error, when validation data was given.
+    core : ndarray or None
+        The Tucker core at this iterate (small, on the client); ``None`` for
+        matrix methods.
     """
 
     iteration: int
@@ -65,6 +68,7 @@ class IterationState:
     time: float
     passes: int
     validation: float | None = None
+    core: np.ndarray | None = field(default=None, repr=False, compare=False)
     _gather: Callable[[], tuple] | None = field(default=None, repr=False, compare=False)
 
     def factors(self) -> tuple:

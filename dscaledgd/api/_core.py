@@ -111,18 +111,23 @@ def check_scale(func: str, what: str, sumsq: float, p: float = 1.0) -> None:
 
 def warn_empty(row_counts, col_counts, symmetric: bool = False, stacklevel: int = 3):
     """The ``DataWarning`` for rows/columns without observations (their factor rows stay 0)."""
-    for name, counts in (("rows", row_counts), ("columns", col_counts)):
-        if symmetric and name == "columns":
-            counts = row_counts + col_counts
-            name = "rows/columns"
+    named = [("rows", row_counts), ("columns", col_counts)]
+    if symmetric:
+        named = [("rows/columns", row_counts + col_counts)]
+    note = "Their factor rows stay at zero, so the completed matrix is 0 there."
+    warn_unobserved(named, note, stacklevel)
+
+
+def warn_unobserved(named, note: str, stacklevel: int = 3) -> None:
+    """One ``DataWarning`` per ``(name, counts)`` with a zero count: how many, the first."""
+    for name, counts in named:
         empty = np.flatnonzero(np.asarray(counts) == 0)
         if len(empty):
             warnings.warn(
                 f"{len(empty)} of {len(counts)} {name} have no observations (first: "
-                f"{int(empty[0])}). Their factor rows stay at zero, so the completed matrix "
-                "is 0 there.",
+                f"{int(empty[0])}). {note}",
                 DataWarning,
-                stacklevel=stacklevel,
+                stacklevel=stacklevel + 1,
             )
 
 
@@ -313,6 +318,7 @@ def solve(
         progress=params["progress"],
         reg=params["reg"],
         seed=seed + 2,
+        guard_on=engine.spec.guard_on,
     )
     # factor-norm reference of the guard: the initial factors for a spectral start; the
     # data scale (an upper bound of Σσ_i for balanced factors) for a given start

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
 from .._validation import check_choice, resolve_rng
 from ..engine.cluster import executor_for
 from ..engine.tucker import TuckerEngine
-from ..exceptions import DataWarning, InputDataError, InvalidParameterError
+from ..exceptions import InputDataError, InvalidParameterError
 from ..problems.spec import State
 from ..problems.tucker import breve_gram
 from ..result import SolveResult
 from ..storage.tensors import TensorObservations
-from ._core import METHODS, check_scale, collect_params, solve
+from ._core import METHODS, check_scale, collect_params, solve, warn_unobserved
 
 __all__ = ["tucker_complete", "as_tensor", "check_ranks"]
 
@@ -81,6 +80,7 @@ def check_ranks(func: str, ranks, shape) -> tuple[int, ...]:
                 f"The 'ranks' parameter of {func} must have 1 <= ranks[{k}] <= {n} (the size of "
                 f"mode {k}). Got ranks[{k}] = {r}."
             )
+    for k, r in enumerate(ranks):  # once every rank is in range
         others = int(np.prod([ranks[j] for j in range(d) if j != k]))
         if r > others:
             raise InvalidParameterError(
@@ -124,16 +124,12 @@ def _describe(init) -> str:
 
 
 def _warn_empty_slices(T: TensorObservations, func: str) -> None:
-    for k, counts in enumerate(T.mode_counts):
-        empty = np.flatnonzero(np.asarray(counts) == 0)
-        if len(empty):
-            warnings.warn(
-                f"{func}: {len(empty)} of {len(counts)} mode-{k} slices have no observed entry "
-                f"(first: slice {int(empty[0])} of mode {k}). Their factor rows get no "
-                "gradient, so the completed tensor there comes from the initialisation only.",
-                DataWarning,
-                stacklevel=3,
-            )
+    named = [(f"mode-{k} slices", c) for k, c in enumerate(T.mode_counts)]
+    note = (
+        f"{func}: their factor rows get no gradient, so the completed tensor there comes "
+        "from the initialisation only."
+    )
+    warn_unobserved(named, note, stacklevel=3)
 
 
 def tucker_complete(

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..problems import sensing as ps
-from .base import FactorEngine, machine_memory
+from .base import FactorEngine
 from .blockwise import map_reduce
 from .factors import Blocked, getitem, sum_small, tree_sum
 
@@ -114,20 +114,12 @@ class SensingEngine(FactorEngine):
         self.p = 1.0
         self.grid = (op.n_blocks,)
         if cache == "auto":
-            if ex.kind == "distributed" and ex.memory_limit:
-                budget = 0.5 * ex.memory_limit * ex.n_workers
-            else:
-                budget = 0.5 * machine_memory()
-            cache = "memory" if op.nbytes <= budget else "generate"
+            cache = "memory" if op.nbytes <= ex.memory_budget() else "generate"
         self.cache = cache
         slots = [b * ex.n_workers // op.n_blocks for b in range(op.n_blocks)]
         if cache == "memory":
-            submit = getattr(ex, "submit_on", None)
             self._blocks = [
-                submit(slots[b], _gen, op, b, name="operator")
-                if submit
-                else ex.submit(_gen, op, b, name="operator")
-                for b in range(op.n_blocks)
+                ex.submit_on(slots[b], _gen, op, b, name="operator") for b in range(op.n_blocks)
             ]
         else:
             self._blocks = [BlockRef(op, b) for b in range(op.n_blocks)]

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..problems import tucker as tk
 from ..storage.tensor_store import ChunkRef, load_chunk
-from .base import FactorEngine, machine_memory
+from .base import FactorEngine
 from .blockwise import map_reduce
 from .factors import Blocked, sum_small
 
@@ -134,7 +134,7 @@ class TuckerEngine(FactorEngine):
         self.p = float(T.density)
         self.value_norm2 = float(T.value_norm2)
         self.grad_scale, self.loss_scale = self.spec.scales(self.p, False, "l2")
-        self.cache = self._resolve_cache(cache)
+        self.cache = ex.cache_policy(cache, T)
         self._chunks = self._place(T)
         self._vchunks, self._vnnz = None, 0
         out = map_reduce(
@@ -146,18 +146,6 @@ class TuckerEngine(FactorEngine):
         self._diag = [out[f"d{k}"] for k in range(self.d)]  # diag(G_k) per mode block
 
     # -------------------------------------------------------------- placement
-    def _resolve_cache(self, cache: str) -> str:
-        if self.T.path is None:
-            return "memory"
-        if cache != "auto":
-            return cache
-        ex = self.ex
-        if ex.kind == "distributed" and ex.memory_limit:
-            budget = 0.5 * ex.memory_limit * max(1, ex.n_workers)
-        else:
-            budget = 0.5 * machine_memory()
-        return "memory" if self.T.nbytes <= budget else "stream"
-
     def _slots(self) -> list:
         """Worker slot of each chunk: contiguous runs along the grid's C order."""
         n, w = self.T.n_chunks, self.ex.n_workers
@@ -169,11 +157,8 @@ class TuckerEngine(FactorEngine):
             return self.ex.scatter([T.read_chunk(c) for c in range(T.n_chunks)], placement=slots)
         refs = [T.chunk_ref(c) for c in range(T.n_chunks)]
         if self.cache == "memory":
-            submit = getattr(self.ex, "submit_on", None)
             return [
-                submit(slots[t], load_chunk, refs[t], name="load")
-                if submit
-                else self.ex.submit(load_chunk, refs[t], name="load")
+                self.ex.submit_on(slots[t], load_chunk, refs[t], name="load")
                 for t in range(T.n_chunks)
             ]
         return refs
@@ -206,8 +191,7 @@ class TuckerEngine(FactorEngine):
         outputs = [*((f"G{k}", k) for k in range(self.d)), ("core", "all"), ("v", None)]
         out = map_reduce(ex, self.grid, grad, outputs)
         G = [
-            Blocked(ex, Fb, state[k].ncols, out[f"G{k}"])
-            for k, Fb in enumerate(self.factor_bounds)
+            Blocked(ex, Fb, state[k].ncols, out[f"G{k}"]) for k, Fb in enumerate(self.factor_bounds)
         ]
         vres = []
         if self._vchunks is not None:

@@ -41,6 +41,12 @@ class ProblemSpec:
         the loss ``loss_scale`` times the summed residual statistic.
     spectral_passes : callable ``(n_power) -> int``
         Data passes of the spectral initialisation.
+    guard_on : {"factors", "model"}
+        What the divergence guard's norm test watches: the largest factor
+        ``‖F_k‖²`` (balanced matrix factors), or ``‖X‖²`` for models whose
+        factor scale is free (Tucker: ``(U_k Q, S ×_k Q⁻¹)`` is the same
+        ``X``, and from orthonormal spectral factors ``‖U_k‖²`` legitimately
+        grows 30-fold while ``X`` barely moves).
     """
 
     name: str
@@ -50,6 +56,7 @@ class ProblemSpec:
     reseed_coherent: bool = False
     scales: Callable = field(default=lambda p, symmetric, loss: (1.0, 0.5), repr=False)
     spectral_passes: Callable = field(default=lambda q: 2 * q + 2, repr=False)
+    guard_on: str = "factors"
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ SPEC = ProblemSpec(
     default_rule="guarded",
     scales=lambda p, symmetric, loss: (1.0 / p, 0.5 / p),
     spectral_passes=lambda q: 3 * 2 * (q + 2) + 1,
+    guard_on="model",
 )
 
 #: Entries per batch of :func:`predict`.

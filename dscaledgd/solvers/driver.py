@@ -57,6 +57,8 @@ class LoopConfig:
     seed: int = 0
     #: called with ``(iteration, state)`` on every accepted point (checkpoints)
     on_accept: Callable | None = None
+    #: the guard's norm test: ``"factors"`` (max ‖F_k‖²) or ``"model"`` (‖X‖²)
+    guard_on: str = "factors"
 
 
 @dataclass
@@ -178,6 +180,7 @@ class Driver:
             time=self.hist["time"][-1],
             passes=self.passes,
             validation=val,
+            core=getattr(point.state, "params", {}).get("core"),
             _gather=gather,
         )
         try:

@@ -126,7 +126,7 @@ def run(
                 "The initial point has a non-finite loss or Gram; the initialisation failed. "
                 "Check the data scale, or pass init='random'."
             )
-        guard = _Guard(cur.stats, norm_ref, rule)
+        guard = _Guard(cur.stats, norm_ref, rule, cfg.guard_on)
         cur.k = drv.record(cur.stats)
         drv.start_validation(cur)
         rule.start(cur.stats)
@@ -269,24 +269,33 @@ class _Guard:
     """Divergence test against the initial point, with the step rule's thresholds.
 
     Diverged: a non-finite loss or Gram; a loss above ``rule.loss_blowup ×``
-    the initial loss; or a factor's squared norm above ``rule.norm_blowup ×``
-    the reference ``max(initial squared norms, norm_ref)``. The best loss is
+    the initial loss; or a squared norm above ``rule.norm_blowup ×`` the
+    reference ``max(initial value, norm_ref)``: the largest factor's
+    (``guard_on="factors"``, balanced matrix factors) or the model's ``‖X‖²``
+    (``"model"``: Tucker, whose factor scale is free). The best loss is
     deliberately *not* the reference: ScaledGD's loss legitimately rises by
     more than 1000x above its running minimum during transients at large κ.
     """
 
-    def __init__(self, stats0, norm_ref: float, rule):
+    def __init__(self, stats0, norm_ref: float, rule, guard_on: str = "factors"):
         self.loss0 = stats0.loss
-        self.ref = max(max(float(np.trace(FF)) for FF in stats0.FF), norm_ref)
+        self.model = guard_on == "model"
+        self.what = "model squared norm" if self.model else "factor squared norm"
+        self.ref = max(self._norm(stats0), norm_ref)
         self.loss_blowup = rule.loss_blowup
         self.norm_blowup = rule.norm_blowup
+
+    def _norm(self, stats) -> float:
+        if self.model:
+            return x_norm2(stats)
+        return max(float(np.trace(FF)) for FF in stats.FF)
 
     def check(self, stats) -> str | None:
         if not _finite(stats):
             return "non-finite loss or Gram"
         if stats.loss > self.loss_blowup * self.loss0:
             return f"loss {stats.loss:.3g} > {self.loss_blowup:g} x initial {self.loss0:.3g}"
-        tr = max(float(np.trace(FF)) for FF in stats.FF)
+        tr = self._norm(stats)
         if tr > self.norm_blowup * self.ref:
-            return f"factor squared norm {tr:.3g} > {self.norm_blowup:g} x initial {self.ref:.3g}"
+            return f"{self.what} {tr:.3g} > {self.norm_blowup:g} x initial {self.ref:.3g}"
         return None

@@ -107,13 +107,12 @@ class Preconditioner:
         self.sigma1 = float(sigma1)
 
     def matrices(self, stats, step: Step) -> list:
-        r = len(stats.H[0])
-        eye = np.eye(r)
+        """Per factor ``P_k`` (each ``r_k × r_k``; Tucker ranks may differ per mode)."""
         if self.kind == "identity":
-            return [eye / self.sigma1 for _ in stats.H]
+            return [np.eye(len(Hk)) / self.sigma1 for Hk in stats.H]
         out = []
         for Hk, FFk in zip(stats.H, stats.FF):
-            M = Hk + step.damping * eye
+            M = Hk + step.damping * np.eye(len(Hk))
             if step.mu > 0:
                 M = M + step.mu * spd_solve_identity(FFk)
             out.append(spd_solve_identity(M))
@@ -121,10 +120,9 @@ class Preconditioner:
 
     def param_matrices(self, stats, step: Step) -> list:
         """Per factor ``Q_k``: the mode-wise preconditioner of the small parameters."""
-        r = len(stats.FF[0])
         if self.kind == "identity":
             return [np.eye(len(FF)) for FF in stats.FF]
-        return [spd_solve_identity(FF + step.damping * np.eye(r)) for FF in stats.FF]
+        return [spd_solve_identity(FF + step.damping * np.eye(len(FF))) for FF in stats.FF]
 
 
 def make_update(precond: Preconditioner, P: list, stats, state, step: Step, reg: float = 0.0):
@@ -172,8 +170,7 @@ def update_matrices(P: list, eta: float, reg: float = 0.0):
     the inner product ``<∇, −η S ∇ P> = −η tr(P^{1/2} ∇ᵀ S ∇ P^{1/2}) < 0``
     because ``S`` and ``P`` are SPD (tests/solvers/test_regularisation.py).
     """
-    r = len(P[0])
-    A = [np.eye(r) - eta * reg * Pk for Pk in P] if reg else [np.eye(r)] * len(P)
+    A = [np.eye(len(Pk)) - eta * reg * Pk for Pk in P] if reg else [np.eye(len(Pk)) for Pk in P]
     B = [-eta * Pk for Pk in P]
     return A, B
 
