@@ -34,6 +34,7 @@ def map_reduce(
     *,
     scales: dict | None = None,
     combine: dict | None = None,
+    select_in_sum: bool = False,
     name: str = "sum",
 ) -> dict:
     """Submit ``task(t, idx)`` for every chunk and reduce its parts.
@@ -59,14 +60,28 @@ def map_reduce(
         ``{key: f}``: reduce the per-block partials of ``key`` with
         ``f(block, parts)`` (a handle) instead of the tree sum (e.g. a merge
         of per-chunk top-k candidates).
+    select_in_sum : bool
+        Summed parts are picked out of each task's result by the first level
+        of the tree sum instead of one selection task per part and chunk
+        (half the tasks of a Tucker pass). A sum task then receives whole
+        results, so use it when every part is small (Tucker's factor rows
+        and core), not for matrix partial gradients, where the selection
+        task keeps the other partials on their worker.
     """
     scales, combine = scales or {}, combine or {}
     per_block: dict = {}
     flat: dict = {}
+    single = len(outputs) == 1
     for t, idx in enumerate(grid_indices(grid)):
         h = task(t, idx)
         for part, (key, axis) in enumerate(outputs):
-            p = h if len(outputs) == 1 else getitem(ex, h, part)
+            summed = axis is not None and key not in combine
+            if single:
+                p = h
+            elif select_in_sum and summed:
+                p = (h, part)
+            else:
+                p = getitem(ex, h, part)
             if isinstance(axis, tuple):  # blocks of the sub-grid over these axes
                 sub = [int(grid[a]) for a in axis]
                 blocks = per_block.setdefault(key, [[] for _ in range(int(np.prod(sub)))])
@@ -77,11 +92,18 @@ def map_reduce(
             else:
                 flat.setdefault(key, (axis, []))[1].append(p)
     out = {}
+
+    def total(parts, scale):
+        if parts and isinstance(parts[0], tuple):  # (result, part) pairs: select in the sum
+            index = parts[0][1]
+            return tree_sum(ex, [h for h, _ in parts], scale, name=name, index=index)
+        return tree_sum(ex, parts, scale, name=name)
+
     for key, blocks in per_block.items():
         if key in combine:
             out[key] = [combine[key](i, b) for i, b in enumerate(blocks)]
         else:
-            out[key] = [tree_sum(ex, b, scales.get(key, 1.0), name=name) for b in blocks]
+            out[key] = [total(b, scales.get(key, 1.0)) for b in blocks]
     for key, (axis, parts) in flat.items():
-        out[key] = tree_sum(ex, parts, scales.get(key, 1.0), name=name) if axis == "all" else parts
+        out[key] = total(parts, scales.get(key, 1.0)) if axis == "all" else parts
     return out

@@ -165,11 +165,26 @@ def zeros_blocked(ex, bounds, k: int, name="zeros") -> Blocked:
     return Blocked(ex, np.asarray(bounds), k, blocks)
 
 
-def tree_sum(ex, parts: list, scale: float = 1.0, fan_in: int = 4, name="sum"):
+def _sum_select(parts, index, scale):
+    return _sum([p[index] for p in parts], scale)
+
+
+def tree_sum(ex, parts: list, scale: float = 1.0, fan_in: int = 4, name="sum", index=None):
     """Sum task results in a fixed-order tree of fan-in ``fan_in``; scale at the root.
 
     The order is by position, so the result is reproducible on any scheduler.
+    ``index``: the parts are tuples and element ``index`` of each is summed
+    (selected inside the first level of sums: no selection task per part).
     """
+    if index is not None:
+        if len(parts) == 1 and scale == 1.0:
+            return getitem(ex, parts[0], index, name=name)
+        if len(parts) <= fan_in:
+            return ex.submit(_sum_select, list(parts), index, scale, name=name)
+        parts = [
+            ex.submit(_sum_select, parts[i : i + fan_in], index, 1.0, name=name)
+            for i in range(0, len(parts), fan_in)
+        ]
     if len(parts) == 1 and scale == 1.0:
         return parts[0]
     level = list(parts)

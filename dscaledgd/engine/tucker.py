@@ -142,6 +142,7 @@ class TuckerEngine(FactorEngine):
             self.grid,
             lambda t, idx: ex.submit(_stats, self._chunks[t], name="stats"),
             [*((f"d{k}", k) for k in range(self.d)), ("n", "all")],
+            select_in_sum=True,
         )
         self._diag = [out[f"d{k}"] for k in range(self.d)]  # diag(G_k) per mode block
 
@@ -189,7 +190,7 @@ class TuckerEngine(FactorEngine):
             return ex.submit(_pass, self._chunks[t], U, core, self.grad_scale, name="grad")
 
         outputs = [*((f"G{k}", k) for k in range(self.d)), ("core", "all"), ("v", None)]
-        out = map_reduce(ex, self.grid, grad, outputs)
+        out = map_reduce(ex, self.grid, grad, outputs, select_in_sum=True)
         G = [
             Blocked(ex, Fb, state[k].ncols, out[f"G{k}"]) for k, Fb in enumerate(self.factor_bounds)
         ]
