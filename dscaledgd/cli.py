@@ -1,6 +1,7 @@
 """The ``dscaledgd`` command: arguments → :mod:`dscaledgd.api`, no math.
 
-Subcommands: ``demo``, ``import``, ``complete``, ``evaluate``, ``info``.
+Subcommands: ``demo``, ``import``, ``complete``, ``tensor-complete``
+(:mod:`dscaledgd.cli_tensor`), ``evaluate``, ``info``.
 Every subcommand has ``--help``; errors print one line to stderr and exit
 with a non-zero code (1 for bad data or parameters, 2 for bad usage).
 Outputs are checked before any work: an existing ``--out`` without
@@ -252,36 +253,51 @@ def _cmd_complete(args) -> int:
     from .api import complete
 
     res = complete(
-        args.obs,
-        args.rank,
-        method=args.method,
-        step_size=args.step_size,
-        damping=args.damping,
-        max_iter=args.max_iter,
-        tol=args.tol,
-        symmetric=args.symmetric,
-        random_state=args.seed,
-        progress=None if args.progress else False,
-        **_executor_kwargs(args.scheduler),
+        args.obs, args.rank, damping=args.damping, symmetric=args.symmetric, **run_kwargs(args)
     )
     res.to_zarr(args.out, overwrite=args.overwrite)
-    fin = res.final  # the returned iterate (the best-validation one when early-stopped)
-    which = "" if res.best_iteration == res.n_iter else f" (returned: {res.best_iteration})"
-    print(
-        f"{res.status}: {res.message}\n"
-        f"iterations {res.n_iter}{which}, final loss {fin['loss']:.6g}, relative residual "
-        f"{fin['residual']:.3e}, {res.history['time'][-1]:.1f} s\nresult written to {args.out}"
-    )
+    print(f"{summary(res)}\nresult written to {args.out}")
     return 0
+
+
+def run_kwargs(args) -> dict:
+    """The solver arguments the fitting subcommands share (``complete``, ``tensor-complete``)."""
+    return {
+        "method": args.method,
+        "step_size": args.step_size,
+        "max_iter": args.max_iter,
+        "tol": args.tol,
+        "random_state": args.seed,
+        "progress": None if args.progress else False,
+        **_executor_kwargs(args.scheduler),
+    }
+
+
+def summary(res, what: str = "") -> str:
+    """Two lines on a fit: status and message; iterations, the returned iterate's loss and
+    residual (the best-validation one when early-stopped), time. ``what`` leads line 2."""
+    fin = res.final
+    which = "" if res.best_iteration == res.n_iter else f" (returned: {res.best_iteration})"
+    return (
+        f"{res.status}: {res.message}\n"
+        f"{what}iterations {res.n_iter}{which}, final loss {fin['loss']:.6g}, relative residual "
+        f"{fin['residual']:.3e}, {res.history['time'][-1]:.1f} s"
+    )
 
 
 # --------------------------------------------------------------- evaluate
 def _cmd_evaluate(args) -> int:
+    from .models import Tucker
     from .result import load_result
     from .storage.observations import Observations
 
     res = load_result(args.result)
-    obs = Observations.open_zarr(args.obs)
+    if isinstance(res.model, Tucker):  # a tensor: a store, an array file or NIfTI
+        from .cli_tensor import read_tensor
+
+        obs = read_tensor(args.obs, role="DATA")
+    else:
+        obs = Observations.open_zarr(args.obs)
     rmse = res.rmse(obs)
     rel = rmse * np.sqrt(obs.nnz / obs.value_norm2) if obs.value_norm2 > 0 else float("nan")
     payload = {
@@ -321,21 +337,29 @@ def _cmd_info(args) -> int:
     for k, v in payload.items():
         print(f"{k:>12}: {v}")
     if args.path:
-        desc = _describe_store(args.path)
+        desc, facts = _describe_store(args.path)
         print(f"{'store':>12}: {desc}")
         payload["store"] = desc
+        for k, v in facts.items():
+            text = f"{v:.4g}" if isinstance(v, float) else tuple(v) if isinstance(v, list) else v
+            print(f"{k:>12}: {text}")
+        if facts:
+            payload["result"] = facts
     _write_json(args.out, payload, args.overwrite)
     return 0
 
 
-def _describe_store(path: str) -> str:
-    """The repr of the Observations or result store at ``path``, opened and validated
-    by its own reader (whose error, if any, is the one reported)."""
+def _describe_store(path: str) -> tuple[str, dict]:
+    """The repr of the Observations, TensorObservations or result store at ``path``,
+    opened and validated by its own reader (whose error, if any, is the one reported),
+    and for a result its facts (model, shape, rank(s), status, iterations, residual)."""
     import zarr
 
     from .exceptions import InputDataError
     from .result import load_result
     from .storage.observations import Observations
+    from .storage.tensor_store import STORE_TYPE
+    from .storage.tensors import TensorObservations
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"No store at {path!r}: the path does not exist.")
@@ -347,13 +371,31 @@ def _describe_store(path: str) -> str:
         ) from None
     kind = meta.get("type") if isinstance(meta, dict) else None
     if kind == "observations":
-        return repr(Observations.open_zarr(path))
+        return repr(Observations.open_zarr(path)), {}
+    if kind == STORE_TYPE:
+        return repr(TensorObservations.open_zarr(path)), {}
     if kind == "result":
-        return repr(load_result(path))
+        res = load_result(path)
+        return repr(res), _result_facts(res)
     raise InputDataError(
-        f"{path!r} is not a dscaledgd store: its attrs lack dscaledgd.type ('observations' "
-        "or 'result'). Create one with `dscaledgd import` or `dscaledgd complete`."
+        f"{path!r} is not a dscaledgd store: its attrs lack dscaledgd.type ('observations', "
+        f"{STORE_TYPE!r} or 'result'). Create one with `dscaledgd import`, `dscaledgd "
+        "complete` or `dscaledgd tensor-complete`."
     )
+
+
+def _result_facts(res) -> dict:
+    """What a result store holds, from its metadata only (the factors are not read)."""
+    model = res.model
+    rank = {"ranks": list(model.ranks)} if model.kind == "tucker" else {"rank": model.rank}
+    return {
+        "model": model.kind,
+        "shape": [int(n) for n in model.shape],
+        **rank,
+        "status": res.status,
+        "iterations": res.n_iter,
+        "residual": res.final.get("residual", float("nan")),
+    }
 
 
 # ----------------------------------------------------------------- parser
@@ -370,7 +412,8 @@ def _pair(text: str) -> tuple[int, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dscaledgd",
-        description="Distributed ScaledGD for low-rank matrix completion on Dask + Zarr.",
+        description="Distributed ScaledGD for low-rank matrix and tensor completion on Dask "
+        "and Zarr.",
     )
     p.add_argument("--version", action="version", version=f"dscaledgd {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
@@ -449,13 +492,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--progress", action="store_true", help="show a progress bar")
     c.set_defaults(func=_cmd_complete)
 
+    from .cli_tensor import add_parser as add_tensor_complete
+
+    add_tensor_complete(sub, common)
+
     e = sub.add_parser(
         "evaluate",
-        help="RMSE of a result on an Observations store",
-        description="Evaluate a result store on an Observations store.",
+        help="RMSE of a result on an Observations store (or on a tensor)",
+        description="Evaluate a result store on an Observations store; a Tucker result on a "
+        "TensorObservations store or a tensor (.npy, .npz, Zarr array, NIfTI; NaN = missing).",
     )
     e.add_argument("result", metavar="RES.zarr")
-    e.add_argument("obs", metavar="OBS.zarr")
+    e.add_argument(
+        "obs", metavar="DATA", help="OBS.zarr (matrix result), or the tensor (Tucker result)"
+    )
     common(e, "also write the metrics as JSON to this path")
     e.set_defaults(func=_cmd_evaluate)
 
@@ -464,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="versions, machine, and a store's description",
         description="Print versions and machine facts; describe a store if given.",
     )
-    f.add_argument("path", nargs="?", help="an Observations or result store")
+    f.add_argument("path", nargs="?", help="an Observations, TensorObservations or result store")
     common(f, "also write the information as JSON to this path")
     f.set_defaults(func=_cmd_info)
     return p
@@ -485,8 +535,8 @@ def main(argv: list[str] | None = None) -> int:
             args.out = args.out_pos
         if args.out is None:
             parser.error("import needs an output store: OBS.zarr or --out PATH")
-    if args.command == "complete" and args.out is None:
-        parser.error("complete needs --out RES.zarr")
+    if args.command in ("complete", "tensor-complete") and args.out is None:
+        parser.error(f"{args.command} needs --out RES.zarr")
     from .exceptions import ClusterError, DivergenceError
 
     try:
@@ -500,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         TypeError,
         OSError,
+        ImportError,
         ConnectionError,
         FloatingPointError,
         ClusterError,

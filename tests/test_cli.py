@@ -23,7 +23,7 @@ def run(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("sub", ["demo", "import", "complete", "evaluate", "info"])
+@pytest.mark.parametrize("sub", ["demo", "import", "complete", "tensor-complete", "evaluate", "info"])
 def test_every_subcommand_has_help(sub):
     out = run(sub, "--help")
     assert out.returncode == 0 and "usage: dscaledgd " + sub in out.stdout
