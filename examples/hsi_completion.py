@@ -44,20 +44,16 @@ the project.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import tempfile
 import time
 import warnings
 
+import _tensor_common as common
 import numpy as np
 
 import dscaledgd as dsg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.environ.get("DSCALEDGD_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
-DEFAULT_DATA = os.path.join(DATA_DIR, "hsi-samson", "samson_1.mat")
+DEFAULT_DATA = os.path.join(common.DATA_DIR, "hsi-samson", "samson_1.mat")
 LADDER = (0.2, 0.15, 0.1)
 
 MISSING = """\
@@ -150,40 +146,24 @@ def plot(runs: dict, X, mask, target: float, out: str) -> tuple[str, str]:
     return conv, png
 
 
-def _ranks(text: str) -> tuple[int, ...]:
-    try:
-        ranks = tuple(int(r) for r in text.replace("x", ",").split(","))
-    except ValueError:
-        ranks = ()
-    if len(ranks) not in (1, 3) or min(ranks, default=0) < 1:
-        raise argparse.ArgumentTypeError(f"expected 3 positive integers like 20,20,6; got {text!r}")
-    return ranks * 3 if len(ranks) == 1 else ranks
-
-
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = common.new_parser(__doc__)
     ap.add_argument("--data", default=DEFAULT_DATA, help="samson_1.mat")
-    ap.add_argument("--missing", type=float, default=0.9, help="fraction of entries hidden")
-    ap.add_argument("--ranks", type=_ranks, default=None, help="Tucker ranks (default 20,20,6)")
+    common.add_missing_and_ranks(ap, missing=0.9, what="entries", ranks="20,20,6")
     ap.add_argument("--max-iter", type=int, default=500, help="ScaledGD's iteration budget")
     ap.add_argument("--gd-iter", type=int, default=None, help="GD's budget (default 1000)")
     ap.add_argument("--within", type=float, default=0.01, help="tolerance above the floor")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="folder for the PNGs (default: a temp folder)")
-    ap.add_argument("--quick", action="store_true", help="48x48x78, ranks 10,10,5, 300 GD iters")
+    common.add_common_tail(
+        ap,
+        out_help="folder for the PNGs (default: a temp folder)",
+        quick_help="48x48x78, ranks 10,10,5, 300 GD iters",
+    )
     args = ap.parse_args(argv)
 
-    if not os.path.isfile(args.data):
-        print(MISSING.format(path=os.path.abspath(args.data)), file=sys.stderr)
-        raise SystemExit(2)
-    if not 0 < args.missing < 1:
-        ap.error(f"--missing must be strictly between 0 and 1; got {args.missing}")
+    common.check_inputs(ap, args, args.data, MISSING)
     ranks = args.ranks or ((10, 10, 5) if args.quick else (20, 20, 6))
     gd_iter = args.gd_iter or (300 if args.quick else 1000)
-    out = args.out or tempfile.mkdtemp(prefix="dscaledgd-hsi-")
-    os.makedirs(out, exist_ok=True)
+    out = common.output_folder(args.out, "dscaledgd-hsi-")
 
     X = load_cube(args.data, 2 if args.quick else 1)
     mask = np.random.default_rng(args.seed).random(X.shape) >= args.missing

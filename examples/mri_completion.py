@@ -50,22 +50,18 @@ resolution): a factor row then has fewer observations than it needs.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import sys
-import tempfile
 import time
 import warnings
 
+import _tensor_common as common
 import numpy as np
 
 import dscaledgd as dsg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.environ.get("DSCALEDGD_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
 DEFAULT_DATA = os.path.join(
-    DATA_DIR, "neuro-mni152-nilearn", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    common.DATA_DIR, "neuro-mni152-nilearn", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 )
 
 MISSING = """\
@@ -156,68 +152,34 @@ def plot_slices(X, Y, Z, views, path: str, title: str) -> str:
     return path
 
 
-def _ranks(text: str) -> tuple[int, ...]:
-    try:
-        ranks = tuple(int(r) for r in text.replace("x", ",").split(","))
-    except ValueError:
-        ranks = ()
-    if len(ranks) not in (1, 3) or min(ranks, default=0) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected 3 positive integers like 20,20,20; got {text!r}"
-        )
-    return ranks * 3 if len(ranks) == 1 else ranks
-
-
-@contextlib.contextmanager
-def executor(kind: str, workers: int):
-    """``tucker_complete``'s keyword arguments for ``--scheduler``."""
-    if kind == "threads":
-        yield {"scheduler": "threads"}
-        return
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        print(f"LocalCluster: {workers} workers")
-        yield {"client": client}
-
-
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = common.new_parser(__doc__)
     ap.add_argument("--data", default=DEFAULT_DATA, help="a 3-D NIfTI volume")
-    ap.add_argument("--missing", type=float, default=0.8, help="fraction of voxels hidden")
-    ap.add_argument("--thin-every", type=int, default=10, help="thin every N-th axial slice")
-    ap.add_argument("--thin-observed", type=float, default=0.05, help="voxels kept there")
-    ap.add_argument("--lost", type=int, default=2, help="axial slices with no voxel")
-    ap.add_argument("--ranks", type=_ranks, default=None, help="Tucker ranks (default 20,20,20)")
+    common.add_missing_and_ranks(
+        ap,
+        missing=0.8,
+        what="voxels",
+        ranks="20,20,20",
+        between=[
+            (("--thin-every",), dict(type=int, default=10, help="thin every N-th axial slice")),
+            (("--thin-observed",), dict(type=float, default=0.05, help="voxels kept there")),
+            (("--lost",), dict(type=int, default=2, help="axial slices with no voxel")),
+        ],
+    )
     ap.add_argument("--downsample", type=int, default=None, help="keep every N-th voxel per axis")
     ap.add_argument("--max-iter", type=int, default=500)
-    ap.add_argument("--scheduler", choices=["threads", "cluster"], default="threads")
-    ap.add_argument("--workers", type=int, default=2, help="LocalCluster workers (cluster)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="folder for slices.png (default: a temp folder)")
-    ap.add_argument("--quick", action="store_true", help="downsample 3x, ranks 10,10,10")
+    common.add_scheduler_args(ap)
+    common.add_common_tail(
+        ap,
+        out_help="folder for slices.png (default: a temp folder)",
+        quick_help="downsample 3x, ranks 10,10,10",
+    )
     args = ap.parse_args(argv)
 
-    if not os.path.isfile(args.data):
-        print(MISSING.format(path=os.path.abspath(args.data)), file=sys.stderr)
-        raise SystemExit(2)
-    if not 0 < args.missing < 1:
-        ap.error(f"--missing must be strictly between 0 and 1; got {args.missing}")
+    common.check_inputs(ap, args, args.data, MISSING)
     ranks = args.ranks or ((10, 10, 10) if args.quick else (20, 20, 20))
     downsample = args.downsample or (3 if args.quick else 1)
-    out = args.out or tempfile.mkdtemp(prefix="dscaledgd-mri-")
-    os.makedirs(out, exist_ok=True)
+    out = common.output_folder(args.out, "dscaledgd-mri-")
 
     t0 = time.perf_counter()
     X = load_volume(args.data, downsample)
@@ -239,19 +201,14 @@ def main(argv=None) -> dict:
     T = dsg.TensorObservations.from_array(X, mask)
     train, val = T.split(0.05, random_state=args.seed)
     t1 = time.perf_counter()
-    with executor(args.scheduler, args.workers) as where, warnings.catch_warnings(record=True) as w:
+    with (
+        common.executor(args.scheduler, args.workers) as where,
+        warnings.catch_warnings(record=True) as w,
+    ):
         warnings.simplefilter("always", dsg.DataWarning)
         warnings.simplefilter("ignore", dsg.ConvergenceWarning)  # the status is printed
-        res = dsg.tucker_complete(
-            train,
-            ranks,
-            validation=val,
-            max_iter=args.max_iter,
-            tol=1e-8,
-            stall_tol=1e-6,
-            random_state=args.seed,
-            progress=False,
-            **where,
+        res = common.tucker_validated(
+            train, val, ranks, seed=args.seed, max_iter=args.max_iter, where=where
         )
         Z = res.to_tensor().compute()
     t_solve = time.perf_counter() - t1
@@ -274,10 +231,7 @@ def main(argv=None) -> dict:
         "hidden, thinned slices": rel(Z, X, hidden & thin[None, None, :]),
         "lost slices": rel(Z, X, np.broadcast_to(gone[None, None, :], X.shape)),
     }
-    stop = f"{res.status} after {res.n_iter} iterations"
-    if res.best_iteration != res.n_iter:
-        stop += f" (best validation RMSE at {res.best_iteration})"
-    print(f"\nTucker ranks {ranks}: {stop}, {t_solve:.1f} s")
+    print(f"\nTucker ranks {ranks}: {common.stop_note(res)}, {t_solve:.1f} s")
     print("relative error ||Z - X|| / ||X||:")
     for name, e in errors.items():
         print(f"  {name:>24}: {e:.4f}")

@@ -44,21 +44,16 @@ iterations: a tensor this small gains nothing from processes.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-import sys
-import tempfile
 import time
 import warnings
 
+import _tensor_common as common
 import numpy as np
 
 import dscaledgd as dsg
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA_DIR = os.environ.get("DSCALEDGD_DATA", os.path.join(HERE, "..", "..", "shared", "data"))
-FOLDER = os.path.join(DATA_DIR, "video-lrslibrary")
+FOLDER = os.path.join(common.DATA_DIR, "video-lrslibrary")
 DEFAULT_DATA = os.path.join(FOLDER, "shop_gray_157x144x192.npz")
 QUICK_DATA = os.path.join(FOLDER, "demo_gray_51x48x48.npz")
 
@@ -102,17 +97,7 @@ def run_dscaledgd(X, mask, ranks, *, where: dict, seed: int, max_iter: int):
     train, val = T.split(0.05, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dsg.ConvergenceWarning)  # reported below anyway
-        res = dsg.tucker_complete(
-            train,
-            ranks,
-            validation=val,
-            max_iter=max_iter,
-            tol=1e-8,
-            stall_tol=1e-6,
-            random_state=seed,
-            progress=False,
-            **where,
-        )
+        res = common.tucker_validated(train, val, ranks, seed=seed, max_iter=max_iter, where=where)
     Z = res.to_tensor().compute()
     return Z, res, time.perf_counter() - t0
 
@@ -187,71 +172,29 @@ def plot_psnr(curves: dict, path: str) -> str:
     return path
 
 
-def _ranks(text: str) -> tuple[int, ...]:
-    try:
-        ranks = tuple(int(r) for r in text.replace("x", ",").split(","))
-    except ValueError:
-        ranks = ()
-    if len(ranks) not in (1, 3) or min(ranks, default=0) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected 3 positive integers like 30,30,30; got {text!r}"
-        )
-    return ranks * 3 if len(ranks) == 1 else ranks
-
-
-@contextlib.contextmanager
-def executor(kind: str, workers: int):
-    """``tucker_complete``'s keyword arguments for ``--scheduler``."""
-    if kind == "threads":
-        yield {"scheduler": "threads"}
-        return
-    from distributed import Client, LocalCluster
-
-    t0 = time.perf_counter()
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        print(f"LocalCluster: {workers} workers, started in {time.perf_counter() - t0:.1f} s")
-        yield {"client": client}
-
-
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = common.new_parser(__doc__)
     ap.add_argument("--data", default=None, help="an .npz with 'frames' (T, H, W)")
     ap.add_argument("--frames", type=int, default=None, help="use the first N frames")
-    ap.add_argument("--missing", type=float, default=0.9, help="fraction of pixels hidden")
-    ap.add_argument("--ranks", type=_ranks, default=None, help="Tucker ranks (default 30,30,30)")
+    common.add_missing_and_ranks(ap, missing=0.9, what="pixels", ranks="30,30,30")
     ap.add_argument("--max-iter", type=int, default=500)
-    ap.add_argument("--scheduler", choices=["threads", "cluster"], default="threads")
-    ap.add_argument("--workers", type=int, default=2, help="LocalCluster workers (cluster)")
+    common.add_scheduler_args(ap)
     ap.add_argument("--no-tensorly", action="store_true", help="skip the TensorLy comparison")
     ap.add_argument(
         "--tensorly-iter", type=int, default=100, help="TensorLy's n_iter_max (its default 100)"
     )
     ap.add_argument("--columns", type=int, default=5, help="frames shown in frames.png")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="folder for the PNGs (default: a temp folder)")
-    ap.add_argument("--quick", action="store_true", help="the small demo clip, ranks 8,8,8")
+    common.add_common_tail(
+        ap,
+        out_help="folder for the PNGs (default: a temp folder)",
+        quick_help="the small demo clip, ranks 8,8,8",
+    )
     args = ap.parse_args(argv)
 
     path = args.data or (QUICK_DATA if args.quick else DEFAULT_DATA)
-    if not os.path.isfile(path):
-        print(MISSING.format(path=os.path.abspath(path)), file=sys.stderr)
-        raise SystemExit(2)
-    if not 0 < args.missing < 1:
-        ap.error(f"--missing must be strictly between 0 and 1; got {args.missing}")
+    common.check_inputs(ap, args, path, MISSING)
     ranks = args.ranks or ((8, 8, 8) if args.quick else (30, 30, 30))
-    out = args.out or tempfile.mkdtemp(prefix="dscaledgd-video-")
-    os.makedirs(out, exist_ok=True)
+    out = common.output_folder(args.out, "dscaledgd-video-")
 
     X = load_clip(path, args.frames)
     rng = np.random.default_rng(args.seed)
@@ -260,16 +203,16 @@ def main(argv=None) -> dict:
         f"video: {os.path.basename(path)}, {X.shape[0]} frames of {X.shape[1]}x{X.shape[2]}; "
         f"{1 - mask.mean():.1%} of the pixels hidden at random, {mask.sum()} observed"
     )
-    with executor(args.scheduler, args.workers) as where:
+    with common.executor(args.scheduler, args.workers, timed=True) as where:
         Z, res, t_dsg = run_dscaledgd(
             X, mask, ranks, where=where, seed=args.seed, max_iter=args.max_iter
         )
-    stop = f"{res.status} after {res.n_iter} iterations"
-    if res.best_iteration != res.n_iter:
-        stop += f" (best validation RMSE at {res.best_iteration})"
     rows = {
         "dscaledgd": dict(
-            psnr=psnr(Z, X), hidden=hidden_error(Z, X, mask), seconds=t_dsg, note=stop
+            psnr=psnr(Z, X),
+            hidden=hidden_error(Z, X, mask),
+            seconds=t_dsg,
+            note=common.stop_note(res),
         )
     }
     Zt = None

@@ -17,6 +17,10 @@ ESCALATOR = os.path.join(DATA_DIR, "video-escalator-i2r", "escalator_data.mat")
 
 
 def _load_example(name: str):
+    # as ``python examples/<name>.py`` does: the examples' folder on sys.path, for
+    # the helpers they share (examples/_tensor_common.py)
+    if EXAMPLES not in sys.path:
+        sys.path.insert(0, EXAMPLES)
     spec = importlib.util.spec_from_file_location(
         f"example_{name}", os.path.join(EXAMPLES, f"{name}.py")
     )
@@ -168,17 +172,6 @@ def test_video_completion_quick(tmp_path):
     assert _is_png(out["png"]) and _is_png(out["png_psnr"], 5_000)
 
 
-def test_video_completion_missing_data_exits_2(tmp_path, capsys):
-    video = _load_example("video_completion")
-    missing = tmp_path / "nowhere" / "clip.npz"
-    with pytest.raises(SystemExit) as exc:
-        video.main(["--data", str(missing), "--out", str(tmp_path / "o")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert str(missing) in err and "DSCALEDGD_DATA" in err and "lrslibrary" in err
-    assert not (tmp_path / "o").exists()
-
-
 @pytest.mark.data
 def test_mri_completion_quick(tmp_path):
     """MNI152 at every 3rd voxel (66x78x63), ranks 10: about 2 s.
@@ -197,16 +190,6 @@ def test_mri_completion_quick(tmp_path):
     assert e["lost slices"] > 0.95  # nothing to fit them to: reported, not hidden
     assert any("2 of 63 mode-2 slices" in w for w in out["warnings"])
     assert _is_png(out["png"])
-
-
-def test_mri_completion_missing_data_exits_2(tmp_path, capsys):
-    mri = _load_example("mri_completion")
-    missing = tmp_path / "nowhere" / "mni.nii.gz"
-    with pytest.raises(SystemExit) as exc:
-        mri.main(["--data", str(missing), "--out", str(tmp_path / "o")])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert str(missing) in err and "DSCALEDGD_DATA" in err and "nilearn" in err
 
 
 @pytest.mark.data
@@ -230,14 +213,25 @@ def test_hsi_completion_quick(tmp_path):
     assert _is_png(out["png"]) and _is_png(out["convergence"], 5_000)
 
 
-def test_hsi_completion_missing_data_exits_2(tmp_path, capsys):
-    hsi = _load_example("hsi_completion")
-    missing = tmp_path / "nowhere" / "samson_1.mat"
+@pytest.mark.parametrize(
+    ("name", "filename", "source"),
+    [
+        ("video_completion", "clip.npz", "lrslibrary"),
+        ("mri_completion", "mni.nii.gz", "nilearn"),
+        ("hsi_completion", "samson_1.mat", "MUA_SparseUnmixing"),
+    ],
+)
+def test_tensor_completion_missing_data_exits_2(tmp_path, capsys, name, filename, source):
+    """No data file: exit 2 with where it was looked for and where it comes from,
+    before the output folder is made."""
+    example = _load_example(name)
+    missing = tmp_path / "nowhere" / filename
     with pytest.raises(SystemExit) as exc:
-        hsi.main(["--data", str(missing)])
+        example.main(["--data", str(missing), "--out", str(tmp_path / "o")])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert str(missing) in err and "DSCALEDGD_DATA" in err and "MUA_SparseUnmixing" in err
+    assert str(missing) in err and "DSCALEDGD_DATA" in err and source in err
+    assert not (tmp_path / "o").exists()
 
 
 def _script(name: str, *args) -> str:
