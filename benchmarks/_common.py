@@ -117,3 +117,24 @@ def steps_to(obs, truth, rank, target, max_iter, *, count="iteration", **kw):
     if res.status == "diverged":
         return "div", res
     return f">{max_iter} ({hit.get('err', float('nan')):.0e})", res
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident bytes of a process (``VmHWM`` from ``/proc``), or 0."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Restart ``VmHWM`` of a process at its current RSS (best effort)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass

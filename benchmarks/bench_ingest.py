@@ -27,7 +27,7 @@ import time
 import warnings
 
 import numpy as np
-from _common import report, table
+from _common import peak_rss, report, reset_peak_rss, table
 
 import dscaledgd as dsg
 from dscaledgd.storage import merge
@@ -57,26 +57,6 @@ def lazy_coo(nnz: int, chunk: int, shape, seed: int = 0):
             da.concatenate([da.from_delayed(p[i], (m,), dtype=dt) for p, m in zip(parts, sizes)])
         )
     return out
-
-
-def _hwm(pid: int) -> int:
-    """Peak resident bytes of a process (``VmHWM``), or 0."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_hwm(pid: int) -> None:
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 class Monitor:
@@ -115,7 +95,7 @@ class Monitor:
         self._refresh()
         self.phase_start = set(self.seen)
         for pid in self.pids.values():
-            _reset_hwm(pid)
+            reset_peak_rss(pid)
         self._psutil = psutil
         return self.peak
 
@@ -126,7 +106,7 @@ class Monitor:
             except Exception:  # noqa: BLE001 - a worker that died
                 continue
             p = self.peak.setdefault(pid, [0, 0])
-            p[0] = max(p[0], _hwm(pid))
+            p[0] = max(p[0], peak_rss(pid))
             p[1] = max(p[1], rss)
 
     def _run(self):

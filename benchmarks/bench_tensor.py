@@ -56,7 +56,7 @@ import warnings  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import local_cluster, report, table  # noqa: E402
+from _common import local_cluster, peak_rss, report, reset_peak_rss, table  # noqa: E402
 
 import dscaledgd as dsg  # noqa: E402
 from dscaledgd.datasets import bernoulli_mask, tucker_instance, tucker_tensor  # noqa: E402
@@ -456,22 +456,6 @@ def part_layout(args):
 
 
 # ---------------------------------------------------------------- out of core
-def _hwm(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_hwm(pid: int) -> None:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
-
-
 def build_store(path, n, r, p, chunk, seed=0):
     """Observed entries of X* = S ×_k U_k sampled chunk by chunk (never formed), to Zarr."""
     core, U = tucker_instance((n,) * 3, r, kappa=10, random_state=seed)
@@ -504,7 +488,7 @@ def part_outofcore(args):
         with cl, c:
             pids = c.run(os.getpid)
             for pid in pids.values():
-                _reset_hwm(pid)
+                reset_peak_rss(pid)
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", dsg.ConvergenceWarning)
@@ -513,7 +497,7 @@ def part_outofcore(args):
                     random_state=0, progress=False, step_size=args.step_size,
                 )  # fmt: skip
             wall = time.perf_counter() - t0
-            peaks = [_hwm(pid) / 2**20 for pid in pids.values()]
+            peaks = [peak_rss(pid) / 2**20 for pid in pids.values()]
             restarts = len(set(c.run(os.getpid).values()) - set(pids.values()))
             core = res.core
             factors = [np.asarray(f) for f in res.factors]
