@@ -132,3 +132,13 @@ def stop_note(res) -> str:
     if res.best_iteration != res.n_iter:
         stop += f" (best validation RMSE at {res.best_iteration})"
     return stop
+
+
+def save(fig, path: str) -> str:
+    """Lay out, write (110 dpi) and close a matplotlib figure; its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -119,10 +119,7 @@ def plot(runs: dict, X, mask, target: float, out: str) -> tuple[str, str]:
     ax.set_ylabel("relative residual (observed)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    conv = os.path.join(out, "convergence.png")
-    fig.savefig(conv, dpi=110)
-    plt.close(fig)
+    conv = common.save(fig, os.path.join(out, "convergence.png"))
 
     bands = np.linspace(0, X.shape[2] - 1, 5).round().astype(int)[1:4]
     rows = [("observed", np.where(mask, X, 0.0))]
@@ -139,11 +136,7 @@ def plot(runs: dict, X, mask, target: float, out: str) -> tuple[str, str]:
                 ax.set_title(f"band {b}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
-    fig.tight_layout()
-    png = os.path.join(out, "bands.png")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return conv, png
+    return conv, common.save(fig, os.path.join(out, "bands.png"))
 
 
 def main(argv=None) -> dict:

@@ -146,10 +146,7 @@ def plot_slices(X, Y, Z, views, path: str, title: str) -> str:
             if j == 0:
                 ax.set_ylabel(label, fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save(fig, path)
 
 
 def main(argv=None) -> dict:

@@ -147,10 +147,7 @@ def plot_frames(rows, shown, path: str, title: str) -> str:
             if j == 0:
                 ax.set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save(fig, path)
 
 
 def plot_psnr(curves: dict, path: str) -> str:
@@ -166,10 +163,7 @@ def plot_psnr(curves: dict, path: str) -> str:
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save(fig, path)
 
 
 def main(argv=None) -> dict:

@@ -180,7 +180,7 @@ class Driver:
             time=self.hist["time"][-1],
             passes=self.passes,
             validation=val,
-            core=getattr(point.state, "params", {}).get("core"),
+            core=point.state.params.get("core"),
             _gather=gather,
         )
         try:
