@@ -118,11 +118,13 @@ class ThreadExecutor(Executor):
     arguments is done, so no pool thread ever blocks waiting on another task
     (a plain ``pool.submit`` of dependent tasks would leave threads idle).
 
-    With a pool, BLAS is limited to one thread per pool thread while the
-    executor is open (threadpoolctl; restored by :meth:`close`), as the
-    workers of the embedded cluster are. Measured on the 2-core machine: the
-    dense Tucker chunk kernel took 0.258 s for 8 calls with OpenBLAS's
-    default threads against 0.008 s pinned (benchmarks/RESULTS.md).
+    BLAS keeps the process's thread setting. Limiting it to one thread while
+    the pool runs (threadpoolctl) made the dense Tucker chunk kernel 30×
+    faster on the loaded 2-core machine (0.258 s against 0.008 s for 8 calls
+    at 100³), but OpenBLAS limited at run time gave different bits from the
+    workers limited at start-up, which broke the bit-identical results across
+    schedulers that the README promises. Set ``OPENBLAS_NUM_THREADS=1`` (or
+    ``OMP_NUM_THREADS=1``) before starting Python for the speed.
     """
 
     def __init__(self, nthreads: int | None = None):
@@ -130,11 +132,6 @@ class ThreadExecutor(Executor):
         self.kind = "sync" if n == 0 else "threads"
         self.nthreads = max(1, n)
         self._pool = ThreadPoolExecutor(n, thread_name_prefix="dscaledgd") if n else None
-        self._blas = None
-        if self._pool is not None:
-            from threadpoolctl import threadpool_limits
-
-            self._blas = threadpool_limits(limits=1, user_api="blas")
 
     def submit(self, fn, *args, name: str, **kwargs):
         out: Future = Future()
@@ -184,9 +181,6 @@ class ThreadExecutor(Executor):
     def close(self):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        if self._blas is not None:
-            self._blas.restore_original_limits()
-            self._blas = None
 
 
 class DistributedExecutor(Executor):
