@@ -512,6 +512,19 @@ class Tucker(_Factored):
             meta=np.empty((0,) * d),
         )
 
+    def to_xarray(self, chunks=None):
+        """:meth:`to_tensor` as a lazy ``xarray.DataArray`` with the input's ``dims`` (the
+        names of an ``xarray`` input; ``dim_0, …`` when the input had none)."""
+        try:
+            import xarray as xr
+        except ImportError as exc:
+            raise ImportError(
+                "Tucker.to_xarray needs xarray, which is not installed. Install the extra: "
+                "pip install 'dscaledgd[xarray]' (or pip install xarray)."
+            ) from exc
+        dims = self.dims or tuple(f"dim_{k}" for k in range(self.ndim))
+        return xr.DataArray(self.to_tensor(chunks), dims=dims)
+
     def to_tensorly(self):
         """The model as a ``tensorly.tucker_tensor.TuckerTensor`` (gathers the factors)."""
         try:

@@ -263,6 +263,11 @@ class SolveResult:
         """The fitted tensor of a Tucker fit as a lazy Dask array (:meth:`Tucker.to_tensor`)."""
         return self._model_as(Tucker, "to_tensor").to_tensor(chunks)
 
+    def to_xarray(self, chunks=None):
+        """The fitted tensor of a Tucker fit as a lazy ``xarray.DataArray`` with the input's
+        dims (:meth:`Tucker.to_xarray`)."""
+        return self._model_as(Tucker, "to_xarray").to_xarray(chunks)
+
     def to_tensorly(self):
         """A Tucker fit as a ``tensorly`` TuckerTensor (:meth:`Tucker.to_tensorly`)."""
         return self._model_as(Tucker, "to_tensorly").to_tensorly()

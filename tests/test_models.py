@@ -128,6 +128,23 @@ def test_to_tensorly(tucker, monkeypatch):
     np.testing.assert_allclose(tl.to_numpy(tt.to_tensor()), dense, rtol=1e-12, atol=1e-12)
 
 
+def test_to_xarray_keeps_dims(tucker, monkeypatch):
+    core, U, dense = tucker
+    res = _run(Tucker(core, U, dims=("x", "y", "t")))
+    monkeypatch.setitem(sys.modules, "xarray", None)
+    with pytest.raises(ImportError, match=r"needs xarray.*dscaledgd\[xarray\]"):
+        res.to_xarray()
+    monkeypatch.undo()
+    pytest.importorskip("xarray")
+    xa = res.to_xarray(chunks=(4, 7, 5))
+    assert xa.dims == ("x", "y", "t") and xa.data.chunks[0] == (4, 4, 1)
+    np.testing.assert_allclose(xa.values, dense, rtol=1e-12, atol=1e-12)
+    assert _run(Tucker(core, U)).to_xarray().dims == ("dim_0", "dim_1", "dim_2")
+    mres = _run(LowRank((U[0], U[1][:, :2])))
+    with pytest.raises(AttributeError, match="no 'to_xarray'"):
+        mres.to_xarray()
+
+
 def test_tucker_and_matrix_attributes_refuse_the_other_kind(tucker):
     core, U, _ = tucker
     tres = _run(Tucker(core, U))

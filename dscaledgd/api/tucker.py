@@ -283,4 +283,6 @@ def _initial(engine: TuckerEngine, ranks, init, seed: int, n_power: int):
 def _model(factors, params, T):
     from ..models import Tucker
 
+    # the engine may hold a factor as one block: chunk the result like the input
+    factors = [F.rechunk({0: T.chunks[k], 1: -1}) for k, F in enumerate(factors)]
     return Tucker(params["core"], factors, dims=getattr(T, "dims", None))

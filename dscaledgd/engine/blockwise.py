@@ -18,7 +18,7 @@ import numpy as np
 
 from .factors import getitem, tree_sum
 
-__all__ = ["grid_indices", "map_reduce"]
+__all__ = ["grid_indices", "map_reduce", "chunk_groups", "map_reduce_groups", "CHUNKS_PER_TASK"]
 
 
 def grid_indices(grid: Sequence[int]) -> list[tuple[int, ...]]:
@@ -106,4 +106,131 @@ def map_reduce(
             out[key] = [total(b, scales.get(key, 1.0)) for b in blocks]
     for key, (axis, parts) in flat.items():
         out[key] = total(parts, scales.get(key, 1.0)) if axis == "all" else parts
+    return out
+
+
+# ------------------------------------------------------------------ grouped passes
+#: Chunks per task of a grouped pass (:func:`map_reduce_groups`). Fixed by the
+#: grid, never by the cluster, so the sums are the same on every scheduler. Four
+#: chunks per task cut a 2-worker Tucker iteration from ~70 tasks to ~15 (each task
+#: costs the scheduler about 2 ms on a loaded 2-core machine, measured in
+#: benchmarks/RESULTS.md) and still leave ``n_chunks / 4`` tasks to run in parallel.
+CHUNKS_PER_TASK = 4
+
+
+def chunk_groups(n_chunks: int, size: int = CHUNKS_PER_TASK) -> list[list[int]]:
+    """Contiguous runs of ``size`` chunk numbers (C order): the chunks of each grouped task."""
+    return [list(range(s, min(n_chunks, s + size))) for s in range(0, n_chunks, size)]
+
+
+def _run_group(fn, calls, shared, places, kinds):
+    """Run ``fn(*call, *shared)`` for each chunk of a group and add up its parts in order.
+
+    ``kinds[j]`` is ``"block"`` (part ``j`` of a chunk covers rows ``[lo, hi)`` of
+    block ``key``, ``L`` rows long: ``places[c][j] = (key, lo, hi, L)``; the sums are
+    ``{key: array}``) or ``"all"`` (one sum).
+    """
+    acc: list = [{} if kind == "block" else None for kind in kinds]
+    for call, place in zip(calls, places):
+        parts = fn(*call, *shared)
+        if len(kinds) == 1:
+            parts = (parts,)
+        for j, (part, kind) in enumerate(zip(parts, kinds)):
+            part = np.asarray(part, dtype=np.float64)
+            if kind == "all":
+                acc[j] = part.copy() if acc[j] is None else acc[j] + part
+                continue
+            key, lo, hi, length = place[j]
+            block = acc[j].get(key)
+            if block is None:
+                block = acc[j][key] = np.zeros((length, *part.shape[1:]))
+            block[lo:hi] += part
+    return tuple(acc)
+
+
+def _pick(result, path):
+    for p in path:
+        result = result[p]
+    return result
+
+
+def _sum_paths(parts, path, scale):
+    out = np.array(_pick(parts[0], path), dtype=np.float64, copy=True)
+    for p in parts[1:]:
+        out += _pick(p, path)
+    return out * scale if scale != 1.0 else out
+
+
+def map_reduce_groups(
+    ex,
+    groups: Sequence[Sequence[int]],
+    fn: Callable,
+    call: Callable[[int], tuple],
+    place: Callable[[int], Sequence],
+    outputs: Sequence[tuple[str, str]],
+    *,
+    shared: tuple = (),
+    slots: Sequence[int] | None = None,
+    scales: dict | None = None,
+    task_name: str = "pass",
+    name: str = "sum",
+    fan_in: int = 4,
+) -> dict:
+    """One task per group of chunks, partial sums per block inside it, then across groups.
+
+    Parameters
+    ----------
+    ex : Executor
+    groups : lists of chunk numbers (:func:`chunk_groups`)
+    fn : callable
+        The chunk kernel, ``fn(*call(t), *shared)``, returning one part per output.
+    call : ``t ↦`` the per-chunk arguments of ``fn`` (handles allowed, nested in lists).
+    place : ``t ↦`` per output, ``(key, lo, hi, L)`` for a ``"block"`` output (the part
+        covers rows ``[lo, hi)`` of block ``key``, an int, of ``L`` rows), ``None`` for
+        ``"all"``.
+    outputs : ``(key, kind)`` pairs, ``kind`` in ``{"block", "all"}``
+    shared : arguments passed to every call (after the per-chunk ones)
+    slots : worker slot of each group (a placement hint), or None
+
+    Returns
+    -------
+    dict: ``out[key]`` is a list of handles, one per block (keys ``0..nb-1``), for a
+    ``"block"`` output and one handle for ``"all"``. Sums run in group order with a
+    fixed fan-in, so the bits do not depend on the scheduler or the worker count.
+    """
+    scales = scales or {}
+    kinds = tuple(kind for _, kind in outputs)
+    per_block: dict = {key: {} for key, kind in outputs if kind == "block"}
+    flat: dict = {key: [] for key, kind in outputs if kind == "all"}
+    for g, ts in enumerate(groups):
+        places = [tuple(place(t)) for t in ts]
+        args = (_run_group, fn, [tuple(call(t)) for t in ts], tuple(shared), places, kinds)
+        if slots is None:
+            h = ex.submit(*args, name=task_name)
+        else:
+            h = ex.submit_on(slots[g], *args, name=task_name)
+        for j, (key, kind) in enumerate(outputs):
+            if kind == "all":
+                flat[key].append(h)
+                continue
+            for b in dict.fromkeys(pl[j][0] for pl in places):
+                per_block[key].setdefault(b, []).append(h)
+
+    def total(hs, path, scale):
+        while len(hs) > fan_in:  # first level selects, the rest add arrays
+            hs = [
+                ex.submit(_sum_paths, hs[i : i + fan_in], path, 1.0, name=name)
+                for i in range(0, len(hs), fan_in)
+            ]
+            path = ()
+        return ex.submit(_sum_paths, list(hs), path, scale, name=name)
+
+    out: dict = {}
+    for j, (key, kind) in enumerate(outputs):
+        scale = scales.get(key, 1.0)
+        if kind == "all":
+            out[key] = total(flat[key], (j,), scale)
+        else:
+            blocks = per_block[key]
+            out[key] = [total(blocks[b], (j, b), scale) for b in range(len(blocks))]
     return out

@@ -92,19 +92,30 @@ class Executor:
 
 
 def _resolve(x):
+    """``x`` with every future in it (nested in lists and tuples) replaced by its result."""
     if isinstance(x, Future):
         return x.result()
-    if isinstance(x, list | tuple) and any(isinstance(e, Future) for e in x):
-        return type(x)(e.result() if isinstance(e, Future) else e for e in x)
+    if isinstance(x, list | tuple) and any(_has_future(e) for e in x):
+        return type(x)(_resolve(e) for e in x)
     return x
 
 
+def _has_future(x) -> bool:
+    if isinstance(x, Future):
+        return True
+    return isinstance(x, list | tuple) and any(_has_future(e) for e in x)
+
+
 def _futures_in(args, kwargs):
-    for x in (*args, *kwargs.values()):
+    def walk(x):
         if isinstance(x, Future):
             yield x
         elif isinstance(x, list | tuple):
-            yield from (e for e in x if isinstance(e, Future))
+            for e in x:
+                yield from walk(e)
+
+    for x in (*args, *kwargs.values()):
+        yield from walk(x)
 
 
 def _call(fn, args, kwargs):

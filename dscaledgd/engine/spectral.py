@@ -18,7 +18,13 @@ import scipy.linalg as sla
 from ..linalg import chol_upper
 from .factors import Blocked, combine, random_blocked, sum_small
 
-__all__ = ["orthonormalize", "randomized_svd", "randomized_eigh"]
+__all__ = [
+    "orthonormalize",
+    "orthonormalize_many",
+    "randomized_svd",
+    "randomized_eigh",
+    "randomized_eigh_many",
+]
 
 
 def orthonormalize(X: Blocked, return_r: bool = False):
@@ -27,14 +33,25 @@ def orthonormalize(X: Blocked, return_r: bool = False):
     Two rounds of ``G = XᵀX``, ``C = chol(G)``, ``X ← X C⁻¹`` (a triangular
     solve on ``k × k``) restore orthogonality to machine precision.
     """
-    eye = np.eye(X.ncols)
-    Rtot = eye
+    ((Q, R),) = orthonormalize_many([X])
+    return (Q, R) if return_r else Q
+
+
+def orthonormalize_many(Xs: list) -> list:
+    """:func:`orthonormalize` of several matrices in lockstep: one gather per round for all
+    of them. Returns ``[(Q, R), ...]``."""
+    eyes = [np.eye(X.ncols) for X in Xs]
+    Rs = list(eyes)
+    ex = Xs[0].ex
     for _ in range(2):
-        G = sum_small(X.ex.gather(X.gram_parts()))
-        C = chol_upper(G)
-        X = combine(X, sla.solve_triangular(C, eye, lower=False), None, None, name="orth")
-        Rtot = C @ Rtot
-    return (X, Rtot) if return_r else X
+        grams = ex.gather([X.gram_parts() for X in Xs])
+        Cs = [chol_upper(sum_small(g)) for g in grams]
+        Xs = [
+            combine(X, sla.solve_triangular(C, eye, lower=False), None, None, name="orth")
+            for X, C, eye in zip(Xs, Cs, eyes)
+        ]
+        Rs = [C @ R for C, R in zip(Cs, Rs)]
+    return list(zip(Xs, Rs))
 
 
 def randomized_svd(op, bounds, rank: int, *, seed: int, oversample: int = 10, n_power: int = 4):
@@ -68,14 +85,26 @@ def randomized_eigh(op, bounds, rank: int, *, seed: int, oversample: int = 10, n
     -------
     U : Blocked (n × rank), w : ndarray (rank,), largest first
     """
-    n = int(bounds[-1])
-    k = min(rank + oversample, n)
-    Q = orthonormalize(op.symmat(random_blocked(op.ex, bounds, k, seed)))
-    for _ in range(n_power):
-        Q = orthonormalize(op.symmat(Q))
-    W = op.symmat(Q)
-    T = sum_small(op.ex.gather(Q.cross_parts(W)))
-    w, Vt = np.linalg.eigh(0.5 * (T + T.T))
-    top = np.argsort(w)[::-1][:rank]
-    U = combine(Q, np.ascontiguousarray(Vt[:, top]), None, None, name="eig")
-    return U, w[top]
+    return randomized_eigh_many([op], [bounds], [rank], seeds=[seed], oversample=oversample,
+                                n_power=n_power)[0]  # fmt: skip
+
+
+def randomized_eigh_many(ops, bounds, ranks, *, seeds, oversample: int = 10, n_power: int = 4):
+    """:func:`randomized_eigh` of several operators in lockstep (the modes of a tensor):
+    their products are submitted together and each orthonormalisation round is one
+    gather for all of them, so the cost in round trips is that of one. Returns
+    ``[(U, w), ...]``."""
+    ex = ops[0].ex
+    ks = [min(int(r) + oversample, int(b[-1])) for r, b in zip(ranks, bounds)]
+    Qs = [random_blocked(ex, b, k, s) for b, k, s in zip(bounds, ks, seeds)]
+    for _ in range(n_power + 1):
+        Qs = [Q for Q, _ in orthonormalize_many([op.symmat(Q) for op, Q in zip(ops, Qs)])]
+    Ws = [op.symmat(Q) for op, Q in zip(ops, Qs)]
+    Ts = ex.gather([Q.cross_parts(W) for Q, W in zip(Qs, Ws)])
+    out = []
+    for Q, T, rank in zip(Qs, Ts, ranks):
+        T = sum_small(T)
+        w, Vt = np.linalg.eigh(0.5 * (T + T.T))
+        top = np.argsort(w)[::-1][:rank]
+        out.append((combine(Q, np.ascontiguousarray(Vt[:, top]), None, None, name="eig"), w[top]))
+    return out

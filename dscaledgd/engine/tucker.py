@@ -3,27 +3,34 @@
 ``X = S ×_1 U_1 ⋯ ×_d U_d`` is fitted to the observed entries of a
 :class:`~dscaledgd.storage.tensors.TensorObservations` cut into a regular
 chunk grid (dense chunks with NaN for missing entries, or the observed
-entries only, per chunk). The factors ``U_k`` are row-blocked like the grid's
-mode-``k`` axis; the core ``S`` is small NumPy on the client (the state's
-``params["core"]``).
+entries only, per chunk). A factor ``U_k`` is one block when it has at most
+:data:`SINGLE_BLOCK_ROWS` rows (every realistic volume), else it is
+row-blocked like the grid's mode-``k`` axis; the core ``S`` is small NumPy on
+the client (the state's ``params["core"]``).
 
 One pass (ALGORITHMS.md §7, DESIGN.md §3), with
-:func:`~dscaledgd.engine.blockwise.map_reduce`: per chunk, the residual on
-its observed entries, its rows of every ``M_k(Z) Ŭ_k`` (computed as
-``M_k(Z ×_{j≠k} U_jᵀ) M_k(S)ᵀ``, never forming ``Ŭ_k``) and its part of the
-core gradient ``Z ×_k U_kᵀ`` (:mod:`dscaledgd.problems.tucker`); the factor
-partials are tree-summed per mode block, the core partials over the grid.
+:func:`~dscaledgd.engine.blockwise.map_reduce_groups`: one task per group of
+:data:`~dscaledgd.engine.blockwise.CHUNKS_PER_TASK` chunks computes, per
+chunk, the residual on its observed entries, its rows of every
+``M_k(Z) Ŭ_k`` (computed as ``M_k(Z ×_{j≠k} U_jᵀ) M_k(S)ᵀ``, never forming
+``Ŭ_k``) and its part of the core gradient ``Z ×_k U_kᵀ``
+(:mod:`dscaledgd.problems.tucker`), and adds them up per factor block; the
+groups' partials are then tree-summed per factor block and over the grid.
 The iteration's one gather brings the ``r_k × r_k`` Grams, the core
 gradient and two scalars; ``Ŭ_kᵀŬ_k = M_k(S ×_{j≠k} U_jᵀU_j) M_k(S)ᵀ`` is
-built on the client from the small Grams.
+built on the client from the small Grams. Grouping chunks and keeping small
+factors whole took a 2-worker iteration at 300³ from about 70 tasks to 16
+(benchmarks/RESULTS.md); the groups depend on the grid only, so every
+scheduler sums in the same order.
 
 The spectral initialisation computes, per mode, the top eigenvectors of
 ``G_k + (p − 1) diag(G_k)`` with ``G_k = M_k(Y) M_k(Y)ᵀ`` applied implicitly,
 two waves per product: ``W = M_k(Y)ᵀ V`` per chunk, summed over the chunks
-that share their other-mode position, then ``M_k(Y) W`` summed per mode
-block (:func:`~dscaledgd.engine.spectral.randomized_eigh`); no unfolding is
-formed. ``diag(G_k)`` comes from the one statistics pass made when the
-engine is built.
+that share their other-mode position, then ``M_k(Y) W`` summed per factor
+block (:func:`~dscaledgd.engine.spectral.randomized_eigh_many`, all modes in
+lockstep: one gather per round for every mode); no unfolding is formed.
+``diag(G_k)`` comes from the one statistics pass made when the engine is
+built.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 from ..problems import tucker as tk
 from ..storage.tensor_store import ChunkRef, load_chunk
 from .base import FactorEngine
-from .blockwise import map_reduce
+from .blockwise import chunk_groups, map_reduce_groups
 from .factors import Blocked, sum_small
 
 __all__ = ["TuckerEngine"]
@@ -45,8 +52,13 @@ def _data(chunk):
     return load_chunk(chunk) if isinstance(chunk, ChunkRef) else chunk
 
 
-def _pass(chunk, U, core, scale):
-    G, core_grad, sums = tk.chunk_pass(_data(chunk), U, core, scale)
+def _rows(U, rows):
+    """The chunk's rows of each factor block (``rows[k] = (lo, hi)`` within block ``k``)."""
+    return [u[lo:hi] for u, (lo, hi) in zip(U, rows)]
+
+
+def _pass(chunk, U, rows, core, scale):
+    G, core_grad, sums = tk.chunk_pass(_data(chunk), _rows(U, rows), core, scale)
     return (*G, core_grad, sums)
 
 
@@ -55,25 +67,44 @@ def _stats(chunk):
     return (*rowsq, np.array([nnz, sumsq]))
 
 
-def _residual(chunk, U, core):
-    return tk.chunk_residual_sumsq(_data(chunk), U, core)
+def _residual(chunk, U, rows, core):
+    return tk.chunk_residual_sumsq(_data(chunk), _rows(U, rows), core)
 
 
-def _rmatvec(chunk, k, V):
-    return tk.mode_rmatvec(_data(chunk), k, V)
+def _rmatvec(chunk, V, rows, k):
+    lo, hi = rows
+    return tk.mode_rmatvec(_data(chunk), k, V[lo:hi])
 
 
-def _matvec(chunk, k, W):
+def _matvec(chunk, W, k):
     return tk.mode_matvec(_data(chunk), k, W)
 
 
-def _project(chunk, U, scale):
-    return tk.chunk_project(_data(chunk), U, scale)
+def _project(chunk, U, rows, scale):
+    return tk.chunk_project(_data(chunk), _rows(U, rows), scale)
+
+
+def _as_coo(chunk):
+    """A dense chunk's observed entries as a coo chunk (the spectral products' input)."""
+    Y = np.asarray(_data(chunk))
+    seen = ~np.isnan(Y)
+    return np.argwhere(seen).astype(np.int32), np.ascontiguousarray(Y[seen]), Y.shape
 
 
 def _add_diag(GV, d, V, c):
     """``G V + c diag(d) V`` (the ``(p − 1) diag(G_k)`` correction of ALGORITHMS.md §7)."""
     return GV + V * (c * d)[:, None]
+
+
+#: Below this density the spectral products read a coo copy of dense in-memory chunks:
+#: ``M_k(Y)ᵀV`` and ``M_k(Y)W`` of a 75×150×150 chunk took 10.5 ms dense and 1.9 ms coo
+#: at p = 0.05, 9.1 / 3.9 ms at 0.1, 11.3 / 7.5 ms at 0.2 and 13.6 / 11.0 at 0.3 (r + 10
+#: = 15 columns, one thread); the copy costs one conversion per chunk.
+SPECTRAL_COO_BELOW = 0.25
+
+#: A factor with at most this many rows is one block (every grouped task gets the
+#: whole of it, a few hundred KiB at r = 10); longer ones are cut like the grid's axis.
+SINGLE_BLOCK_ROWS = 1 << 18
 
 
 @dataclass
@@ -86,24 +117,34 @@ class TuckerPass:
 class _ModeGram:
     """``V ↦ (G_k + (p − 1) diag(G_k)) V`` on mode-``k`` blocks (for ``randomized_eigh``)."""
 
-    def __init__(self, engine: TuckerEngine, k: int):
-        self.engine, self.k, self.ex = engine, k, engine.ex
+    def __init__(self, engine: TuckerEngine, k: int, chunks: list):
+        self.engine, self.k, self.ex, self.chunks = engine, k, engine.ex, chunks
 
     def symmat(self, V: Blocked) -> Blocked:
         e, k, ex = self.engine, self.k, self.ex
         rest = tuple(j for j in range(e.d) if j != k)
-
-        def wave1(t, idx):
-            return ex.submit(_rmatvec, e._chunks[t], k, V.blocks[idx[k]], name="gram")
-
-        W = map_reduce(ex, e.grid, wave1, [("W", rest)])["W"]
         sub = [e.grid[j] for j in rest]
 
-        def wave2(t, idx):
+        def column_block(t):  # the chunk's block of M_k's columns (other modes' position)
+            idx = e.index[t]
             g = int(np.ravel_multi_index(tuple(idx[j] for j in rest), sub))
-            return ex.submit(_matvec, e._chunks[t], k, W[g], name="gram")
+            n = int(np.prod([e.extent[t][j] for j in rest]))
+            return g, 0, n, n
 
-        GV = map_reduce(ex, e.grid, wave2, [("GV", k)])["GV"]
+        W = e.grouped(
+            _rmatvec,
+            lambda t: (self.chunks[t], V.blocks[e.place[t][k][0]], e.place[t][k][1:3]),
+            lambda t: (column_block(t),),
+            [("W", "block")],
+            shared=(k,), task_name="gram",
+        )["W"]  # fmt: skip
+        GV = e.grouped(
+            _matvec,
+            lambda t: (self.chunks[t], W[column_block(t)[0]]),
+            lambda t: (e.place[t][k],),
+            [("GV", "block")],
+            shared=(k,), task_name="gram",
+        )["GV"]  # fmt: skip
         blocks = [
             ex.submit(_add_diag, gv, dk, V.blocks[a], e.p - 1.0, name="gram")
             for a, (gv, dk) in enumerate(zip(GV, e._diag[k]))
@@ -130,30 +171,62 @@ class TuckerEngine(FactorEngine):
         self.T, self.ex, self.symmetric = T, ex, False
         self.shape, self.d = tuple(T.shape), T.ndim
         self.grid = tuple(T.grid)
-        self.factor_bounds = [np.asarray(b, dtype=np.int64) for b in T.bounds]
+        self.factor_bounds = [
+            np.array([0, n], dtype=np.int64) if n <= SINGLE_BLOCK_ROWS
+            else np.asarray(b, dtype=np.int64)
+            for n, b in zip(self.shape, T.bounds)
+        ]  # fmt: skip
+        self.index = [T.chunk_index(c) for c in range(T.n_chunks)]
+        self.extent = [
+            tuple(s.stop - s.start for s in T.chunk_slices(c)) for c in range(T.n_chunks)
+        ]
+        self.place = [self._factor_rows(T.chunk_slices(c)) for c in range(T.n_chunks)]
+        self.groups = chunk_groups(T.n_chunks)
+        w = ex.n_workers
+        self.slots = [min(w - 1, g * w // len(self.groups)) for g in range(len(self.groups))]
         self.p = float(T.density)
         self.value_norm2 = float(T.value_norm2)
         self.grad_scale, self.loss_scale = self.spec.scales(self.p, False, "l2")
         self.cache = ex.cache_policy(cache, T)
         self._chunks = self._place(T)
         self._vchunks, self._vnnz = None, 0
-        out = map_reduce(
-            ex,
-            self.grid,
-            lambda t, idx: ex.submit(_stats, self._chunks[t], name="stats"),
-            [*((f"d{k}", k) for k in range(self.d)), ("n", "all")],
-            select_in_sum=True,
-        )
-        self._diag = [out[f"d{k}"] for k in range(self.d)]  # diag(G_k) per mode block
+        out = self.grouped(
+            _stats,
+            lambda t: (self._chunks[t],),
+            lambda t: (*self.place[t], None),
+            [*((f"d{k}", "block") for k in range(self.d)), ("n", "all")],
+            task_name="stats",
+        )  # fmt: skip
+        self._diag = [out[f"d{k}"] for k in range(self.d)]  # diag(G_k) per factor block
 
     # -------------------------------------------------------------- placement
-    def _slots(self) -> list:
-        """Worker slot of each chunk: contiguous runs along the grid's C order."""
-        n, w = self.T.n_chunks, self.ex.n_workers
-        return [min(w - 1, t * w // n) for t in range(n)]
+    def _factor_rows(self, slices) -> tuple:
+        """Per mode ``(block, lo, hi, L)``: the chunk covers rows ``[lo, hi)`` of factor
+        block ``block``, which has ``L`` rows."""
+        out = []
+        for s, Fb in zip(slices, self.factor_bounds):
+            b = int(np.searchsorted(Fb, s.start, side="right") - 1)
+            out.append((b, s.start - int(Fb[b]), s.stop - int(Fb[b]), int(Fb[b + 1] - Fb[b])))
+        return tuple(out)
+
+    def grouped(self, fn, call, place, outputs, *, shared=(), task_name="pass"):
+        """:func:`~dscaledgd.engine.blockwise.map_reduce_groups` over this grid's chunk groups,
+        each group's task preferring the worker that holds its chunks."""
+        return map_reduce_groups(
+            self.ex, self.groups, fn, call, place, outputs,
+            shared=shared, slots=self.slots, task_name=task_name,
+        )  # fmt: skip
+
+    def _chunk_slots(self) -> list:
+        """Worker slot of each chunk: that of its group."""
+        out = [0] * self.T.n_chunks
+        for g, ts in enumerate(self.groups):
+            for t in ts:
+                out[t] = self.slots[g]
+        return out
 
     def _place(self, T) -> list:
-        slots = self._slots()
+        slots = self._chunk_slots()
         if T.path is None:
             return self.ex.scatter([T.read_chunk(c) for c in range(T.n_chunks)], placement=slots)
         refs = [T.chunk_ref(c) for c in range(T.n_chunks)]
@@ -179,32 +252,39 @@ class TuckerEngine(FactorEngine):
             self.ex.release(*[c for c in chunks if not isinstance(c, ChunkRef)])
 
     # -------------------------------------------------------------- protocol
-    def _blocks(self, state, idx) -> list:
-        return [state[k].blocks[idx[k]] for k in range(self.d)]
+    def _call(self, chunks, factors):
+        """``t ↦ (chunk, its factor blocks, its rows in them)`` for a grouped pass."""
+
+        def call(t):
+            pl = self.place[t]
+            U = [factors[k].blocks[pl[k][0]] for k in range(self.d)]
+            return chunks[t], U, [(lo, hi) for _, lo, hi, _ in pl]
+
+        return call
 
     def pass_(self, state, it: int = 0) -> TuckerPass:
         ex, core = self.ex, state.params["core"]
-
-        def grad(t, idx):
-            U = self._blocks(state, idx)
-            return ex.submit(_pass, self._chunks[t], U, core, self.grad_scale, name="grad")
-
-        outputs = [*((f"G{k}", k) for k in range(self.d)), ("core", "all"), ("v", None)]
-        out = map_reduce(ex, self.grid, grad, outputs, select_in_sum=True)
+        outputs = [*((f"G{k}", "block") for k in range(self.d)), ("core", "all"), ("v", "all")]
+        out = self.grouped(
+            _pass, self._call(self._chunks, state), lambda t: (*self.place[t], None, None),
+            outputs, shared=(core, self.grad_scale), task_name="grad",
+        )  # fmt: skip
         G = [
             Blocked(ex, Fb, state[k].ncols, out[f"G{k}"]) for k, Fb in enumerate(self.factor_bounds)
         ]
         vres = []
         if self._vchunks is not None:
             vres = [
-                ex.submit(_residual, self._vchunks[t], self._blocks(state, idx), core, name="val")
-                for t, idx in enumerate(np.ndindex(*self.grid))
-            ]
+                self.grouped(
+                    _residual, self._call(self._vchunks, state), lambda t: (None,),
+                    [("r", "all")], shared=(core,), task_name="val",
+                )["r"]
+            ]  # fmt: skip
         return TuckerPass(G, core, [self.stats_parts(state, G), out["v"], out["core"], vres])
 
     def scalars(self, pas: TuckerPass):
         stats, values, core_grad, vres = self.ex.gather(pas.small)
-        sumsq = float(sum_small(values)[0])
+        sumsq = float(values[0])
         extra = {"validation": float(np.sqrt(sum(vres) / self._vnnz))} if vres else {}
         FF = [sum_small([s[0] for s in per]) for per in stats]
         H = [tk.breve_gram(pas.core, FF, k) for k in range(self.d)]
@@ -221,24 +301,29 @@ class TuckerEngine(FactorEngine):
         per mode, the eigenvalues (≈ ``p²`` times the squared singular values
         of ``M_k(X)``).
         """
-        from .spectral import randomized_eigh
+        from .spectral import randomized_eigh_many
 
-        factors, values = [], []
-        for k in range(self.d):
-            U, w = randomized_eigh(
-                _ModeGram(self, k), self.factor_bounds[k], int(ranks[k]),
-                seed=seed + k, n_power=n_power,
+        chunks, copies = self._chunks, []
+        if self.T.layout == "dense" and self.cache == "memory" and self.p < SPECTRAL_COO_BELOW:
+            slots = self._chunk_slots()
+            chunks = copies = [
+                self.ex.submit_on(slots[t], _as_coo, c, name="coo")
+                for t, c in enumerate(self._chunks)
+            ]
+        try:
+            out = randomized_eigh_many(
+                [_ModeGram(self, k, chunks) for k in range(self.d)], self.factor_bounds,
+                [int(r) for r in ranks], seeds=[seed + k for k in range(self.d)],
+                n_power=n_power,
             )  # fmt: skip
-            factors.append(U)
-            values.append(np.asarray(w))
-        return factors, values
+        finally:
+            self.ex.release(*copies)
+        return [U for U, _ in out], [np.asarray(w) for _, w in out]
 
     def project(self, factors) -> np.ndarray:
         """``(Y/p) ×_k U_kᵀ`` (one pass; the spectral core)."""
-        ex = self.ex
-
-        def proj(t, idx):
-            U = [factors[k].blocks[idx[k]] for k in range(self.d)]
-            return ex.submit(_project, self._chunks[t], U, 1.0 / self.p, name="project")
-
-        return np.asarray(ex.gather(map_reduce(ex, self.grid, proj, [("S", "all")])["S"]))
+        out = self.grouped(
+            _project, self._call(self._chunks, factors), lambda t: (None,), [("S", "all")],
+            shared=(1.0 / self.p,), task_name="project",
+        )  # fmt: skip
+        return np.asarray(self.ex.gather(out["S"]))
