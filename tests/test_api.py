@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -212,8 +213,24 @@ def test_address_connects_to_real_scheduler_and_worker_processes():
         obs, truth = dsg.datasets.make_completion((90, 70), 2, 0.4, random_state=13, tiles=(2, 2))
         res = dsg.complete(obs, 2, address=addr, random_state=0)
         assert res.status == "converged" and res.info["executor"] == "distributed"
+        assert res.info["scheduler_address"] == addr
         # the connection was closed, so the factors were gathered and are still usable
         assert truth.relative_error(res.L.compute(), res.R.compute()) < 1e-9
+        # DASK_SCHEDULER_ADDRESS (dask's scheduler-address setting) is used as Client() does,
+        # by default and with scheduler="distributed"; an explicit choice still wins
+        import dask
+
+        with mock.patch.dict(os.environ, {"DASK_SCHEDULER_ADDRESS": addr}):
+            dask.config.refresh()
+            try:
+                for kw in ({}, {"scheduler": "distributed"}):
+                    res = dsg.complete(obs, 2, random_state=0, **kw)
+                    assert res.info["executor"] == "distributed", kw
+                    assert res.info["scheduler_address"] == addr, kw
+                assert dsg.complete(obs, 2, scheduler="threads").info["executor"] == "threads"
+            finally:
+                os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
+                dask.config.refresh()
     finally:
         for proc in (worker, sched):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -229,12 +246,30 @@ def test_unreachable_address_gives_clear_error(small):
         dsg.complete(small[0], 2, address=f"tcp://127.0.0.1:{_free_port()}")
 
 
-def test_embedded_local_cluster_when_no_client(small):
+def test_default_is_threads_unless_a_client_is_active(small, client):
+    """As for dask.array: the active client if any, else dask's scheduler setting, else
+    threads (a LocalCluster only when scheduler="distributed" asks for one)."""
+    import dask
     from distributed import get_client
 
     with pytest.raises(ValueError):
         get_client()  # no active client in this test
     res = dsg.complete(small[0], 2, random_state=0)
+    assert res.info["executor"] == "threads" and res.status == "converged"
+    with dask.config.set(scheduler="sync"):
+        assert dsg.complete(small[0], 2, random_state=0).info["executor"] == "sync"
+    with client.as_current():
+        res = dsg.complete(small[0], 2, random_state=0)
+    assert res.info["executor"] == "distributed"
+    assert res.info["scheduler_address"] == client.scheduler.address
+
+
+def test_embedded_local_cluster_when_asked_for(small):
+    from distributed import get_client
+
+    with pytest.raises(ValueError):
+        get_client()  # no active client in this test
+    res = dsg.complete(small[0], 2, random_state=0, scheduler="distributed")
     assert res.info["executor"] == "distributed" and res.status == "converged"
     with pytest.raises(ValueError):
         get_client()  # and the embedded one was closed

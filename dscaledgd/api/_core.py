@@ -348,6 +348,7 @@ def solve(
         "step_rule": rule.name,
         "damping": damping,
         "executor": engine.ex.kind,
+        "scheduler_address": getattr(engine.ex, "address", None),
         "tiles": list(engine.grid),
         "cache": engine.cache,
     }

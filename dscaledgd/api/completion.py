@@ -134,12 +134,15 @@ def complete(
     random_state : None, int or numpy.random.Generator
         Seeds the spectral initialisation.
     client : distributed.Client, optional
-        Run on this client. Default: the active client, else an embedded
-        LocalCluster (closed at the end).
+        Run on this client. Default, as for ``dask.array``: the active client,
+        else dask's ``scheduler-address`` (``DASK_SCHEDULER_ADDRESS``), else a
+        local thread pool.
     address : str, optional
         Connect to the scheduler at this address instead.
     scheduler : {"distributed", "threads", "sync"}, optional
-        ``"threads"`` runs on a local thread pool without distributed.
+        ``"threads"`` runs on a local thread pool without distributed;
+        ``"distributed"`` without a client starts an embedded LocalCluster
+        (closed at the end).
     cache : {"auto", "memory", "stream"}, default "auto"
         For store-backed observations: keep tiles in worker memory, or stream
         them from Zarr every pass. ``"auto"`` keeps them when they fit in

@@ -6,10 +6,15 @@ or a :class:`ThreadExecutor` on a local thread pool (``scheduler="threads"``)
 or inline (``scheduler="sync"``), the cheapest choice on one node and the
 mode the tests use most.
 
-Client resolution (:func:`executor_for`): an explicit ``client``; else a
-connection to ``address``; else the active default client; else an embedded
-``LocalCluster`` on 127.0.0.1 sized to the machine, whose dashboard link is
-logged and which is closed when the run ends.
+Resolution (:func:`executor_for`), as ``dask.array`` does it: an explicit
+``client``; else a connection to ``address``; else the active default client
+(``distributed.get_client()``); else a connection to dask's
+``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``, which a DaskJob
+runner or a dask-docker notebook sets); else, with ``scheduler=None``, dask's
+``scheduler`` setting (``dask.config.set(scheduler="sync")``) or a local
+thread pool; with ``scheduler="distributed"``, an embedded ``LocalCluster`` on
+127.0.0.1 sized to the machine, whose dashboard link is logged and which is
+closed when the run ends.
 """
 
 from __future__ import annotations
@@ -33,6 +38,31 @@ __all__ = ["Executor", "DistributedExecutor", "ThreadExecutor", "executor_for", 
 logger = logging.getLogger("dscaledgd")
 
 SCHEDULERS = ("distributed", "threads", "sync")
+
+#: dask's ``scheduler`` setting → ours (anything else: the thread pool)
+_DASK_SCHEDULERS = {
+    "sync": "sync", "synchronous": "sync", "single-threaded": "sync",
+    "threads": "threads", "threading": "threads",
+    "distributed": "distributed", "dask.distributed": "distributed",
+}  # fmt: skip
+
+
+def _active_client():
+    """The active default ``distributed`` client, or None."""
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ValueError, ImportError):
+        return None
+
+
+def default_scheduler() -> str:
+    """What ``scheduler=None`` means with no client, address or active client: dask's
+    ``scheduler`` setting when it names one we have, else ``"threads"``."""
+    import dask
+
+    return _DASK_SCHEDULERS.get(str(dask.config.get("scheduler", None) or ""), "threads")
 
 
 def _check_address(address: str) -> None:
@@ -104,10 +134,15 @@ def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, mem
             memory_limit=memory_limit if memory_limit is not None else "auto",
         )
     client = Client(cluster)
-    logger.info(
-        "dscaledgd: started an embedded LocalCluster; dashboard at %s", cluster.dashboard_link
-    )
+    logger.info("started an embedded LocalCluster; dashboard at %s", cluster.dashboard_link)
     return cluster, client
+
+
+def _configured_address() -> str | None:
+    """dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``), or None."""
+    import dask
+
+    return dask.config.get("scheduler-address", None) or None
 
 
 @contextlib.contextmanager
@@ -131,8 +166,11 @@ def executor_for(
         connection is closed afterwards, the cluster is not.
     scheduler : {"distributed", "threads", "sync"}, optional
         ``"threads"`` runs on a local thread pool without distributed;
-        ``"sync"`` runs inline (debugging). ``None`` or ``"distributed"``
-        resolves a client as described in the module docstring.
+        ``"sync"`` runs inline (debugging). ``"distributed"`` uses the active
+        client, dask's ``scheduler-address``, or starts an embedded
+        LocalCluster. ``None`` (default) uses the active client or
+        ``scheduler-address`` when there is one, else dask's ``scheduler``
+        setting, else threads (module docstring).
     n_workers, threads_per_worker, memory_limit
         Sizing of an embedded LocalCluster, if one is started.
     """
@@ -141,6 +179,9 @@ def executor_for(
             f"The 'scheduler' parameter must be one of {{{', '.join(map(repr, SCHEDULERS))}}} "
             f"or None. Got {scheduler!r}."
         )
+    if scheduler is None and client is None and address is None:
+        if _active_client() is None and not _configured_address():
+            scheduler = default_scheduler()
     if scheduler in ("threads", "sync"):
         if client is not None or address is not None:
             raise InvalidParameterError(
@@ -158,6 +199,14 @@ def executor_for(
             raise InvalidParameterError("Pass either 'client' or 'address', not both.")
         yield DistributedExecutor(client)
         return
+    active = _active_client() if address is None else None
+    if active is not None:
+        yield DistributedExecutor(active)
+        return
+    source = "the 'address' parameter"
+    if address is None:
+        address = _configured_address()
+        source = "dask's 'scheduler-address' setting (DASK_SCHEDULER_ADDRESS)"
     if address is not None:
         from distributed import Client
 
@@ -166,9 +215,9 @@ def executor_for(
             c = Client(address, timeout="10s", set_as_default=False)
         except OSError as exc:
             raise ConnectionError(
-                f"Could not connect to the Dask scheduler at {address!r} ({exc}). Check that "
-                "`dask scheduler` is running there, or omit the address to use an embedded "
-                "LocalCluster."
+                f"Could not connect to the Dask scheduler at {address!r}, from {source} "
+                f"({exc}). Check that `dask scheduler` is running there, or pass "
+                "scheduler='threads' to run in this process."
             ) from None
         try:
             ex = DistributedExecutor(c)
@@ -180,15 +229,6 @@ def executor_for(
             yield ex
         finally:
             c.close()
-        return
-    try:
-        from distributed import get_client
-
-        active = get_client()
-    except (ValueError, ImportError):
-        active = None
-    if active is not None:
-        yield DistributedExecutor(active)
         return
     cluster, c = _embedded_cluster(n_workers, threads_per_worker, memory_limit)
     ex = DistributedExecutor(c)
