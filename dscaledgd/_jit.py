@@ -52,13 +52,13 @@ def njit(*args, **kwargs):
         cache_dir = _fallback_cache_dir()
         if cache_dir is not None and not numba.config.CACHE_DIR:
             numba.config.CACHE_DIR = cache_dir
-            logger.info("dscaledgd: numba cache not writable; caching in %s", cache_dir)
+            logger.info("numba cache not writable; caching in %s", cache_dir)
             try:
                 return numba.njit(*args, **kwargs)(fn)
             except RuntimeError as exc:
                 if "cannot cache" not in str(exc):
                     raise
-        logger.info("dscaledgd: numba cache not writable; compiling %s without cache", fn)
+        logger.info("numba cache not writable; compiling %s without cache", fn)
         return numba.njit(*args, **{**kwargs, "cache": False})(fn)
 
     return decorate

@@ -129,8 +129,9 @@ def _cmd_demo(args) -> int:
     print(f"  {obs}")
     errors: dict[str, list] = {}
     results = {}
-    kw = _executor_kwargs(args.scheduler)
-    embedded = kw.get("scheduler", "distributed") == "distributed" and "address" not in kw
+    # the demo shows the distributed path: no --scheduler means an embedded LocalCluster
+    kw = _executor_kwargs(args.scheduler) or {"scheduler": "distributed"}
+    embedded = kw.get("scheduler") == "distributed" and "address" not in kw
     size = {"n_workers": args.workers, "threads_per_worker": 1} if embedded else {}
     with executor_for(**kw, **size) as ex:
         if ex.kind == "distributed":
@@ -426,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
             type=_scheduler,
             default=None,
             help="Dask scheduler address (tcp://127.0.0.1:8786), 'threads'/'sync' to run "
-            "without distributed, or 'distributed' for an embedded LocalCluster (the default)",
+            "without distributed, or 'distributed' for an embedded LocalCluster (default: "
+            "$DASK_SCHEDULER_ADDRESS if set, else threads; 'demo': distributed)",
         )
         sp.add_argument("--out", metavar="PATH", default=None, help=out_help)
         sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -520,6 +522,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(command: str):
+    """A ``warnings.showwarning`` printing ``dscaledgd CMD: Category: message`` on one line
+    (no source file and line, CLI spelling)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split()).replace("overwrite=True", "--overwrite")
+        print(f"dscaledgd {command}: {category.__name__}: {text}", file=file or sys.stderr)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -530,6 +543,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # the embedded scheduler logs at INFO in this process
         for name in ("distributed", "bokeh", "tornado"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning(args.command)
+    try:
+        return _run(parser, args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(parser, args) -> int:
     if args.command == "import":
         if args.out is None:
             args.out = args.out_pos

@@ -23,7 +23,44 @@ def run(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("sub", ["demo", "import", "complete", "tensor-complete", "evaluate", "info"])
+def test_python_dash_m_runs_the_cli():
+    out = subprocess.run(
+        [sys.executable, "-m", "dscaledgd", "info"], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and "dscaledgd:" in out.stdout, out.stderr
+
+
+def test_verbose_log_lines_name_the_logger_once(tmp_path):
+    """-v shows the embedded cluster's dashboard line, prefixed once (was "dscaledgd: dscaledgd:")."""
+    import logging
+
+    from dscaledgd.engine.cluster import executor_for
+
+    handler_records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            handler_records.append(self.format(record))
+
+    h = Keep()
+    h.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("dscaledgd")
+    log.addHandler(h)
+    old = log.level
+    log.setLevel(logging.INFO)
+    try:
+        with executor_for(scheduler="distributed", n_workers=1, threads_per_worker=1):
+            pass
+    finally:
+        log.removeHandler(h)
+        log.setLevel(old)
+    (line,) = [r for r in handler_records if "dashboard" in r]
+    assert line.startswith("INFO dscaledgd: started an embedded LocalCluster; dashboard at ")
+
+
+@pytest.mark.parametrize(
+    "sub", ["demo", "import", "complete", "tensor-complete", "evaluate", "info"]
+)
 def test_every_subcommand_has_help(sub):
     out = run(sub, "--help")
     assert out.returncode == 0 and "usage: dscaledgd " + sub in out.stdout
@@ -147,16 +184,21 @@ def test_scheduler_values(value, ok):
     assert cli._executor_kwargs("distributed") == {"scheduler": "distributed"}
 
 
+@pytest.mark.filterwarnings("always::dscaledgd.exceptions.ConvergenceWarning")  # as on a terminal
 def test_complete_prints_the_returned_iterate(tmp_path, capsys):
     """A diverged run: the printed residual is the one `evaluate` measures on the store."""
     obs, _ = dsg.datasets.make_completion((200, 150), 4, 0.3, cond=10, random_state=4)
     p = obs.to_zarr(tmp_path / "obs.zarr")
     out = str(tmp_path / "res.zarr")
     argv = ["complete", p, "--rank", "4", "--out", out, "--scheduler", "sync", "--seed", "0"]
-    with pytest.warns(dsg.ConvergenceWarning, match="diverged"):
-        assert cli.main([*argv, "--step-size", "0.9"]) == 0
-    printed = capsys.readouterr().out
+    assert cli.main([*argv, "--step-size", "0.9"]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
     assert printed.startswith("diverged:")
+    # the warning is one line in CLI form (no source file and line)
+    (warning,) = [ln for ln in captured.err.splitlines() if "Warning" in ln]
+    assert warning.startswith("dscaledgd complete: ConvergenceWarning: complete: diverged")
+    assert ".py:" not in captured.err
     assert cli.main(["evaluate", out, p]) == 0
     measured = capsys.readouterr().out
     import re

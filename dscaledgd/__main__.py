@@ -1,0 +1,7 @@
+"""``python -m dscaledgd``: the command line (:mod:`dscaledgd.cli`)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
