@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._html import result_html
 from .models import (
     COLD_START,  # noqa: F401 (re-export)
     LowRank,
@@ -304,6 +305,10 @@ class SolveResult:
         if isinstance(self.model, RobustLowRank):
             parts.append(f"sparse={tuple(self.model.sparse.shape)}")
         return f"SolveResult({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the outcome, the fitted parts with their chunks, the loss curve."""
+        return result_html(self)
 
     # ------------------------------------------------------------ compute
     def compute_factors(self) -> tuple:

@@ -187,3 +187,21 @@ def test_repr_and_final_describe_the_returned_iterate(fitted):
     assert res.best_iteration == res.n_iter == res.info["best_iteration"]
     assert res.final["residual"] == res.history["residual"][-1]
     assert repr(res).startswith(f"SolveResult(status='converged', n_iter={res.n_iter}, loss=")
+
+
+def test_html_view_for_jupyter_shows_outcome_parts_and_curve():
+    import xml.etree.ElementTree as ET
+
+    obs, _ = dsg.datasets.make_completion((60, 50), 2, 0.5, random_state=0)
+    res = dsg.complete(obs, 2, scheduler="sync", random_state=0)
+    page = res._repr_html_()
+    assert "<table>" in page and f"<td style='text-align:left'>{res.status}</td>" in page
+    assert "factor 0" in page and "(60, 2), row chunks" in page and "<svg" in page
+    assert "history" not in repr(res) and len(repr(res)) < 200
+    ET.fromstring(page)  # well-formed
+    svg = ET.fromstring(page[page.index("<svg") : page.index("</svg>") + 6])
+    pts = svg.find("{http://www.w3.org/2000/svg}polyline").get("points").split()
+    assert len(pts) == len(res.history["loss"])  # one point per recorded loss
+    from dscaledgd._html import loss_curve_svg
+
+    assert loss_curve_svg([1.0]) == "" and loss_curve_svg([np.nan, 0.0]) == ""

@@ -75,13 +75,28 @@ class LoopOutcome:
 
 
 def show_progress(progress: bool | None) -> bool:
-    """``progress=None``: a bar only when stderr is a terminal."""
+    """``progress=None``: a bar when stderr is a terminal or the run is in a Jupyter
+    kernel (stderr is not a tty there; ``tqdm.auto`` draws a widget, or text)."""
     if progress is not None:
         return bool(progress)
+    if in_notebook():
+        return True
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # pragma: no cover
         return False
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter (ZMQ) kernel."""
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ip = shell.get_ipython()
+    except Exception:  # noqa: BLE001 - any IPython oddity means "not a notebook"
+        return False
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
 
 
 class Driver:

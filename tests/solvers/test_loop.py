@@ -233,3 +233,28 @@ def test_a_returned_reseeded_point_takes_its_history_entry(monkeypatch):
     loss = 0.5 / obs.density * res.rmse(obs) ** 2 * obs.nnz
     assert res.history["loss"][-1] == pytest.approx(loss, rel=1e-9)
     assert res.history["residual"][-1] == pytest.approx(_relative_residual(res, obs), rel=1e-9)
+
+
+def test_progress_bar_shows_in_a_jupyter_kernel(monkeypatch):
+    """stderr is not a tty in a kernel; the bar must show there by default."""
+    import sys
+    import types
+
+    from dscaledgd.solvers.driver import in_notebook, show_progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    monkeypatch.setitem(sys.modules, "IPython", None)
+    assert not in_notebook() and not show_progress(None)
+
+    class ZMQInteractiveShell:  # the class name is what a kernel's shell is called
+        pass
+
+    class TerminalInteractiveShell:
+        pass
+
+    fake = types.ModuleType("IPython")
+    for shell, expected in ((ZMQInteractiveShell, True), (TerminalInteractiveShell, False)):
+        fake.get_ipython = lambda shell=shell: shell()
+        monkeypatch.setitem(sys.modules, "IPython", fake)
+        assert in_notebook() is expected and show_progress(None) is expected
+    assert show_progress(False) is False and show_progress(True) is True
