@@ -35,7 +35,7 @@ from dscaledgd.engine.cluster import _embedded_cluster  # noqa: E402
 from dscaledgd.linalg import multi_mode_product  # noqa: E402
 
 
-def _block(core, U, p, seed, block_info=None):
+def _block(_, core, U, p, seed, block_info=None):
     """One chunk of the observed tensor: X* on the chunk, NaN where not sampled."""
     loc = block_info[None]["array-location"]
     blocks = [u[a:b] for u, (a, b) in zip(U, loc)]

@@ -48,7 +48,10 @@ def test_weighted_ridge_step_is_a_descent_step():
     stats = with_ridge(eng.scalars(pas), reg)
     P = Preconditioner().matrices(stats, Step(1.0, reg))
     A, B = update_matrices(P, 1.0, reg)  # η = 1 gives the direction D = F(A − I) + S G B
-    D = [n - f for n, f in zip([x.gather() for x in eng.step(eng.from_numpy(F), pas, Update(A, B))], F)]
+    D = [
+        n - f
+        for n, f in zip([x.gather() for x in eng.step(eng.from_numpy(F), pas, Update(A, B))], F)
+    ]
     h = 1e-6
     fd = (
         f_reg([f + h * d for f, d in zip(F, D)])[0] - f_reg([f - h * d for f, d in zip(F, D)])[0]
