@@ -197,11 +197,13 @@ def executor_for(
     if client is not None:
         if address is not None:
             raise InvalidParameterError("Pass either 'client' or 'address', not both.")
-        yield DistributedExecutor(client)
+        with _running(DistributedExecutor(client)) as ex:
+            yield ex
         return
     active = _active_client() if address is None else None
     if active is not None:
-        yield DistributedExecutor(active)
+        with _running(DistributedExecutor(active)) as ex:
+            yield ex
         return
     source = "the 'address' parameter"
     if address is None:
@@ -226,7 +228,8 @@ def executor_for(
             raise
         ex.owned = True
         try:
-            yield ex
+            with _running(ex):
+                yield ex
         finally:
             c.close()
         return
@@ -234,7 +237,17 @@ def executor_for(
     ex = DistributedExecutor(c)
     ex.owned = True
     try:
-        yield ex
+        with _running(ex):
+            yield ex
     finally:
         c.close()
         cluster.close()
+
+
+@contextlib.contextmanager
+def _running(ex: DistributedExecutor) -> Iterator[DistributedExecutor]:
+    """A run on ``ex``'s cluster, with its message intervals lowered (:mod:`.latency`)."""
+    from .latency import low_latency
+
+    with low_latency(ex.client):
+        yield ex

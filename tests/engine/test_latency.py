@@ -1,0 +1,50 @@
+"""Low-latency messaging during a run (engine/latency.py), put back afterwards."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+
+import dscaledgd as dsg
+
+
+def _intervals(client):
+    sched = client.run_on_scheduler(
+        lambda dask_scheduler: sorted(c.interval for c in dask_scheduler.stream_comms.values())
+    )
+    workers = sorted(client.run(lambda dask_worker: dask_worker.batched_stream.interval).values())
+    return client.scheduler_comm.interval, sched, workers
+
+
+@pytest.mark.parametrize("setting", [None, False])
+def test_message_intervals_are_zero_during_a_run_and_restored_after(client, setting):
+    obs, _ = dsg.datasets.make_completion((80, 60), 2, 0.5, random_state=0)
+    before = _intervals(client)
+    assert before[0] > 0 and min(before[1]) > 0 and min(before[2]) > 0  # distributed's
+    seen = []
+
+    def cb(state):
+        if state.iteration == 1:
+            seen.append(_intervals(client))
+
+    cfg = {} if setting is None else {"dscaledgd.low-latency": setting}
+    with dask.config.set(cfg):
+        res = dsg.complete(obs, 2, client=client, callback=cb, random_state=0)
+    assert res.status == "converged" and len(seen) == 1
+    if setting is None:
+        assert seen[0] == (0.0, [0.0, 0.0], [0.0, 0.0])
+    else:
+        assert seen[0] == before
+    assert _intervals(client) == before
+
+
+def test_a_failed_run_still_restores_the_intervals(client):
+    obs, _ = dsg.datasets.make_completion((80, 60), 2, 0.5, random_state=0)
+    before = _intervals(client)
+
+    def boom(state):
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        dsg.complete(obs, 2, client=client, callback=boom, random_state=0)
+    assert _intervals(client) == before
