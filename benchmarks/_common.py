@@ -138,3 +138,28 @@ def reset_peak_rss(pid: int) -> None:
             f.write("5")
     except OSError:
         pass
+
+
+def measured_on_workers(client, run):
+    """``run()`` on ``client``'s workers with their peak memory measured.
+
+    Returns ``(result, wall seconds, peak RSS per worker in MiB, workers replaced)``;
+    ``ConvergenceWarning`` is silenced (the benchmarks report the status).
+    """
+    import os
+    import time
+    import warnings
+
+    import dscaledgd as dsg
+
+    pids = client.run(os.getpid)
+    for pid in pids.values():
+        reset_peak_rss(pid)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dsg.ConvergenceWarning)
+        res = run()
+    wall = time.perf_counter() - t0
+    peaks = [peak_rss(pid) / 2**20 for pid in pids.values()]
+    restarts = len(set(client.run(os.getpid).values()) - set(pids.values()))
+    return res, wall, peaks, restarts

@@ -56,7 +56,7 @@ import warnings  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import local_cluster, peak_rss, report, reset_peak_rss, table  # noqa: E402
+from _common import local_cluster, measured_on_workers, report, table  # noqa: E402
 
 import dscaledgd as dsg  # noqa: E402
 from dscaledgd.datasets import bernoulli_mask, tucker_instance, tucker_tensor  # noqa: E402
@@ -509,19 +509,13 @@ def part_outofcore(args):
         print(T, f"built in {t_build:.0f}s", flush=True)
         cl, c = local_cluster_mem(args.memory_limit)
         with cl, c:
-            pids = c.run(os.getpid)
-            for pid in pids.values():
-                reset_peak_rss(pid)
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", dsg.ConvergenceWarning)
-                res = dsg.tucker_complete(
+            res, wall, peaks, restarts = measured_on_workers(
+                c,
+                lambda: dsg.tucker_complete(
                     T, (r,) * 3, client=c, cache="stream", tol=1e-12, max_iter=300,
                     random_state=0, progress=False, step_size=args.step_size,
-                )  # fmt: skip
-            wall = time.perf_counter() - t0
-            peaks = [peak_rss(pid) / 2**20 for pid in pids.values()]
-            restarts = len(set(c.run(os.getpid).values()) - set(pids.values()))
+                ),
+            )  # fmt: skip
             core = res.core
             factors = [np.asarray(f) for f in res.factors]
             err = truth.relative_error(core, factors)

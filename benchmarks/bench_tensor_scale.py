@@ -27,7 +27,7 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import peak_rss, report, reset_peak_rss, table  # noqa: E402
+from _common import measured_on_workers, report, table  # noqa: E402
 
 import dscaledgd as dsg  # noqa: E402
 from dscaledgd.datasets import tucker_instance  # noqa: E402
@@ -77,19 +77,13 @@ def main():
         with cl, c:
             limits = c.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
             cluster_mem = sum(limits.values())
-            pids = c.run(os.getpid)
-            for pid in pids.values():
-                reset_peak_rss(pid)
-            t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", dsg.ConvergenceWarning)
-                res = dsg.tucker_complete(
+            res, wall, peaks, restarts = measured_on_workers(
+                c,
+                lambda: dsg.tucker_complete(
                     T, (r,) * 3, client=c, cache="stream", init="random", tol=1e-300,
                     stall_tol=0.0, max_iter=args.iters, random_state=0, progress=False,
-                )  # fmt: skip
-            wall = time.perf_counter() - t0
-            peaks = [peak_rss(pid) / 2**20 for pid in pids.values()]
-            restarts = len(set(c.run(os.getpid).values()) - set(pids.values()))
+                ),
+            )  # fmt: skip
         per_iter = np.diff(res.history["time"])
         resid = res.history["residual"]
         row = [
