@@ -250,17 +250,6 @@ def _cmd_import(args) -> int:
 
 
 # --------------------------------------------------------------- complete
-def _cmd_complete(args) -> int:
-    from .api import complete
-
-    res = complete(
-        args.obs, args.rank, damping=args.damping, symmetric=args.symmetric, **run_kwargs(args)
-    )
-    res.to_zarr(args.out, overwrite=args.overwrite)
-    print(f"{summary(res)}\nresult written to {args.out}")
-    return 0
-
-
 def run_kwargs(args) -> dict:
     """The solver arguments the fitting subcommands share (``complete``, ``tensor-complete``)."""
     return {
@@ -476,23 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--duplicates", choices=("error", "sum", "mean", "last"), default="error")
     i.set_defaults(func=_cmd_import)
 
-    c = sub.add_parser(
-        "complete",
-        help="complete an Observations store with ScaledGD",
-        description="Run ScaledGD (or GD) on an Observations store and write the result store.",
-    )
-    c.add_argument("obs", metavar="OBS.zarr")
-    common(c, "result store to write (required)")
-    c.add_argument("--rank", type=int, required=True)
-    c.add_argument("--method", default="scaledgd", help="scaledgd (default) or gd")
-    c.add_argument("--step-size", type=float, default=None, help="fixed step (default adaptive)")
-    c.add_argument("--damping", type=float, default=0.0)
-    c.add_argument("--max-iter", type=int, default=500)
-    c.add_argument("--tol", type=float, default=1e-10)
-    c.add_argument("--symmetric", action="store_true")
-    c.add_argument("--seed", type=int, default=None)
-    c.add_argument("--progress", action="store_true", help="show a progress bar")
-    c.set_defaults(func=_cmd_complete)
+    from .cli_matrix import add_parsers as add_matrix_job
+
+    add_matrix_job(sub, common, _positive_int)
 
     from .cli_tensor import add_parser as add_tensor_complete
 

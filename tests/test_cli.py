@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -146,7 +147,10 @@ def test_outputs_are_checked_before_any_work(tmp_path, monkeypatch, capsys, argv
     def work(args):
         raise AssertionError("ran before checking --out")
 
-    monkeypatch.setattr(cli, f"_cmd_{argv[0]}", work)
+    from dscaledgd import cli_matrix
+
+    module = cli_matrix if hasattr(cli_matrix, f"_cmd_{argv[0]}") else cli
+    monkeypatch.setattr(module, f"_cmd_{argv[0]}", work)
     (tmp_path / "out").write_text("{}")
     assert cli.main([*argv, "--out", str(tmp_path / "out"), "--scheduler", "sync"]) == 1
     err = capsys.readouterr().err
@@ -233,3 +237,79 @@ def test_damaged_result_store_exits_nonzero_with_one_line(tmp_path, capsys, sub,
     else:
         assert rc == 1 and len(err.strip().splitlines()) == 1
         assert f"dscaledgd {sub}: error: The result store" in err and match in err
+
+
+# ------------------------------------------------- the matrix job, end to end
+@pytest.mark.filterwarnings("ignore::dscaledgd.exceptions.ConvergenceWarning")
+def test_import_split_complete_evaluate_predict_match_the_python_recipe(tmp_path, capsys):
+    """The README's real-data recipe on the command line gives the Python recipe's RMSE."""
+    rng = np.random.default_rng(0)
+    t = dsg.datasets.make_low_rank((120, 90), 3, cond=5, random_state=0)
+    dense = 3.0 + t.dense()
+    users, items = rng.integers(0, 120, 4000), rng.integers(0, 90, 4000)
+    keep = np.unique(users * 1000 + items, return_index=True)[1]
+    users, items = users[keep], items[keep]
+    csv_path = tmp_path / "ratings.csv"
+    with open(csv_path, "w") as fh:
+        fh.write("userId,movieId,rating\n")
+        for u, i in zip(users, items):
+            fh.write(f"{1000 + u},{5000 + i},{dense[u, i] + 0.01 * rng.standard_normal():.6f}\n")
+    obs_p, tr_p, te_p = (str(tmp_path / f) for f in ("obs.zarr", "train.zarr", "test.zarr"))
+    res_p = str(tmp_path / "res.zarr")
+    imp = ["import", str(csv_path), obs_p, "--row", "userId", "--col", "movieId", "--value", "rating"]
+    assert cli.main(imp) == 0
+    assert cli.main(["split", obs_p, tr_p, te_p, "--test-fraction", "0.1", "--seed", "0"]) == 0
+    fit = ["complete", tr_p, "--rank", "3", "--reg", "1", "--center", "biases",
+           "--validation-fraction", "0.1", "--patience", "20", "--out", res_p,
+           "--scheduler", "sync"]  # fmt: skip
+    assert cli.main(fit) == 0
+    printed = capsys.readouterr().out
+    assert "validation RMSE" in printed and "result written to" in printed
+    assert cli.main(["evaluate", res_p, te_p]) == 0
+    (cli_rmse,) = [float(x) for x in re.findall(r"rmse ([0-9.e+-]+)", capsys.readouterr().out)]
+    # the same in Python
+    obs = dsg.Observations.from_csv(csv_path, row="userId", col="movieId", value="rating")
+    train, test = obs.split(0.1, random_state=0)
+    fit_obs, val = train.split(0.1, random_state=1)
+    res = dsg.complete(fit_obs, 3, reg=1.0, center="biases", validation=val, patience=20,
+                       random_state=0, scheduler="sync")  # fmt: skip
+    assert cli_rmse == pytest.approx(res.rmse(test), rel=1e-5)  # printed to 6 digits
+    assert cli_rmse < 0.1  # noise 0.01: the fit is good, not just equal
+    # predict by original ids, CSV and Parquet, an unseen id gives NaN
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("userId,movieId\n1000,5000\n1001,5003\n999999,5000\n")
+    out = tmp_path / "pred.csv"
+    assert cli.main(["predict", res_p, str(pairs), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "userId,movieId,prediction" and lines[3].endswith(",nan")
+    want = res.predict([1000, 1001], [5000, 5003], by="id")
+    got = [float(ln.split(",")[2]) for ln in lines[1:3]]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert cli.main(["predict", res_p, str(pairs), "--out", str(tmp_path / "p.parquet")]) == 0
+    table = pq.read_table(tmp_path / "p.parquet")
+    np.testing.assert_allclose(table.column("prediction").to_numpy()[:2], want, rtol=1e-9)
+    # bad input: an existing --out, a missing column, a non-numeric id
+    assert cli.main(["predict", res_p, str(pairs), "--out", str(out)]) == 1
+    assert "Pass --overwrite" in capsys.readouterr().err
+    assert cli.main(["predict", res_p, str(pairs), "--row", "user", "--out",
+                     str(tmp_path / "x.csv")]) == 1  # fmt: skip
+    assert "--row 'user' is not a column" in capsys.readouterr().err
+    pairs.write_text("userId,movieId\nabc,5000\n")
+    assert cli.main(["predict", res_p, str(pairs), "--out", str(tmp_path / "y.csv")]) == 1
+    assert "an id is not a number" in capsys.readouterr().err
+    assert not (tmp_path / "y.csv").exists()
+
+
+def test_split_refuses_existing_outputs_and_writes_nothing(tmp_path, capsys):
+    obs, _ = dsg.datasets.make_completion((40, 30), 2, 0.5, random_state=0)
+    p = obs.to_zarr(tmp_path / "obs.zarr")
+    tr, te = tmp_path / "tr.zarr", tmp_path / "te.zarr"
+    te.mkdir()
+    assert cli.main(["split", p, str(tr), str(te)]) == 1
+    assert "Pass --overwrite" in capsys.readouterr().err and not tr.exists()
+    assert cli.main(["split", p, str(tr), str(te), "--overwrite"]) == 0
+    a, b = dsg.Observations.open_zarr(tr), dsg.Observations.open_zarr(te)
+    assert a.nnz + b.nnz == obs.nnz and b.nnz == round(0.1 * obs.nnz)
+    out = run("split", p, tr, te, "--test-fraction", "1.5")
+    assert out.returncode == 2 and "expected a fraction in (0, 1)" in out.stderr
