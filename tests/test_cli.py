@@ -256,7 +256,17 @@ def test_import_split_complete_evaluate_predict_match_the_python_recipe(tmp_path
             fh.write(f"{1000 + u},{5000 + i},{dense[u, i] + 0.01 * rng.standard_normal():.6f}\n")
     obs_p, tr_p, te_p = (str(tmp_path / f) for f in ("obs.zarr", "train.zarr", "test.zarr"))
     res_p = str(tmp_path / "res.zarr")
-    imp = ["import", str(csv_path), obs_p, "--row", "userId", "--col", "movieId", "--value", "rating"]
+    imp = [
+        "import",
+        str(csv_path),
+        obs_p,
+        "--row",
+        "userId",
+        "--col",
+        "movieId",
+        "--value",
+        "rating",
+    ]
     assert cli.main(imp) == 0
     assert cli.main(["split", obs_p, tr_p, te_p, "--test-fraction", "0.1", "--seed", "0"]) == 0
     fit = ["complete", tr_p, "--rank", "3", "--reg", "1", "--center", "biases",
