@@ -279,11 +279,18 @@ def solve(
     ``make_model(factors, params)`` builds the result's model from the final
     factors (dask arrays) and small parameters (default: the matrix model).
     """
+    # one dashboard span per solve, the initialisation and each iteration nested in it
+    with engine.ex.span(f"dscaledgd-{desc}"):
+        return _solve(engine, rank, rng, params, desc, initial, make_model)
+
+
+def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
     seed = int(rng.integers(2**62))
-    if initial is not None:
-        state, values, init_passes = initial(engine, seed)
-    else:
-        state, values, init_passes = initial_state(engine, rank, seed, params)
+    with engine.ex.span("dscaledgd-init"):
+        if initial is not None:
+            state, values, init_passes = initial(engine, seed)
+        else:
+            state, values, init_passes = initial_state(engine, rank, seed, params)
     sigma1 = float(values[0]) if len(values) and values[0] > 0 else 1.0
     method = params["method"]
     precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)

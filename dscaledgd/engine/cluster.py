@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator
 
+from .._interactive import interactive
 from ..exceptions import InvalidParameterError
 from .executors import (  # noqa: F401  (Executor, scheduler_timeout: re-exported)
     DistributedExecutor,
@@ -135,6 +137,12 @@ def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, mem
         )
     client = Client(cluster)
     logger.info("started an embedded LocalCluster; dashboard at %s", cluster.dashboard_link)
+    if interactive():  # someone is watching: say where to look
+        print(
+            f"dscaledgd: started a LocalCluster of {n_workers} workers; dashboard at "
+            f"{cluster.dashboard_link}",
+            file=sys.stderr,
+        )
     return cluster, client
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._interactive import in_notebook, interactive  # noqa: F401  (in_notebook: re-export)
 from ..exceptions import ConvergenceWarning
 from ..result import HISTORY_KEYS, IterationState
 
@@ -79,24 +79,7 @@ def show_progress(progress: bool | None) -> bool:
     kernel (stderr is not a tty there; ``tqdm.auto`` draws a widget, or text)."""
     if progress is not None:
         return bool(progress)
-    if in_notebook():
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # pragma: no cover
-        return False
-
-
-def in_notebook() -> bool:
-    """True inside a Jupyter (ZMQ) kernel."""
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return False
-    try:
-        ip = shell.get_ipython()
-    except Exception:  # noqa: BLE001 - any IPython oddity means "not a notebook"
-        return False
-    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+    return interactive()
 
 
 class Driver:

@@ -1,4 +1,5 @@
-"""Low-latency messaging during a run (engine/latency.py), put back afterwards."""
+"""A run on a cluster: low-latency messaging (engine/latency.py) put back afterwards, and
+the dashboard spans of a solve."""
 
 from __future__ import annotations
 
@@ -48,3 +49,33 @@ def test_a_failed_run_still_restores_the_intervals(client):
     with pytest.raises(RuntimeError, match="stop here"):
         dsg.complete(obs, 2, client=client, callback=boom, random_state=0)
     assert _intervals(client) == before
+
+
+def test_one_dashboard_span_per_solve_with_init_and_iterations_nested(client):
+    obs, _ = dsg.datasets.make_completion((80, 60), 2, 0.5, random_state=0)
+    dsg.complete(obs, 2, client=client, random_state=0)
+
+    def names(dask_scheduler):
+        return sorted({tuple(s.name) for s in dask_scheduler.extensions["spans"].spans.values()})
+
+    seen = client.run_on_scheduler(names)
+    for want in (
+        ("dscaledgd-complete",),
+        ("dscaledgd-complete", "dscaledgd-init"),
+        ("dscaledgd-complete", "dscaledgd-iter"),
+    ):
+        assert want in seen, seen
+
+
+def test_starting_a_cluster_prints_the_dashboard_link_when_someone_watches(
+    monkeypatch, capsys
+):
+    from dscaledgd.engine import cluster
+
+    for watched in (False, True):
+        monkeypatch.setattr(cluster, "interactive", lambda watched=watched: watched)
+        with cluster.executor_for(scheduler="distributed", n_workers=1, threads_per_worker=1):
+            pass
+        err = capsys.readouterr().err
+        shown = "dscaledgd: started a LocalCluster of 1 workers; dashboard at http" in err
+        assert shown is watched, err
