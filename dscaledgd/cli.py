@@ -54,8 +54,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _executor_kwargs(value: str | None) -> dict:
-    """``--scheduler``: a scheduler address, or ``threads``/``sync``/``distributed``."""
+def _executor_kwargs(value: str | None, scheduler_file: str | None = None) -> dict:
+    """``--scheduler``: a scheduler address, or ``threads``/``sync``/``distributed``;
+    ``--scheduler-file``: the address in that file."""
+    if scheduler_file is not None:
+        if value is not None:
+            raise ValueError("Pass either --scheduler or --scheduler-file, not both.")
+        from .engine.cluster import address_from_scheduler_file
+
+        return {"address": address_from_scheduler_file(scheduler_file)}
     if value is None:
         return {}
     if value in SCHEDULER_NAMES:
@@ -130,7 +137,7 @@ def _cmd_demo(args) -> int:
     errors: dict[str, list] = {}
     results = {}
     # the demo shows the distributed path: no --scheduler means an embedded LocalCluster
-    kw = _executor_kwargs(args.scheduler) or {"scheduler": "distributed"}
+    kw = _executor_kwargs(args.scheduler, args.scheduler_file) or {"scheduler": "distributed"}
     embedded = kw.get("scheduler") == "distributed" and "address" not in kw
     size = {"n_workers": args.workers, "threads_per_worker": 1} if embedded else {}
     with executor_for(**kw, **size) as ex:
@@ -259,7 +266,7 @@ def run_kwargs(args) -> dict:
         "tol": args.tol,
         "random_state": args.seed,
         "progress": None if args.progress else False,
-        **_executor_kwargs(args.scheduler),
+        **_executor_kwargs(args.scheduler, getattr(args, "scheduler_file", None)),
     }
 
 
@@ -409,16 +416,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(sp, out_help):
-        sp.add_argument(
-            "--scheduler",
-            metavar="ADDRESS",
-            type=_scheduler,
-            default=None,
-            help="Dask scheduler address (tcp://127.0.0.1:8786), 'threads'/'sync' to run "
-            "without distributed, or 'distributed' for an embedded LocalCluster (default: "
-            "$DASK_SCHEDULER_ADDRESS if set, else threads; 'demo': distributed)",
-        )
+    def common(sp, out_help, runs=True):
+        """``--out``/``--overwrite``, and for commands that run a fit (``runs``) where it
+        runs: ``--scheduler``, ``--scheduler-file``, ``--wait-for-workers``."""
+        if runs:
+            sp.add_argument(
+                "--scheduler",
+                metavar="ADDRESS",
+                type=_scheduler,
+                default=None,
+                help="Dask scheduler address (tcp://127.0.0.1:8786), 'threads'/'sync' to run "
+                "without distributed, or 'distributed' for an embedded LocalCluster (default: "
+                "$DASK_SCHEDULER_ADDRESS if set, else threads; 'demo': distributed)",
+            )
+            sp.add_argument(
+                "--scheduler-file",
+                metavar="PATH",
+                default=None,
+                help="connect to the scheduler that wrote this file (dask scheduler "
+                "--scheduler-file PATH; waits for it to appear)",
+            )
+            sp.add_argument(
+                "--wait-for-workers",
+                metavar="N",
+                type=_positive_int,
+                default=1,
+                help="start once N workers have joined the scheduler (default 1)",
+            )
+        else:
+            sp.set_defaults(scheduler=None, scheduler_file=None, wait_for_workers=1)
         sp.add_argument("--out", metavar="PATH", default=None, help=out_help)
         sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
@@ -460,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--value", help="column with the values (tables)")
     i.add_argument("--sep", default=",", help="CSV field separator (default ',')")
     i.add_argument("out_pos", metavar="OBS.zarr", nargs="?", help="output store")
-    common(i, "output store (same as the positional OBS.zarr)")
+    common(i, "output store (same as the positional OBS.zarr)", runs=False)
     i.add_argument("--tiles", type=_pair, default=None, metavar="A,B")
     i.add_argument("--duplicates", choices=("error", "sum", "mean", "last"), default="error")
     i.set_defaults(func=_cmd_import)
@@ -483,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "obs", metavar="DATA", help="OBS.zarr (matrix result), or the tensor (Tucker result)"
     )
-    common(e, "also write the metrics as JSON to this path")
+    common(e, "also write the metrics as JSON to this path", runs=False)
     e.set_defaults(func=_cmd_evaluate)
 
     f = sub.add_parser(
@@ -492,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print versions and machine facts; describe a store if given.",
     )
     f.add_argument("path", nargs="?", help="an Observations, TensorObservations or result store")
-    common(f, "also write the information as JSON to this path")
+    common(f, "also write the information as JSON to this path", runs=False)
     f.set_defaults(func=_cmd_info)
     return p
 
@@ -520,10 +546,13 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     import warnings
 
+    import dask
+
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning(args.command)
     try:
-        return _run(parser, args)
+        with dask.config.set({"dscaledgd.wait-for-workers": args.wait_for_workers}):
+            return _run(parser, args)
     finally:
         warnings.showwarning = shown
 

@@ -146,6 +146,37 @@ def _embedded_cluster(n_workers: int | None, threads_per_worker: int | None, mem
     return cluster, client
 
 
+def address_from_scheduler_file(path: str, timeout: float | None = None) -> str:
+    """The address in a scheduler file (``dask scheduler --scheduler-file``, dask-jobqueue,
+    SLURM recipes), waiting up to ``timeout`` s (default: the scheduler timeout) for the
+    file to appear, as a batch job's client starts alongside its scheduler."""
+    import json
+    import time
+
+    timeout = scheduler_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path) as fh:
+                info = json.load(fh)
+            address = info.get("address") if isinstance(info, dict) else None
+            if not address:
+                raise InvalidParameterError(
+                    f"The scheduler file {path!r} has no 'address'; it is not a Dask scheduler "
+                    "file (written by `dask scheduler --scheduler-file PATH`)."
+                )
+            return str(address)
+        except (FileNotFoundError, json.JSONDecodeError) as exc:
+            if time.monotonic() >= deadline:
+                what = "does not exist" if isinstance(exc, FileNotFoundError) else "is not JSON"
+                raise ConnectionError(
+                    f"The scheduler file {path!r} {what} after {timeout:g} s. Start the "
+                    f"scheduler with `dask scheduler --scheduler-file {path}` (on a shared "
+                    "filesystem), or raise the dask config 'dscaledgd.scheduler-timeout'."
+                ) from None
+            time.sleep(0.2)
+
+
 def _configured_address() -> str | None:
     """dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``), or None."""
     import dask

@@ -211,7 +211,7 @@ class DistributedExecutor(Executor):
         self._run = uuid.uuid4().hex[:8]
         self._seq = itertools.count()
         workers = self._identity().get("workers", {})
-        if not workers:
+        if len(workers) < workers_to_wait_for():
             self._wait_for_workers()
             workers = self._identity().get("workers", {})
         self._addrs = sorted(workers)
@@ -289,14 +289,19 @@ class DistributedExecutor(Executor):
             "and its workers, then run again."
         )
 
-    def _wait_for_workers(self) -> None:
+    def _wait_for_workers(self, n: int | None = None) -> None:
+        """Wait for ``n`` workers (dask config ``dscaledgd.wait-for-workers``, default 1)."""
+        n = workers_to_wait_for() if n is None else n
         try:
-            self.client.wait_for_workers(1, timeout=self.timeout)
+            self.client.wait_for_workers(n, timeout=self.timeout)
         except TimeoutError:
+            have = len(self._identity().get("workers", {}))
+            first = "No worker" if have == 0 else f"Only {have} of {n} workers"
             raise ClusterError(
-                f"No worker joined the Dask scheduler at {self.address} within "
-                f"{self.timeout:g} s. Start workers (`dask worker {self.address}`), or raise "
-                "the dask config 'dscaledgd.scheduler-timeout'."
+                f"{first} joined the Dask scheduler at {self.address} within "
+                f"{self.timeout:g} s. Start workers (`dask worker {self.address}`), wait for "
+                "fewer (--wait-for-workers, dask config 'dscaledgd.wait-for-workers'), or "
+                "raise the dask config 'dscaledgd.scheduler-timeout'."
             ) from None
 
     def _keep_replicas(self) -> None:
@@ -456,6 +461,17 @@ def scheduler_timeout() -> float:
     from dask.utils import parse_timedelta
 
     return float(parse_timedelta(dask.config.get("dscaledgd.scheduler-timeout", "60s")))
+
+
+def workers_to_wait_for() -> int:
+    """Workers a run waits for before it starts: dask config ``dscaledgd.wait-for-workers``
+    (default 1; the CLI's ``--wait-for-workers``), at least 1."""
+    import dask
+
+    try:
+        return max(1, int(dask.config.get("dscaledgd.wait-for-workers", 1)))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _futures_of(handles):

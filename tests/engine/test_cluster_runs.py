@@ -67,9 +67,7 @@ def test_one_dashboard_span_per_solve_with_init_and_iterations_nested(client):
         assert want in seen, seen
 
 
-def test_starting_a_cluster_prints_the_dashboard_link_when_someone_watches(
-    monkeypatch, capsys
-):
+def test_starting_a_cluster_prints_the_dashboard_link_when_someone_watches(monkeypatch, capsys):
     from dscaledgd.engine import cluster
 
     for watched in (False, True):

@@ -21,12 +21,14 @@ def free_port() -> int:
 class ProcessCluster:
     """A scheduler and ``n`` nanny-less workers (a SIGKILL removes a worker for good)."""
 
-    def __init__(self, n_workers: int = 3):
+    def __init__(self, n_workers: int = 3, scheduler_file: str | None = None):
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
+        extra = ["--scheduler-file", scheduler_file] if scheduler_file else []
         self.scheduler = self._spawn(
-            "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"
-        )
+            "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard",
+            *extra,
+        )  # fmt: skip
         self.workers = [self.add_worker() for _ in range(n_workers)]
 
     def _spawn(self, *args):

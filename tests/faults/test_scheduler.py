@@ -92,6 +92,41 @@ def test_scheduler_without_workers_waits_for_one(short_timeout):
         pc.close()
 
 
+def test_cli_scheduler_file_and_wait_for_workers(short_timeout, tmp_path, capsys):
+    """--scheduler-file waits for the file; --wait-for-workers N waits for N workers, and
+    says how many came when they do not (issue 15)."""
+    from dscaledgd import cli
+
+    obs_p = _obs().to_zarr(tmp_path / "obs.zarr")
+    sfile = str(tmp_path / "scheduler.json")
+    argv = ["complete", obs_p, "--rank", "3", "--scheduler-file", sfile, "--seed", "0"]
+    # no scheduler wrote the file: a bounded wait, then a one-line error naming it
+    t = time.monotonic()
+    assert cli.main([*argv, "--out", str(tmp_path / "r0.zarr")]) == 1
+    err = capsys.readouterr().err
+    assert f"The scheduler file {sfile!r} does not exist after 3 s" in err
+    assert time.monotonic() - t < 30
+    pc = ProcessCluster(1, scheduler_file=sfile)
+    try:
+        # two workers asked for, one there: refused after the timeout, saying so
+        assert cli.main([*argv, "--wait-for-workers", "2", "--out", str(tmp_path / "r1.zarr")]) == 1
+        err = capsys.readouterr().err
+        assert f"Only 1 of 2 workers joined the Dask scheduler at {pc.address}" in err
+        assert "--wait-for-workers" in err
+        # the second joins while the run waits for it
+        with dask.config.set({"dscaledgd.scheduler-timeout": "60s"}):
+            pc.workers.append(pc.add_worker())
+            out = str(tmp_path / "r2.zarr")
+            assert cli.main([*argv, "--wait-for-workers", "2", "--out", out]) == 0
+        res = dsg.load_result(out)
+        assert res.converged and res.info["scheduler_address"] == pc.address
+        assert res.info["executor"] == "distributed"
+        assert cli.main([*argv, "--scheduler", "sync", "--out", str(tmp_path / "r3.zarr")]) == 1
+        assert "either --scheduler or --scheduler-file" in capsys.readouterr().err
+    finally:
+        pc.close()
+
+
 @pytest.mark.parametrize("address", ["not an address", "tcp://127.0.0.1"])
 def test_malformed_address_is_refused(address):
     with pytest.raises(dsg.InvalidParameterError, match="'address' parameter .* Got"):
