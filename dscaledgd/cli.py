@@ -551,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _one_line_warning(args.command)
     try:
-        with dask.config.set({"dscaledgd.wait-for-workers": args.wait_for_workers}):
+        wait = getattr(args, "wait_for_workers", 1)
+        with dask.config.set({"dscaledgd.wait-for-workers": wait}):
             return _run(parser, args)
     finally:
         warnings.showwarning = shown

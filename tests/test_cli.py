@@ -156,7 +156,8 @@ def test_outputs_are_checked_before_any_work(tmp_path, monkeypatch, capsys, argv
     module = cli_matrix if hasattr(cli_matrix, f"_cmd_{argv[0]}") else cli
     monkeypatch.setattr(module, f"_cmd_{argv[0]}", work)
     (tmp_path / "out").write_text("{}")
-    assert cli.main([*argv, "--out", str(tmp_path / "out"), "--scheduler", "sync"]) == 1
+    where = ["--scheduler", "sync"] if argv[0] in ("complete", "demo") else []
+    assert cli.main([*argv, "--out", str(tmp_path / "out"), *where]) == 1
     err = capsys.readouterr().err
     assert f"dscaledgd {argv[0]}: error: The --out path" in err and "Pass --overwrite" in err
     (tmp_path / "file").write_text("")
