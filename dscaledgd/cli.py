@@ -564,7 +564,7 @@ def _run(parser, args) -> int:
             args.out = args.out_pos
         if args.out is None:
             parser.error("import needs an output store: OBS.zarr or --out PATH")
-    if args.command in ("complete", "tensor-complete") and args.out is None:
+    if args.command in ("complete", "tensor-complete", "rpca") and args.out is None:
         parser.error(f"{args.command} needs --out RES.zarr")
     from .exceptions import ClusterError, DivergenceError
 

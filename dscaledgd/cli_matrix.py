@@ -1,4 +1,4 @@
-"""The matrix job on the command line: ``split``, ``complete`` and ``predict``.
+"""The matrix job on the command line: ``split``, ``complete``, ``rpca`` and ``predict``.
 
 ``dscaledgd import`` builds an Observations store with id maps; ``split`` cuts it
 into train and test stores that share those maps (so ``evaluate`` and ``predict`` by
@@ -125,6 +125,37 @@ def add_parsers(sub, common, positive_int) -> None:
     c.add_argument("--progress", action="store_true", help="show a progress bar")
     c.set_defaults(func=_cmd_complete)
 
+    r = sub.add_parser(
+        "rpca",
+        help="robust PCA of a matrix: low rank plus sparse",
+        description="Split a matrix (.npy, .npz with X and an optional mask, or a Zarr "
+        "array; NaN = missing) into a low-rank L Rᵀ and a sparse S with ScaledGD, and write "
+        "the result store (it keeps S).",
+    )
+    r.add_argument("data", metavar="IN", help=".npy, .npz or Zarr array")
+    common(r, "result store to write (required)")
+    r.add_argument("--rank", type=int, required=True, help="rank of the low-rank part")
+    r.add_argument(
+        "--alpha",
+        type=float,
+        required=True,
+        help="largest fraction of outliers per row and per column (README, RPCA)",
+    )
+    r.add_argument(
+        "--mask",
+        metavar="M",
+        default=None,
+        help=".npy boolean mask (True = observed) instead of NaN",
+    )
+    r.add_argument("--method", choices=("scaledgd", "gd"), default="scaledgd",
+                   help="scaledgd (default) or the gd baseline")  # fmt: skip
+    r.add_argument("--step-size", type=float, default=None, help="fixed step (default adaptive)")
+    r.add_argument("--max-iter", type=positive_int, default=500, help="default 500")
+    r.add_argument("--tol", type=_nonneg, default=1e-10, help="default 1e-10")
+    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    r.add_argument("--progress", action="store_true", help="show a progress bar")
+    r.set_defaults(func=_cmd_rpca)
+
     p = sub.add_parser(
         "predict",
         help="predict entries of a matrix fit for pairs of original ids",
@@ -197,6 +228,47 @@ def _cmd_complete(args) -> int:
     if "validation" in res.final:
         extra = f"validation RMSE {res.final['validation']:.6g} (iteration {res.best_iteration})\n"
     print(f"{summary(res)}\n{extra}result written to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------- rpca
+def _read_matrix(path: str, flag: str):
+    """A 2-D array from ``.npy`` (memory-mapped), ``.npz`` (``X`` or its only array, and
+    ``mask`` if present) or a Zarr array (lazily, as a Dask array)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such {flag} file or store: {path!r} does not exist.")
+    mask = None
+    if path.endswith(".npy"):
+        Y = np.load(path, mmap_mode="r")
+    elif path.endswith(".npz"):
+        with np.load(path) as z:
+            names = list(z.files)
+            key = "X" if "X" in names else (names[0] if len(names) == 1 else None)
+            if key is None:
+                raise ValueError(f"{flag} {path!r} holds {names}; name the matrix 'X'.")
+            Y = z[key]
+            mask = z["mask"] if "mask" in names else None
+    elif os.path.isdir(path):
+        import dask.array as da
+
+        Y = da.from_zarr(path)
+    else:
+        raise ValueError(f"{flag} {path!r}: expected a .npy, .npz or a Zarr array.")
+    if Y.ndim != 2:
+        raise ValueError(f"{flag} {path!r} has shape {Y.shape}; rpca needs a matrix.")
+    return Y, mask
+
+
+def _cmd_rpca(args) -> int:
+    from .api import rpca
+    from .cli import run_kwargs, summary
+
+    Y, mask = _read_matrix(args.data, "IN")
+    if args.mask is not None:
+        mask, _ = _read_matrix(args.mask, "--mask")
+    res = rpca(Y, args.rank, alpha=args.alpha, mask=mask, **run_kwargs(args))
+    res.to_zarr(args.out, overwrite=args.overwrite)
+    print(f"{summary(res)}\nresult written to {args.out} (low rank L, R and sparse S)")
     return 0
 
 

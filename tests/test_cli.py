@@ -60,14 +60,16 @@ def test_verbose_log_lines_name_the_logger_once(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "sub", ["demo", "import", "complete", "tensor-complete", "evaluate", "info"]
-)
+    "sub",
+    ["demo", "import", "split", "complete", "rpca", "predict", "tensor-complete", "evaluate",
+     "info"],
+)  # fmt: skip
 def test_every_subcommand_has_help(sub):
     out = run(sub, "--help")
     assert out.returncode == 0 and "usage: dscaledgd " + sub in out.stdout
-    assert "--out" in out.stdout
+    assert ("--out" in out.stdout) is (sub != "split")
     # --scheduler is offered where it is honoured (issue 14), not by import/evaluate/info
-    runs = sub in ("demo", "complete", "tensor-complete")
+    runs = sub in ("demo", "complete", "rpca", "tensor-complete")
     for flag in ("--scheduler ", "--scheduler-file", "--wait-for-workers"):
         assert (flag in out.stdout) is runs, (sub, flag)
 
@@ -328,3 +330,34 @@ def test_split_refuses_existing_outputs_and_writes_nothing(tmp_path, capsys):
     assert a.nnz + b.nnz == obs.nnz and b.nnz == round(0.1 * obs.nnz)
     out = run("split", p, tr, te, "--test-fraction", "1.5")
     assert out.returncode == 2 and "expected a fraction in (0, 1)" in out.stderr
+
+
+@pytest.mark.filterwarnings("ignore::dscaledgd.exceptions.ConvergenceWarning")
+def test_rpca_subcommand_gives_the_python_result(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    t = dsg.datasets.make_low_rank((120, 90), 2, cond=3, random_state=0)
+    Y = t.dense() + np.where(rng.random((120, 90)) < 0.03, 5 * rng.standard_normal((120, 90)), 0)
+    Y[rng.random(Y.shape) < 0.1] = np.nan
+    np.save(tmp_path / "Y.npy", Y)
+    out = str(tmp_path / "res.zarr")
+    argv = ["rpca", str(tmp_path / "Y.npy"), "--rank", "2", "--alpha", "0.1", "--out", out,
+            "--scheduler", "sync"]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert "(low rank L, R and sparse S)" in capsys.readouterr().out
+    got = dsg.load_result(out)
+    want = dsg.rpca(Y, 2, alpha=0.1, random_state=0, scheduler="sync")
+    assert (got.status, got.n_iter) == (want.status, want.n_iter)
+    np.testing.assert_allclose(got.compute_sparse(), want.compute_sparse(), atol=1e-12)
+    # the same observed entries through --mask (zeros where missing) and from a .npz
+    np.save(tmp_path / "M.npy", ~np.isnan(Y))
+    np.save(tmp_path / "Y0.npy", np.nan_to_num(Y))
+    out2 = str(tmp_path / "res2.zarr")
+    argv2 = ["rpca", str(tmp_path / "Y0.npy"), "--mask", str(tmp_path / "M.npy"), "--rank", "2",
+             "--alpha", "0.1", "--out", out2, "--scheduler", "sync"]  # fmt: skip
+    assert cli.main(argv2) == 0
+    np.testing.assert_allclose(dsg.load_result(out2).L.compute(), got.L.compute(), atol=1e-10)
+    np.save(tmp_path / "cube.npy", np.zeros((3, 4, 5)))
+    bad = ["rpca", str(tmp_path / "cube.npy"), "--rank", "1", "--alpha", "0.1", "--out",
+           str(tmp_path / "r3.zarr")]  # fmt: skip
+    assert cli.main(bad) == 1
+    assert "rpca needs a matrix" in capsys.readouterr().err
