@@ -1,7 +1,9 @@
 """The ``dscaledgd`` command: arguments → :mod:`dscaledgd.api`, no math.
 
-Subcommands: ``demo``, ``import``, ``complete``, ``tensor-complete``
-(:mod:`dscaledgd.cli_tensor`), ``evaluate``, ``info``.
+Subcommands: ``demo``, ``import``, ``split``, ``complete``, ``rpca``, ``predict``
+(:mod:`dscaledgd.cli_matrix`), ``tensor-complete`` (:mod:`dscaledgd.cli_tensor`),
+``evaluate``, ``info``; ``--config job.yaml`` (:mod:`dscaledgd.cli_config`); shared
+helpers in :mod:`dscaledgd.cli_common`.
 Every subcommand has ``--help``; errors print one line to stderr and exit
 with a non-zero code (1 for bad data or parameters, 2 for bad usage).
 Outputs are checked before any work: an existing ``--out`` without
@@ -12,111 +14,29 @@ before any data is read or any fit runs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
-import re
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from . import __version__
+from .cli_common import (  # noqa: F401  (re-exported: the subcommand modules and tests use them)
+    SCHEDULER_NAMES,
+    _executor_kwargs,
+    _one_line_warning,
+    _pair,
+    _positive_int,
+    _scheduler,
+    _write_json,
+    check_out,
+    run_kwargs,
+    summary,
+)
 
 __all__ = ["main"]
-
-
-#: ``--scheduler`` values that are not addresses
-SCHEDULER_NAMES = ("threads", "sync", "distributed")
-#: ``tcp://host:port``, ``tls://...``, or a bare ``host:port``
-_ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+]*://\S+|[^\s:/]+:\d+)$")
-
-
-def _scheduler(text: str) -> str:
-    """``--scheduler``: a name of :data:`SCHEDULER_NAMES` or a scheduler address."""
-    if text in SCHEDULER_NAMES or _ADDRESS.match(text):
-        return text
-    raise argparse.ArgumentTypeError(
-        f"invalid value {text!r}: expected threads, sync, distributed, or a scheduler "
-        "address such as tcp://127.0.0.1:8786"
-    )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
-
-
-def _executor_kwargs(value: str | None, scheduler_file: str | None = None) -> dict:
-    """``--scheduler``: a scheduler address, or ``threads``/``sync``/``distributed``;
-    ``--scheduler-file``: the address in that file."""
-    if scheduler_file is not None:
-        if value is not None:
-            raise ValueError("Pass either --scheduler or --scheduler-file, not both.")
-        from .engine.cluster import address_from_scheduler_file
-
-        return {"address": address_from_scheduler_file(scheduler_file)}
-    if value is None:
-        return {}
-    if value in SCHEDULER_NAMES:
-        return {"scheduler": value}
-    return {"address": value}
-
-
-def check_out(path: str, overwrite: bool) -> None:
-    """Refuse ``--out`` before any work: it exists (without ``--overwrite``), its
-    directory is missing or is a file, or a file cannot be created there."""
-    from .storage.layout import check_output_path
-
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise NotADirectoryError(
-            f"Cannot write --out {path!r}: {parent!r} is a file, not a directory. Choose "
-            "another path."
-        )
-
-    def unwritable(why: str = "") -> str:
-        return (
-            f"Cannot write --out {path!r}: the directory {parent!r} is not writable{why}. "
-            "Choose a writable location."
-        )
-
-    try:
-        check_output_path(path, overwrite, "--out")
-    except FileExistsError:
-        raise FileExistsError(
-            f"The --out path {path!r} already exists. Pass --overwrite to replace it, or "
-            "choose another path."
-        ) from None
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"Cannot write --out {path!r}: the directory {parent!r} does not exist. Create "
-            "it first."
-        ) from None
-    except PermissionError:
-        raise PermissionError(unwritable()) from None
-    try:  # the permission bits do not tell (root, read-only mounts, ACLs): try it
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".dscaledgd-probe-")
-    except OSError as exc:
-        why = f" (creating a file there failed: {exc.strerror})"
-        raise PermissionError(unwritable(why)) from None
-    os.close(fd)
-    os.remove(probe)
-
-
-def _write_json(path: str | None, payload: dict, overwrite: bool) -> None:
-    if not path:
-        return
-    check_out(path, overwrite)
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2)
 
 
 # ------------------------------------------------------------------- demo
@@ -257,31 +177,6 @@ def _cmd_import(args) -> int:
 
 
 # --------------------------------------------------------------- complete
-def run_kwargs(args) -> dict:
-    """The solver arguments the fitting subcommands share (``complete``, ``tensor-complete``)."""
-    return {
-        "method": args.method,
-        "step_size": args.step_size,
-        "max_iter": args.max_iter,
-        "tol": args.tol,
-        "random_state": args.seed,
-        "progress": None if args.progress else False,
-        **_executor_kwargs(args.scheduler, getattr(args, "scheduler_file", None)),
-    }
-
-
-def summary(res, what: str = "") -> str:
-    """Two lines on a fit: status and message; iterations, the returned iterate's loss and
-    residual (the best-validation one when early-stopped), time. ``what`` leads line 2."""
-    fin = res.final
-    which = "" if res.best_iteration == res.n_iter else f" (returned: {res.best_iteration})"
-    return (
-        f"{res.status}: {res.message}\n"
-        f"{what}iterations {res.n_iter}{which}, final loss {fin['loss']:.6g}, relative residual "
-        f"{fin['residual']:.3e}, {res.history['time'][-1]:.1f} s"
-    )
-
-
 # --------------------------------------------------------------- evaluate
 def _cmd_evaluate(args) -> int:
     from .models import Tucker
@@ -396,16 +291,6 @@ def _result_facts(res) -> dict:
 
 
 # ----------------------------------------------------------------- parser
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        a, b = (int(x) for x in text.lower().replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected two integers like 2,2 or 2x2; got {text!r}"
-        ) from None
-    return a, b
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dscaledgd",
@@ -413,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
         "and Zarr.",
     )
     p.add_argument("--version", action="version", version=f"dscaledgd {__version__}")
+    p.add_argument(
+        "--config", metavar="JOB.yaml", help="take the command and its options from a YAML file "
+        "(options on the command line win)",
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -523,19 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _one_line_warning(command: str):
-    """A ``warnings.showwarning`` printing ``dscaledgd CMD: Category: message`` on one line
-    (no source file and line, CLI spelling)."""
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split()).replace("overwrite=True", "--overwrite")
-        print(f"dscaledgd {command}: {category.__name__}: {text}", file=file or sys.stderr)
-
-    return show
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        from .cli_config import expand_config
+
+        argv = expand_config(parser, [str(a) for a in argv])
+    except (ValueError, OSError) as exc:
+        print(f"dscaledgd: error: {exc}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

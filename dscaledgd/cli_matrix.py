@@ -188,7 +188,7 @@ def add_parsers(sub, common, positive_int) -> None:
 
 # -------------------------------------------------------------------- split
 def _cmd_split(args) -> int:
-    from .cli import check_out
+    from .cli_common import check_out
     from .storage.observations import Observations
 
     for path in (args.train, args.test):
@@ -206,7 +206,7 @@ def _cmd_split(args) -> int:
 # ----------------------------------------------------------------- complete
 def _cmd_complete(args) -> int:
     from .api import complete
-    from .cli import run_kwargs, summary
+    from .cli_common import run_kwargs, summary
     from .storage.observations import Observations
 
     if args.validation and args.validation_fraction:
@@ -261,7 +261,7 @@ def _read_matrix(path: str, flag: str):
 
 def _cmd_rpca(args) -> int:
     from .api import rpca
-    from .cli import run_kwargs, summary
+    from .cli_common import run_kwargs, summary
 
     Y, mask = _read_matrix(args.data, "IN")
     if args.mask is not None:
@@ -328,7 +328,7 @@ def _as_ids(values, known):
 
 
 def _cmd_predict(args) -> int:
-    from .cli import check_out
+    from .cli_common import check_out
     from .result import load_result
 
     check_out(args.out, args.overwrite)

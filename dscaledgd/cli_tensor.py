@@ -153,7 +153,7 @@ def read_tensor(path: str, mask: str | None = None, role: str = "IN"):
 # ---------------------------------------------------------------- command
 def _cmd_tensor_complete(args) -> int:
     from .api.tucker import check_ranks, tucker_complete
-    from .cli import run_kwargs, summary
+    from .cli_common import run_kwargs, summary
 
     T = read_tensor(args.input, args.mask)
     ranks = args.ranks[0] if len(args.ranks) == 1 else args.ranks

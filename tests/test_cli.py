@@ -361,3 +361,31 @@ def test_rpca_subcommand_gives_the_python_result(tmp_path, capsys):
            str(tmp_path / "r3.zarr")]  # fmt: skip
     assert cli.main(bad) == 1
     assert "rpca needs a matrix" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::dscaledgd.exceptions.ConvergenceWarning")
+def test_a_job_file_holds_the_command_line(tmp_path, capsys):
+    obs, _ = dsg.datasets.make_completion((80, 60), 2, 0.5, random_state=0)
+    p = obs.to_zarr(tmp_path / "obs.zarr")
+    job = tmp_path / "job.yaml"
+    out = tmp_path / "res.zarr"
+    job.write_text(
+        f"command: complete\nobs: {p}\nrank: 2\nout: {out}\nscheduler: sync\nseed: 3\n"
+        "max_iter: 200\nprogress: false\n"
+    )
+    assert cli.main(["--config", str(job), "--max-iter", "4"]) == 0  # the line wins
+    res = dsg.load_result(out)
+    assert res.n_iter == 4 and res.params["random_state"] == 3 and res.params["rank"] == 2
+    for text, msg in [
+        ("- a\n- b\n", "must be a mapping"),
+        ("rank: 2\n", "names no command"),
+        ("command: nope\n", "unknown command 'nope'"),
+        ("command: [1\n", "is not valid YAML"),
+    ]:
+        job.write_text(text)
+        assert cli.main(["--config", str(job)]) == 1
+        assert msg in capsys.readouterr().err
+    assert cli.main(["--config", str(tmp_path / "missing.yaml")]) == 1
+    assert "No such --config file" in capsys.readouterr().err
+    job.write_text(f"command: complete\nobs: {p}\nrank: 2\nout: {out}\nbogus: 1\n")
+    assert run("--config", job).returncode == 2  # an unknown option is a usage error
