@@ -12,8 +12,10 @@ all three at 0 (scheduler alone: 21–24 ms; client and scheduler: 18 ms;
 ``benchmarks/RESULTS.md``).
 
 :func:`low_latency` sets the three to 0 while a run lasts and puts every
-value back afterwards; workers that join meanwhile keep distributed's
-defaults. It is on by default; dask config ``dscaledgd.low-latency: false``
+value back afterwards: each process counts the runs that want it (two clients
+may run on one cluster at once) and the last one to finish restores the
+saved values; workers that join meanwhile keep distributed's defaults. It is
+on by default; dask config ``dscaledgd.low-latency: false``
 (``DASK_DSCALEDGD__LOW_LATENCY=false``) leaves a shared cluster's settings
 alone. A scheduler or worker that cannot import dscaledgd is left as it is.
 """
@@ -38,30 +40,48 @@ def enabled() -> bool:
     return bool(value)
 
 
-def _scheduler_intervals(dask_scheduler, value=None, saved=None):
-    """Set the scheduler's per-worker stream intervals (``value``, or ``saved`` per
-    address); return the previous ones."""
-    old = {}
-    for addr, comm in dask_scheduler.stream_comms.items():
-        old[addr] = comm.interval
-        if saved is not None:
-            if addr in saved:
-                comm.interval = saved[addr]
-        else:
-            comm.interval = value
-    return old
+#: attribute holding ``[active runs, saved intervals]`` on a scheduler, worker or client
+_MARK = "_dscaledgd_low_latency"
 
 
-def _worker_interval(dask_worker, value):
-    old = dask_worker.batched_stream.interval
-    dask_worker.batched_stream.interval = value
-    return old
+def _enter(obj, comms: dict) -> None:
+    """One more run wants ``comms`` (name → BatchedSend) at 0; the first saves them."""
+    state = getattr(obj, _MARK, None)
+    if state is None or state[0] == 0:
+        state = [0, {k: c.interval for k, c in comms.items()}]
+        setattr(obj, _MARK, state)
+    state[0] += 1
+    for c in comms.values():
+        c.interval = 0.0
 
 
-def _restore_worker(dask_worker, saved):
-    value = saved.get(dask_worker.address)
-    if value is not None:
-        dask_worker.batched_stream.interval = value
+def _leave(obj, comms: dict) -> None:
+    """One run fewer; the last one puts the saved intervals back (runs may overlap: two
+    clients on one cluster must not leave it at 0)."""
+    state = getattr(obj, _MARK, None)
+    if state is None or state[0] == 0:
+        return
+    state[0] -= 1
+    if state[0] == 0:
+        for k, c in comms.items():
+            if k in state[1]:
+                c.interval = state[1][k]
+
+
+def _scheduler_enter(dask_scheduler):
+    _enter(dask_scheduler, dict(dask_scheduler.stream_comms))
+
+
+def _scheduler_leave(dask_scheduler):
+    _leave(dask_scheduler, dict(dask_scheduler.stream_comms))
+
+
+def _worker_enter(dask_worker):
+    _enter(dask_worker, {"stream": dask_worker.batched_stream})
+
+
+def _worker_leave(dask_worker):
+    _leave(dask_worker, {"stream": dask_worker.batched_stream})
 
 
 @contextlib.contextmanager
@@ -71,37 +91,35 @@ def low_latency(client):
         yield False
         return
     comm = getattr(client, "scheduler_comm", None)
-    saved_client = getattr(comm, "interval", None)
-    saved_sched = saved_workers = None
+    mine = {"stream": comm} if comm is not None and hasattr(comm, "interval") else {}
+    entered_sched = entered_workers = False
+    _enter(client, mine)
     try:
-        if saved_client is not None:
-            comm.interval = 0.0
-        saved_sched = client.run_on_scheduler(_scheduler_intervals, value=0.0)
-        saved_workers = client.run(_worker_interval, value=0.0)
+        client.run_on_scheduler(_scheduler_enter)
+        entered_sched = True
+        client.run(_worker_enter)
+        entered_workers = True
     except Exception as exc:  # noqa: BLE001 - an old or foreign cluster: run as it is
         logger.info("could not lower the cluster's message intervals (%s)", exc)
     try:
         yield True
     finally:
-        if saved_client is not None:
-            comm.interval = saved_client
-        _restore(client, saved_sched, saved_workers)
+        _leave(client, mine)
+        _restore(client, entered_sched, entered_workers)
 
 
 #: seconds a restore may take (a hung or stopped scheduler must not block the caller)
 RESTORE_TIMEOUT = 5.0
 
 
-def _restore(client, saved_sched, saved_workers) -> None:
+def _restore(client, sched: bool, workers: bool) -> None:
     with contextlib.suppress(Exception):
-        if saved_sched is not None:
+        if sched:
             client.sync(
-                client._run_on_scheduler, _scheduler_intervals, saved=saved_sched,
-                callback_timeout=RESTORE_TIMEOUT,
-            )  # fmt: skip
+                client._run_on_scheduler, _scheduler_leave, callback_timeout=RESTORE_TIMEOUT
+            )
     with contextlib.suppress(Exception):
-        if saved_workers:
+        if workers:
             client.sync(
-                client._run, _restore_worker, saved=saved_workers, on_error="ignore",
-                callback_timeout=RESTORE_TIMEOUT,
-            )  # fmt: skip
+                client._run, _worker_leave, on_error="ignore", callback_timeout=RESTORE_TIMEOUT
+            )

@@ -3,6 +3,8 @@ the dashboard spans of a solve."""
 
 from __future__ import annotations
 
+import time
+
 import dask
 import pytest
 
@@ -77,3 +79,30 @@ def test_starting_a_cluster_prints_the_dashboard_link_when_someone_watches(monke
         err = capsys.readouterr().err
         shown = "dscaledgd: started a LocalCluster of 1 workers; dashboard at http" in err
         assert shown is watched, err
+
+
+def test_overlapping_runs_leave_the_intervals_as_they_were(client):
+    """Two runs at once: the first to finish must not restore under the second, and the
+    second must not 'restore' the zeros the first set (reference counted per process)."""
+    import threading
+
+    obs, _ = dsg.datasets.make_completion((80, 60), 2, 0.5, random_state=0)
+    before = _intervals(client)
+    during = []
+    gate = threading.Event()
+
+    def slow(state):
+        if state.iteration == 1:
+            gate.wait(30)  # hold run A open while run B starts and finishes
+            during.append(_intervals(client))
+
+    a = threading.Thread(
+        target=lambda: dsg.complete(obs, 2, client=client, callback=slow, random_state=0)
+    )
+    a.start()
+    time.sleep(1.0)
+    dsg.complete(obs, 2, client=client, random_state=1)  # B: starts and ends inside A
+    gate.set()
+    a.join(60)
+    assert during and during[0] == (0.0, [0.0, 0.0], [0.0, 0.0])  # still low during A
+    assert _intervals(client) == before
