@@ -10,7 +10,10 @@ import re
 import sys
 import tempfile
 
-__all__ = ["SCHEDULER_NAMES", "check_out", "run_kwargs", "summary"]
+__all__ = [
+    "SCHEDULER_NAMES", "check_out", "run_kwargs", "summary", "fraction", "nonneg",
+    "solver_options",
+]  # fmt: skip
 
 
 #: ``--scheduler`` values that are not addresses
@@ -148,3 +151,37 @@ def _one_line_warning(command: str):
         print(f"dscaledgd {command}: {category.__name__}: {text}", file=file or sys.stderr)
 
     return show
+
+
+def _number(text: str, ok, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (``--test-fraction``, ``--validation-fraction``)."""
+    return _number(text, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+
+
+def nonneg(text: str) -> float:
+    """A number ≥ 0 (``--reg``, ``--damping``, ``--stall-tol``)."""
+    return _number(text, lambda v: v >= 0, "a number >= 0")
+
+
+def solver_options(sp, *, step_help: str = "fixed step (default adaptive)") -> None:
+    """The options every fitting subcommand shares (``complete``, ``rpca``,
+    ``tensor-complete``): method, step, stopping, seed, progress."""
+    sp.add_argument("--method", choices=("scaledgd", "gd"), default="scaledgd",
+                    help="scaledgd (default) or the gd baseline")  # fmt: skip
+    sp.add_argument("--step-size", type=float, default=None, help=step_help)
+    # plain types: a bad value is a bad parameter (exit 1, checked by the API), not usage
+    sp.add_argument("--max-iter", type=int, default=500, help="default 500")
+    sp.add_argument("--tol", type=float, default=1e-10,
+                    help="stop at this relative residual (default 1e-10)")  # fmt: skip
+    sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sp.add_argument("--progress", action="store_true", help="show a progress bar")

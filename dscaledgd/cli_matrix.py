@@ -9,35 +9,18 @@ pairs of original ids to CSV or Parquet.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 
 import numpy as np
 
+from .cli_common import fraction as _fraction
+from .cli_common import nonneg as _nonneg
+from .cli_common import solver_options
+
 __all__ = ["add_parsers"]
 
 CENTER = {"none": False, "mean": True, "biases": "biases"}
-
-
-def _fraction(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
-    if not 0 < x < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
-    return x
-
-
-def _nonneg(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not x >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return x
 
 
 def add_parsers(sub, common, positive_int) -> None:
@@ -66,8 +49,6 @@ def add_parsers(sub, common, positive_int) -> None:
     c.add_argument("obs", metavar="OBS.zarr", help="the training store")
     common(c, "result store to write (required)")
     c.add_argument("--rank", type=int, required=True, help="rank of the model")
-    c.add_argument("--method", choices=("scaledgd", "gd"), default="scaledgd",
-                   help="scaledgd (default) or the gd baseline")  # fmt: skip
     c.add_argument("--reg", type=_nonneg, default=0.0,
                    help="ridge penalty, ALS-WR style (README, 'Regularised completion'; "
                    "default 0)")  # fmt: skip
@@ -114,15 +95,9 @@ def add_parsers(sub, common, positive_int) -> None:
         default="auto",
         help="keep tiles in worker memory or stream them from Zarr (default auto)",
     )
-    c.add_argument("--step-size", type=float, default=None, help="fixed step (default adaptive)")
     c.add_argument("--damping", type=_nonneg, default=0.0, help="ScaledGD(λ)'s λ (default 0)")
-    c.add_argument("--max-iter", type=positive_int, default=500, help="default 500")
-    c.add_argument(
-        "--tol", type=_nonneg, default=1e-10, help="stop at this relative residual (default 1e-10)"
-    )
     c.add_argument("--symmetric", action="store_true", help="PSD model X = L Lᵀ")
-    c.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    c.add_argument("--progress", action="store_true", help="show a progress bar")
+    solver_options(c)
     c.set_defaults(func=_cmd_complete)
 
     r = sub.add_parser(
@@ -147,13 +122,7 @@ def add_parsers(sub, common, positive_int) -> None:
         default=None,
         help=".npy boolean mask (True = observed) instead of NaN",
     )
-    r.add_argument("--method", choices=("scaledgd", "gd"), default="scaledgd",
-                   help="scaledgd (default) or the gd baseline")  # fmt: skip
-    r.add_argument("--step-size", type=float, default=None, help="fixed step (default adaptive)")
-    r.add_argument("--max-iter", type=positive_int, default=500, help="default 500")
-    r.add_argument("--tol", type=_nonneg, default=1e-10, help="default 1e-10")
-    r.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    r.add_argument("--progress", action="store_true", help="show a progress bar")
+    solver_options(r)
     r.set_defaults(func=_cmd_rpca)
 
     p = sub.add_parser(

@@ -17,6 +17,9 @@ import re
 
 import numpy as np
 
+from .cli_common import fraction as _fraction
+from .cli_common import solver_options
+
 __all__ = ["add_parser", "read_tensor", "NIFTI_SUFFIXES", "NEURO_HINT"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -68,18 +71,6 @@ def _ranks(text: str) -> tuple[int, ...]:
             f"5,5,5), or one integer for every mode; got {text!r}"
         )
     return ranks
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(
-            f"--test-fraction must be a number strictly between 0 and 1; got {text!r}"
-        )
-    return value
 
 
 # ------------------------------------------------------------------ input
@@ -210,14 +201,9 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
         help="boolean array of IN's shape, True = observed (.npy, .npz, Zarr; NIfTI: "
         "nonzero = observed). Default: the non-NaN entries",
     )
-    t.add_argument("--method", choices=("scaledgd", "gd"), default="scaledgd")
-    t.add_argument("--init", choices=("spectral", "random"), default="spectral")
-    t.add_argument(
-        "--step-size", type=float, default=None, help="fixed step (default 0.3, safeguarded)"
-    )
-    t.add_argument("--max-iter", type=int, default=500)
-    t.add_argument("--tol", type=float, default=1e-10)
-    t.add_argument("--seed", type=int, default=None, help="seeds the init and the split")
+    t.add_argument("--init", choices=("spectral", "random"), default="spectral",
+                   help="spectral (default) or random")  # fmt: skip
+    solver_options(t, step_help="fixed step (default 0.3, safeguarded)")
     t.add_argument(
         "--test-fraction",
         type=_fraction,
@@ -225,6 +211,5 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
         metavar="F",
         help="hold out this fraction of the observed entries and report the fit's RMSE on them",
     )
-    t.add_argument("--progress", action="store_true", help="show a progress bar")
     t.set_defaults(func=_cmd_tensor_complete)
     return t
