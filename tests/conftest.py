@@ -27,6 +27,20 @@ def edit_store_attrs(path, fn) -> None:
         json.dump(doc, fh)
 
 
+def scheduler_task_counter(client, every: int = 10, stop_at: int = 100):
+    """``(counts, callback)``: the callback records the scheduler's task count every
+    ``every`` iterations and stops the run at iteration ``stop_at``."""
+    counts: list = []
+
+    def cb(state):
+        if state.iteration % every == 0:
+            counts.append(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
+        if state.iteration == stop_at:
+            raise StopIteration
+
+    return counts, cb
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

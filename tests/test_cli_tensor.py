@@ -197,7 +197,10 @@ def test_bad_input_exits_1_in_cli_spelling_and_writes_nothing(
     [
         (["--ranks", "2,a"], "--ranks must be positive integers separated by commas"),
         (["--ranks", "0"], "--ranks must be positive integers"),
-        (["--ranks", "2", "--test-fraction", "1.5"], "argument --test-fraction: must be a number strictly"),
+        (
+            ["--ranks", "2", "--test-fraction", "1.5"],
+            "argument --test-fraction: must be a number strictly",
+        ),
         (["--ranks", "2", "--method", "als"], "argument --method: invalid choice: 'als'"),
         (["--out", "{d}/r.zarr"], "the following arguments are required: --ranks"),
         (["--ranks", "2"], "tensor-complete needs --out RES.zarr"),

@@ -39,6 +39,8 @@ from dscaledgd.linalg import multi_mode_product
 from dscaledgd.problems.tucker import reference_spectral
 from tests.oracles.tucker import full, oracle_tucker
 
+from .conftest import scheduler_task_counter
+
 SHAPE, RANKS = (24, 20, 16), (3, 3, 3)
 N_ORACLE = 20  # iterates compared with the oracle
 RTOL = 1e-10
@@ -272,7 +274,7 @@ def test_iteration_counts_do_not_depend_on_kappa_for_scaledgd_but_do_for_gd():
 
 
 # ------------------------------------------------------------ 6. determinism
-def _same(res, ref, name):
+def assert_same_run(res, ref, name):
     assert (res.status, res.n_iter) == (ref.status, ref.n_iter), name
     dc = np.abs(res.core - ref.core).max() / np.abs(ref.core).max()
     dU = max(
@@ -303,7 +305,7 @@ def test_same_result_on_every_scheduler(client, layout):
         }
     assert ref.status == ("converged" if layout == "dense" else "max_iter")
     for name, res in runs.items():
-        _same(res, ref, name)
+        assert_same_run(res, ref, name)
     with client.as_current():  # futures-backed factors on the lasting client
         np.testing.assert_array_equal(
             runs["distributed"].factors[0].compute(), ref.factors[0].compute()
@@ -316,7 +318,7 @@ def test_embedded_distributed_scheduler_gives_the_same_result():
     T = dsg.TensorObservations.from_array(Y, chunks=(10, 8, 12))
     kw = dict(random_state=1, tol=1e-11)
     ref = dsg.tucker_complete(T, 2, scheduler="sync", **kw)
-    _same(dsg.tucker_complete(T, 2, scheduler="distributed", **kw), ref, "embedded")
+    assert_same_run(dsg.tucker_complete(T, 2, scheduler="distributed", **kw), ref, "embedded")
 
 
 # ------------------------------------------------------------ 7. task count
@@ -325,13 +327,7 @@ def test_scheduler_task_count_is_bounded(client):
     grid: 216 at the start, 286 at iteration 10, then 161–163 from iteration 20 on)."""
     X, Y = _instance((20, 16, 12), 2)
     T = dsg.TensorObservations.from_array(Y, chunks=(10, 16, 12))
-    counts = []
-
-    def cb(state):
-        if state.iteration % 10 == 0:
-            counts.append(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
-        if state.iteration == 100:
-            raise StopIteration
+    counts, cb = scheduler_task_counter(client)
 
     res = dsg.tucker_complete(
         T, 2, client=client, step_size=0.3, tol=1e-300, stall_tol=0.0, max_iter=200,
@@ -364,7 +360,7 @@ def test_store_backed_tensor_gives_the_in_memory_result(tmp_path, client, layout
     for name, res in runs.items():
         if name != "by path":
             assert res.info["cache"] == name.split()[0]
-        _same(res, ref, name)
+        assert_same_run(res, ref, name)
     if layout == "dense":
         return
     # workers read the store themselves (first 10 iterations)
@@ -374,7 +370,7 @@ def test_store_backed_tensor_gives_the_in_memory_result(tmp_path, client, layout
         a = dsg.tucker_complete(T, 2, scheduler="sync", **short)
         b = dsg.tucker_complete(S, 2, cache="stream", client=client, **short)
     assert b.info["cache"] == "stream"
-    _same(b, a, "stream distributed")
+    assert_same_run(b, a, "stream distributed")
 
 
 # ------------------------------------------------------------ 9. validation

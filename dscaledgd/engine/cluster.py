@@ -218,8 +218,9 @@ def executor_for(
             f"The 'scheduler' parameter must be one of {{{', '.join(map(repr, SCHEDULERS))}}} "
             f"or None. Got {scheduler!r}."
         )
+    active = _active_client() if client is None and address is None else None
     if scheduler is None and client is None and address is None:
-        if _active_client() is None and not _configured_address():
+        if active is None and not _configured_address():
             scheduler = default_scheduler()
     if scheduler in ("threads", "sync"):
         if client is not None or address is not None:
@@ -239,7 +240,6 @@ def executor_for(
         with _running(DistributedExecutor(client)) as ex:
             yield ex
         return
-    active = _active_client() if address is None else None
     if active is not None:
         with _running(DistributedExecutor(active)) as ex:
             yield ex

@@ -29,6 +29,32 @@ BIN = os.path.dirname(sys.executable)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728"}
 
 
+def worker_settings(dask_worker) -> dict:
+    """What a recipe sets on a worker (for ``client.run``): environment, threads, memory
+    limit, lifetime, scratch folder. Sent by value: the workers cannot import ``tests``."""
+    import os
+
+    return {
+        "env": {k: os.environ.get(k) for k in [*MALLOC_ENV, "OPENBLAS_NUM_THREADS"]},
+        "nthreads": dask_worker.state.nthreads,
+        "memory_limit": dask_worker.memory_manager.memory_limit,
+        "lifetime": dask_worker.lifetime,
+        "local_directory": dask_worker.local_directory,
+    }
+
+
+def _ship_by_value() -> None:
+    """Functions of this module reach workers by value (cloudpickle), not by import."""
+    import sys
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+_ship_by_value()
+
+
 def load_yaml(path: Path):
     with open(path) as fh:
         return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

@@ -36,6 +36,7 @@ from ._recipes import (
     tcp_open,
     venv_env,
     wait_for_workers,
+    worker_settings,
 )
 
 SBATCH = DEPLOY / "slurm" / "dscaledgd.sbatch"
@@ -175,16 +176,7 @@ def test_sbatch_recipe_workers_have_its_settings_and_stop_on_sigterm(tmp_path, p
             assert script.poll() is None and time.time() < deadline, procs.logs()
             time.sleep(0.2)  # ours, the scheduler's own, and the job's
 
-        def settings(dask_worker):
-            return {
-                "env": {k: os.environ.get(k) for k in [*MALLOC_ENV, "OPENBLAS_NUM_THREADS"]},
-                "nthreads": dask_worker.state.nthreads,
-                "memory_limit": dask_worker.memory_manager.memory_limit,
-                "lifetime": dask_worker.lifetime,
-                "local_directory": dask_worker.local_directory,
-            }
-
-        seen = client.run(settings)
+        seen = client.run(worker_settings)
     assert len(seen) == 2
     for s in seen.values():
         assert s["env"] == {**MALLOC_ENV, "OPENBLAS_NUM_THREADS": "1"}
@@ -360,16 +352,7 @@ def test_jobqueue_job_script_starts_a_worker_that_fits(tmp_path, procs):
         procs.start(["bash", script], env=venv_env(TMPDIR=str(tmp_path)), name="jobqueue-worker")
         client.wait_for_workers(1, timeout=60)
 
-        def settings(dask_worker):
-            return {
-                "env": {k: os.environ.get(k) for k in [*MALLOC_ENV, "OPENBLAS_NUM_THREADS"]},
-                "nthreads": dask_worker.state.nthreads,
-                "memory_limit": dask_worker.memory_manager.memory_limit,
-                "lifetime": dask_worker.lifetime,
-                "local_directory": dask_worker.local_directory,
-            }
-
-        ((_, seen),) = client.run(settings).items()
+        ((_, seen),) = client.run(worker_settings).items()
         obs, truth = make_problem(3)
         res = dsg.complete(obs, 3, client=client, random_state=0)
         L, R = res.L.compute(), res.R.compute()  # blocks held by this client's workers

@@ -12,6 +12,8 @@ from dscaledgd.api import reference_copy
 from dscaledgd.engine.cluster import DistributedExecutor, ThreadExecutor
 from dscaledgd.engine.completion import CompletionEngine
 
+from ..conftest import scheduler_task_counter
+
 
 def _engine(obs, *, symmetric=False, loss="l2", kernel="fused", ex=None):
     return CompletionEngine(
@@ -143,13 +145,7 @@ def test_distributed_pass_matches_threads_bitwise(client, rng):
 def test_scheduler_task_count_is_bounded(client):
     """The scheduler's task table stays flat over 100 iterations (futures re-rooted)."""
     obs, _ = dsg.datasets.make_completion((150, 120), 3, 0.3, random_state=8, tiles=(2, 2))
-    counts = []
-
-    def cb(state):
-        if state.iteration % 10 == 0:
-            counts.append(client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
-        if state.iteration == 100:
-            raise StopIteration
+    counts, cb = scheduler_task_counter(client)
 
     res = dsg.complete(
         obs,

@@ -40,7 +40,7 @@ def _coo(Y):
     return np.argwhere(obs).astype(np.int32), Y[obs], Y.shape
 
 
-def _close(a, b, rtol=RTOL):
+def assert_close(a, b, rtol=RTOL):
     """Equal to ``rtol`` relative to the largest entry of ``b``."""
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape
@@ -68,14 +68,14 @@ def test_unfold_fold_and_mode_products(rng):
         np.testing.assert_array_equal(M, np.moveaxis(T, k, 0).reshape(T.shape[k], -1))
         np.testing.assert_array_equal(fold(M, k, T.shape), T)
         A = rng.standard_normal((6, T.shape[k]))
-        _close(unfold(mode_product(T, A, k), k), A @ M)
-        _close(mode_product(T, A, k), np.moveaxis(np.tensordot(A, T, axes=(1, k)), 0, k))
+        assert_close(unfold(mode_product(T, A, k), k), A @ M)
+        assert_close(mode_product(T, A, k), np.moveaxis(np.tensordot(A, T, axes=(1, k)), 0, k))
     mats = [rng.standard_normal((2, n)) for n in T.shape]
     ref = np.einsum("abcd,ia,jb,kc,ld->ijkl", T, *mats)
-    _close(multi_mode_product(T, mats), ref)
-    _close(multi_mode_product(T, [m.T for m in mats], transpose=True), ref)
+    assert_close(multi_mode_product(T, mats), ref)
+    assert_close(multi_mode_product(T, [m.T for m in mats], transpose=True), ref)
     skipped = multi_mode_product(T, mats, skip=2)
-    _close(skipped, np.einsum("abcd,ia,jb,ld->ijcl", T, mats[0], mats[1], mats[3]))
+    assert_close(skipped, np.einsum("abcd,ia,jb,ld->ijcl", T, mats[0], mats[1], mats[3]))
     with pytest.raises(ValueError, match="must have shape"):
         mode_product(T, mats[0], 1)
     with pytest.raises(ValueError, match="one per mode"):
@@ -92,8 +92,8 @@ def test_chunk_pass_layouts_match_reference(shape, ranks):
     for chunk in (Y, _coo(Y)):
         G, cgrad, sums = tk.chunk_pass(chunk, U, core, grad_scale)
         for g, gr in zip(G, G_ref):
-            _close(g, gr)
-        _close(cgrad, c_ref)
+            assert_close(g, gr)
+        assert_close(cgrad, c_ref)
         assert loss_scale * sums[0] == pytest.approx(loss, rel=RTOL)
         assert sums[1] == pytest.approx(np.nansum(Y**2), rel=RTOL)
 
@@ -120,8 +120,8 @@ def test_chunk_pass_summed_over_a_grid(shape, ranks):
             cgrad += c
             sums += s
         for g, gr in zip(G, G_ref):
-            _close(g, gr)
-        _close(cgrad, c_ref)
+            assert_close(g, gr)
+        assert_close(cgrad, c_ref)
         assert sums[0] / (2 * p) == pytest.approx(loss, rel=RTOL)
 
 
@@ -147,11 +147,11 @@ def test_chunk_pass_layouts_agree(seed, d, n, r, p, shuffle):
     Gd, cd, sd = tk.chunk_pass(Y, U, core, 2.0)
     Gc, cc, sc = tk.chunk_pass((idx, vals, shape), U, core, 2.0)
     for a, b in zip(Gc + [cc, sc], Gd + [cd, sd]):
-        _close(a, b)
+        assert_close(a, b)
     assert tk.chunk_residual_sumsq((idx, vals, shape), U, core) == pytest.approx(
         sd[0], rel=RTOL, abs=1e-300
     )
-    _close(tk.chunk_project((idx, vals, shape), U, 0.5), tk.chunk_project(Y, U, 0.5))
+    assert_close(tk.chunk_project((idx, vals, shape), U, 0.5), tk.chunk_project(Y, U, 0.5))
 
 
 def test_chunk_pass_rejects_bad_inputs():
@@ -186,14 +186,14 @@ def test_reference_pass_matches_finite_differences(shape, ranks):
             Up[k][i] += h
             Um[k][i] -= h
             fd[i] = (loss(Up, core) - loss(Um, core)) / (2 * h)
-        _close(G[k], fd, rtol=1e-6)
+        assert_close(G[k], fd, rtol=1e-6)
     fd = np.zeros_like(core)
     for i in np.ndindex(*core.shape):
         cp, cm = core.copy(), core.copy()
         cp[i] += h
         cm[i] -= h
         fd[i] = (loss(U, cp) - loss(U, cm)) / (2 * h)
-    _close(cgrad, fd, rtol=1e-6)
+    assert_close(cgrad, fd, rtol=1e-6)
 
 
 # ------------------------------------------------------------------ small Grams
@@ -204,7 +204,7 @@ def test_breve_gram_and_x_norm2(shape, ranks):
     for k in range(len(shape)):
         Ub = breve(core, U, k)
         assert Ub.shape == (np.prod(shape) // shape[k], ranks[k])
-        _close(tk.breve_gram(core, FF, k), Ub.T @ Ub)
+        assert_close(tk.breve_gram(core, FF, k), Ub.T @ Ub)
     assert tk.x_norm2(core, FF) == pytest.approx(np.sum(full(core, U) ** 2), rel=RTOL)
 
 
@@ -216,10 +216,10 @@ def test_mode_matvecs_and_project(shape, ranks, rng):
     for chunk in (Y, _coo(Y)):
         for k in range(len(shape)):
             V = rng.standard_normal((shape[k], 3))
-            _close(tk.mode_rmatvec(chunk, k, V), unfold(Y0, k).T @ V)
+            assert_close(tk.mode_rmatvec(chunk, k, V), unfold(Y0, k).T @ V)
             W = rng.standard_normal((Y.size // shape[k], 2))
-            _close(tk.mode_matvec(chunk, k, W), unfold(Y0, k) @ W)
-        _close(tk.chunk_project(chunk, U, 2.5), 2.5 * _project_einsum(Y0, U))
+            assert_close(tk.mode_matvec(chunk, k, W), unfold(Y0, k) @ W)
+        assert_close(tk.chunk_project(chunk, U, 2.5), 2.5 * _project_einsum(Y0, U))
     with pytest.raises(ValueError, match="V must have shape"):
         tk.mode_rmatvec(Y, 0, np.ones((shape[0] + 1, 2)))
     with pytest.raises(ValueError, match="W must have shape"):
@@ -236,7 +236,7 @@ def test_chunk_stats(shape):
         assert nnz == obs.sum()
         assert sumsq == pytest.approx(np.sum(Y0**2), rel=RTOL)
         for k in range(len(shape)):
-            _close(rowsq[k], np.diag(unfold(Y0, k) @ unfold(Y0, k).T))
+            assert_close(rowsq[k], np.diag(unfold(Y0, k) @ unfold(Y0, k).T))
             assert counts[k].dtype == np.int64
             np.testing.assert_array_equal(counts[k], unfold(obs, k).sum(axis=1))
 
@@ -246,8 +246,8 @@ def test_reference_spectral_is_exact_on_a_full_low_rank_tensor():
     X = datasets.tucker_tensor(core, U)
     S0, U0 = tk.reference_spectral(X, (3, 2, 2), 1.0)
     for u, u0 in zip(U, U0):
-        _close(u0 @ u0.T, u @ u.T, rtol=1e-10)  # same subspaces
-    _close(full(S0, U0), X, rtol=1e-10)
+        assert_close(u0 @ u0.T, u @ u.T, rtol=1e-10)  # same subspaces
+    assert_close(full(S0, U0), X, rtol=1e-10)
 
 
 # ------------------------------------------------------------------ predict
@@ -257,7 +257,7 @@ def test_predict(monkeypatch, rng):
     X = full(core, U)
     idx = np.stack([rng.integers(0, n, 1000) for n in shape], axis=1)
     monkeypatch.setattr(tk, "PREDICT_BATCH", 128)  # several batches
-    _close(tk.predict(idx, U, core), X[tuple(idx.T)])
+    assert_close(tk.predict(idx, U, core), X[tuple(idx.T)])
     assert tk.predict(idx[:0], U, core).shape == (0,)
     with pytest.raises(ValueError, match="outside the tensor"):
         tk.predict(idx + np.array([0, 0, 0, 1]), U, core)
@@ -272,10 +272,10 @@ def test_tucker_instance():
     core2, _ = datasets.tucker_instance(shape, ranks, kappa=5, random_state=0)
     np.testing.assert_array_equal(core, core2)
     for u in U:
-        _close(u.T @ u, np.eye(u.shape[1]), rtol=1e-14)
+        assert_close(u.T @ u, np.eye(u.shape[1]), rtol=1e-14)
     c = np.sqrt(np.prod(shape) / ranks[0])
     s = np.linalg.svd(unfold(core, 0), compute_uv=False)
-    _close(s, c * np.linspace(1, 1 / 5, ranks[0]))
+    assert_close(s, c * np.linspace(1, 1 / 5, ranks[0]))
     for basis in ("rademacher", "gaussian"):  # RMS entry exactly 1 at κ = 1
         X = datasets.tucker_tensor(
             *datasets.tucker_instance(shape, ranks, basis=basis, random_state=1)
@@ -286,9 +286,9 @@ def test_tucker_instance():
 def test_tucker_instance_circulant_core_has_flat_other_modes():
     core, _ = datasets.tucker_instance((8, 8, 8, 8), 3, kappa=10, random_state=0)
     s = [np.linalg.svd(unfold(core, k), compute_uv=False) for k in range(4)]
-    _close(s[0] / s[0][0], np.linspace(1, 0.1, 3))
+    assert_close(s[0] / s[0][0], np.linspace(1, 0.1, 3))
     for k in range(1, 4):
-        _close(s[k], np.full(3, s[k][0]))
+        assert_close(s[k], np.full(3, s[k][0]))
     with pytest.raises(InvalidParameterError, match="equal ranks"):
         datasets.tucker_instance((8, 8, 8), (3, 2, 2), core="circulant")
     with pytest.raises(InvalidParameterError, match="prod of the"):
