@@ -32,6 +32,7 @@ from .cli_common import (  # noqa: F401  (re-exported: the subcommand modules an
     _scheduler,
     _write_json,
     check_out,
+    respell,
     run_kwargs,
     summary,
 )
@@ -291,6 +292,17 @@ def _result_facts(res) -> dict:
 
 
 # ----------------------------------------------------------------- parser
+def _cmd_resume(args) -> int:
+    """``dscaledgd resume DIR [OPTIONS]``: the stored command line + OPTIONS + ``--resume``."""
+    from .storage.checkpoints import stored_command
+
+    argv, cwd = stored_command(args.dir)
+    d = os.path.abspath(args.dir)
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)  # the stored paths are relative to where the run started
+    return main([*argv, *args.options, "--checkpoint", d, "--resume"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dscaledgd",
@@ -401,6 +413,18 @@ def build_parser() -> argparse.ArgumentParser:
     common(e, "also write the metrics as JSON to this path", runs=False)
     e.set_defaults(func=_cmd_evaluate)
 
+    rs = sub.add_parser(
+        "resume",
+        help="continue a checkpointed run: the command that wrote DIR, from its newest checkpoint",
+        description="Repeat the command that wrote the checkpoints in DIR (complete, rpca or "
+        "tensor-complete with --checkpoint DIR), from its newest intact checkpoint. Options "
+        "given after DIR replace the stored ones, e.g. --max-iter 1000 or --scheduler-file "
+        "PATH (the data and the fit's parameters must stay the same).",
+    )
+    rs.add_argument("dir", metavar="DIR", help="the checkpoint directory (--checkpoint DIR)")
+    rs.add_argument("options", nargs=argparse.REMAINDER, help="options to change")
+    rs.set_defaults(func=_cmd_resume, out=None, overwrite=False)
+
     f = sub.add_parser(
         "info",
         help="versions, machine, and a store's description",
@@ -423,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dscaledgd: error: {exc}", file=sys.stderr)
         return 1
     args = parser.parse_args(argv)
+    from .storage.checkpoints import CLI_ARGV
+
+    argv_token = CLI_ARGV.set({"argv": argv, "cwd": os.getcwd()})  # for dscaledgd resume DIR
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -442,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(parser, args)
     finally:
         warnings.showwarning = shown
+        CLI_ARGV.reset(argv_token)
 
 
 def _run(parser, args) -> int:
@@ -471,7 +499,7 @@ def _run(parser, args) -> int:
         ClusterError,
         DivergenceError,
     ) as exc:
-        msg = " ".join(str(exc).split()).replace("overwrite=True", "--overwrite")
+        msg = respell(" ".join(str(exc).split()))
         print(f"dscaledgd {args.command}: error: {msg}", file=sys.stderr)
         return 1
 

@@ -12,7 +12,7 @@ import tempfile
 
 __all__ = [
     "SCHEDULER_NAMES", "check_out", "run_kwargs", "summary", "fraction", "nonneg",
-    "solver_options",
+    "solver_options", "respell",
 ]  # fmt: skip
 
 
@@ -116,6 +116,9 @@ def run_kwargs(args) -> dict:
         "tol": args.tol,
         "random_state": args.seed,
         "progress": None if args.progress else False,
+        "checkpoint": args.checkpoint,
+        "checkpoint_interval": args.checkpoint_interval,
+        "resume": args.resume,
         **_executor_kwargs(args.scheduler, getattr(args, "scheduler_file", None)),
     }
 
@@ -142,12 +145,28 @@ def _pair(text: str) -> tuple[int, int]:
     return a, b
 
 
+#: Python spellings in API messages, and what a command-line user types instead
+_SPELLING = (
+    ("overwrite=True", "--overwrite"),
+    ("resume=True", "--resume"),
+    ("resume='auto'", "--resume auto"),
+    ("checkpoint=DIR", "--checkpoint DIR"),
+)
+
+
+def respell(msg: str) -> str:
+    """An API message in command-line spelling (``overwrite=True`` → ``--overwrite``)."""
+    for py, cli in _SPELLING:
+        msg = msg.replace(py, cli)
+    return msg
+
+
 def _one_line_warning(command: str):
     """A ``warnings.showwarning`` printing ``dscaledgd CMD: Category: message`` on one line
     (no source file and line, CLI spelling)."""
 
     def show(message, category, filename, lineno, file=None, line=None):
-        text = " ".join(str(message).split()).replace("overwrite=True", "--overwrite")
+        text = respell(" ".join(str(message).split()))
         print(f"dscaledgd {command}: {category.__name__}: {text}", file=file or sys.stderr)
 
     return show
@@ -185,3 +204,11 @@ def solver_options(sp, *, step_help: str = "fixed step (default adaptive)") -> N
                     help="stop at this relative residual (default 1e-10)")  # fmt: skip
     sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument("--progress", action="store_true", help="show a progress bar")
+    sp.add_argument("--checkpoint", metavar="DIR", default=None,
+                    help="write a checkpoint to DIR every --checkpoint-interval iterations "
+                    "(continue a killed run with: dscaledgd resume DIR)")  # fmt: skip
+    sp.add_argument("--checkpoint-interval", metavar="N", type=_positive_int, default=10,
+                    help="iterations between checkpoints (default 10)")  # fmt: skip
+    sp.add_argument("--resume", nargs="?", const=True, default=False, choices=("auto",),
+                    help="continue from the newest checkpoint in --checkpoint DIR; "
+                    "'--resume auto': only when there is one (requeued jobs)")  # fmt: skip

@@ -74,17 +74,71 @@ RUN_KEYS = (
     "rank", "method", "loss", "symmetric", "damping", "init", "init_scale", "step_size",
     "reg", "max_iter", "tol", "stall_tol", "patience", "random_state", "callback",
     "progress", "scheduler", "address", "init_power_iter",
+    "checkpoint", "checkpoint_interval", "resume",
+)  # fmt: skip
+
+#: parameters that do not change the trajectory: left out of a checkpoint's config_hash
+#: (a run may be resumed with a larger max_iter, on another cluster, at another interval)
+NOT_HASHED = (
+    "max_iter", "tol", "scheduler", "address", "progress", "callback",
+    "checkpoint", "checkpoint_interval", "resume",
 )  # fmt: skip
 
 
 def collect_params(func: str, scope: dict, **overrides) -> dict:
-    """The run parameters from an entry point's arguments (``scope``), validated."""
+    """The run parameters from an entry point's arguments (``scope``), validated.
+
+    With ``checkpoint`` given, its directory is checked (and created) here,
+    before any data is read: ``params["_checkpoints"]`` is the
+    :class:`~dscaledgd.storage.checkpoints.Checkpoints`.
+    """
     params = {k: scope[k] for k in RUN_KEYS if k in scope}
     params.update(overrides)
     validate_params(func, params, COMMON)
     if params.get("scheduler") is not None:
         check_choice(func, "scheduler", params["scheduler"], SCHEDULERS)
+    if params.get("checkpoint") is not None:
+        from ..storage.checkpoints import Checkpoints
+
+        params["_checkpoints"] = Checkpoints(
+            params["checkpoint"],
+            interval=params.get("checkpoint_interval", 10),
+            resume=params.get("resume", False),
+            func=func,
+        )
+    elif params.get("resume") not in (None, False):
+        raise InvalidParameterError(
+            f"The 'resume' parameter of {func} needs checkpoint=DIR (the directory to resume "
+            f"from). Got resume={params['resume']!r} without a checkpoint directory."
+        )
     return params
+
+
+def run_config(engine, rank, params: dict, desc: str) -> dict:
+    """What decides a run's trajectory: its parameters, the rank and a data fingerprint
+    (shape, ``‖data‖²`` and the observed fraction to 12 digits, and what the entry point
+    adds as ``params["_fingerprint"]``). Hashed into a checkpoint's ``config_hash``."""
+    import hashlib
+
+    out = {"method_of": desc, "rank": np.asarray(rank).tolist()}
+    for k, v in params.items():
+        if k in NOT_HASHED or k.startswith("_"):
+            continue
+        if isinstance(v, tuple) and k == "init":  # a warm start: its arrays' digest
+            h = hashlib.sha256()
+            for a in v:
+                h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+            v = "warm-start:" + h.hexdigest()[:16]
+        elif not isinstance(v, int | float | str | bool | type(None) | list | tuple | dict):
+            v = type(v).__name__  # a Generator: its seed was drawn once, and is stored
+        out[k] = v
+    out["data"] = {
+        "sizes": [int(b[-1]) for b in engine.factor_bounds],
+        "value_norm2": f"{float(engine.value_norm2):.12g}",
+        "p": f"{float(engine.p):.12g}",
+        **params.get("_fingerprint", {}),
+    }
+    return out
 
 
 def as_observations(obs, func: str, name: str = "obs") -> Observations:
@@ -285,12 +339,33 @@ def solve(
 
 
 def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
-    seed = int(rng.integers(2**62))
-    with engine.ex.span("dscaledgd-init"):
-        if initial is not None:
-            state, values, init_passes = initial(engine, seed)
-        else:
-            state, values, init_passes = initial_state(engine, rank, seed, params)
+    ckpt = params.get("_checkpoints")
+    resumed = None
+    if ckpt is not None:
+        ckpt.bind(run_config(engine, rank, params, desc))
+        resumed = ckpt.load()
+    if resumed is not None:  # the initialisation is in the checkpoint
+        from ..solvers.resume import dec
+
+        solve_meta = resumed["meta"]["state"]["solve"]
+        seed, state = int(solve_meta["seed"]), None
+        values = np.asarray(dec(solve_meta["init_values"]), dtype=np.float64)
+        init_passes = int(solve_meta["init_passes"])
+    else:
+        seed = int(rng.integers(2**62))
+        with engine.ex.span("dscaledgd-init"):
+            if initial is not None:
+                state, values, init_passes = initial(engine, seed)
+            else:
+                state, values, init_passes = initial_state(engine, rank, seed, params)
+    if ckpt is not None:
+        from ..solvers.resume import enc
+
+        ckpt.solve_meta = {
+            "seed": seed,
+            "init_values": enc([float(v) for v in np.ravel(values)]),
+            "init_passes": int(init_passes),
+        }
     sigma1 = float(values[0]) if len(values) and values[0] > 0 else 1.0
     method = params["method"]
     precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
@@ -344,6 +419,8 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
         norm_ref=norm_ref,
         desc=desc,
         reseed=_reseed(engine, rule, params),
+        checkpoint=ckpt,
+        resume=resumed,
     )
     factors = tuple(_finalize(engine.ex, F) for F in out.state)
     info = {
@@ -359,6 +436,9 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
         "tiles": list(engine.grid),
         "cache": engine.cache,
     }
+    if ckpt is not None:
+        info["checkpoint"] = ckpt.path
+        info["resumed_from"] = None if resumed is None else int(resumed["meta"]["n_iter"])
     stored = {k: v for k, v in params.items() if k not in ("callback",) and not k.startswith("_")}
     if isinstance(stored["init"], tuple):
         stored["init"] = "warm-start"

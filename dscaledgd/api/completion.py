@@ -58,6 +58,9 @@ def complete(
     init_power_iter: int = 4,
     callback=None,
     progress: bool | None = None,
+    checkpoint=None,
+    checkpoint_interval: int = 10,
+    resume: bool | str = False,
     _oracle: bool = False,
 ) -> SolveResult:
     r"""Complete a partially observed low-rank matrix with ScaledGD.
@@ -154,6 +157,19 @@ def complete(
         ``StopIteration`` to stop.
     progress : bool, optional
         Show a tqdm bar; default only when stderr is a terminal.
+    checkpoint : str or PathLike, optional
+        A directory for checkpoints: every ``checkpoint_interval`` iterations
+        (and at ``max_iter``) the iterate, the best iterate, the history and
+        the solver's state are written there as one Zarr group, atomically;
+        the last 3 are kept. See ``docs/checkpoints.md``.
+    checkpoint_interval : int, default 10
+    resume : bool or "auto", default False
+        Continue from the newest intact checkpoint in ``checkpoint`` (same
+        data and parameters; ``max_iter``, ``tol`` and where it runs may
+        change). The resumed run reaches the answer an uninterrupted run
+        would, bit for bit on the same tile grid. ``"auto"``: resume when
+        there is a checkpoint, else start (requeued batch jobs). ``False``
+        refuses a directory that already holds checkpoints.
 
     Returns
     -------
@@ -201,6 +217,8 @@ def complete(
             "model has no biases). Pass center=False."
         )
     params = collect_params(func, locals(), center=center)
+    if "_checkpoints" in params:  # which entries are observed, beyond their count and norm
+        params["_fingerprint"] = {"counts": counts_digest(obs.row_counts, obs.col_counts)}
     if symmetric and obs.shape[0] != obs.shape[1]:
         raise InvalidParameterError(
             f"The 'symmetric' parameter of complete is True but the observations have shape "
@@ -244,6 +262,16 @@ def complete(
             return solve(engine, rank, rng, params, desc="complete")
         finally:
             engine.close()
+
+
+def counts_digest(*counts) -> str:
+    """A short SHA-256 of per-row/column observation counts (a checkpoint's data fingerprint)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in counts:
+        h.update(np.ascontiguousarray(c, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def reference_copy(obs: Observations) -> Observations:

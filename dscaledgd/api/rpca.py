@@ -50,6 +50,9 @@ def rpca(
     scheduler: str | None = None,
     callback=None,
     progress: bool | None = None,
+    checkpoint=None,
+    checkpoint_interval: int = 10,
+    resume: bool | str = False,
 ) -> SolveResult:
     r"""Robust PCA: split ``Y`` into a low-rank ``L Rᵀ`` and a sparse ``S``.
 
@@ -86,7 +89,8 @@ def rpca(
         observed entry is 0 the exact fit ``L Rᵀ = 0, S = 0`` is returned
         (status ``"converged"``).
     method, damping, init, step_size, max_iter, tol, stall_tol, patience,
-    init_power_iter, random_state, client, address, scheduler, callback, progress
+    init_power_iter, random_state, client, address, scheduler, callback, progress,
+    checkpoint, checkpoint_interval, resume
         As in :func:`dscaledgd.complete`. Initialisation: ``S₀ = T_α(Y)``,
         then ``SVD_r(Y − S₀)`` (randomized, on the blocks). The default step
         is the papers' ``η = 0.5`` with the adaptive damping and guard.

@@ -74,6 +74,9 @@ def sense(
     cache: str = "auto",
     callback=None,
     progress: bool | None = None,
+    checkpoint=None,
+    checkpoint_interval: int = 10,
+    resume: bool | str = False,
 ) -> SolveResult:
     r"""Recover a low-rank matrix from linear or quadratic measurements.
 
@@ -128,7 +131,8 @@ def sense(
     shape : (n1, n2), optional
         The matrix shape, when ``operator`` is an array.
     max_iter, tol, stall_tol, patience, random_state, client, address,
-    scheduler, cache, callback, progress
+    scheduler, cache, callback, progress,
+    checkpoint, checkpoint_interval, resume
         As in :func:`dscaledgd.complete`; ``tol`` bounds the relative
         residual ``‖A(X) − y‖/‖y‖`` (with outliers it never reaches 0). For
         l1, ``stall_tol`` bounds the relative step ``‖ΔX‖/‖X‖`` instead of the

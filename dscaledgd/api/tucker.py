@@ -153,6 +153,9 @@ def tucker_complete(
     init_power_iter: int = 4,
     callback=None,
     progress: bool | None = None,
+    checkpoint=None,
+    checkpoint_interval: int = 10,
+    resume: bool | str = False,
 ) -> SolveResult:
     """Complete a partially observed tensor with a low Tucker rank model (ScaledGD).
 
@@ -192,6 +195,7 @@ def tucker_complete(
     init_power_iter : int
         Subspace iterations of the spectral initialisation (per mode).
     callback, progress : as for :func:`complete`.
+    checkpoint, checkpoint_interval, resume : checkpoints, as for :func:`complete`.
 
     Returns
     -------

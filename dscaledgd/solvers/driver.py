@@ -116,6 +116,11 @@ class Driver:
             h.setdefault("validation", []).append(stats.extra["validation"])
         return len(h["loss"]) - 1
 
+    def resumed(self, n_iter: int) -> None:
+        """The run continues from a checkpoint at iteration ``n_iter`` (the bar catches up)."""
+        if self.bar is not None:
+            self.bar.update(n_iter)
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 

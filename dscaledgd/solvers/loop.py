@@ -61,6 +61,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from . import resume as resume_
 from .driver import Driver, LoopConfig, LoopOutcome
 from .scaledgd import (
     GramSolveError,
@@ -85,6 +86,8 @@ class _Point:
     k: int = -1
     #: a re-seeded point: its history entry still describes the point it replaced
     reseeded: bool = False
+    #: the iteration index its pass was made for
+    it: int = 0
 
 
 def _finite(stats) -> bool:
@@ -104,11 +107,19 @@ def run(
     norm_ref: float,
     desc: str = "dscaledgd",
     reseed=None,
+    checkpoint=None,
+    resume=None,
 ) -> LoopOutcome:
     """Iterate from ``state`` until a stopping rule fires. See the module docstring.
 
     ``reseed``: an optional :class:`~dscaledgd.solvers.reseed.CoherentReseed`
     applied to every accepted point (its extra pass is counted).
+
+    ``checkpoint``: an object with ``due(n_iter, max_iter)`` and
+    ``save(n_iter, meta, arrays)`` (:class:`dscaledgd.storage.checkpoints.Checkpoints`)
+    and a ``solve_meta`` dict stored with each snapshot; ``resume``: a
+    checkpoint read back, to continue from instead of ``state``
+    (:mod:`.resume`).
     """
     drv = Driver(cfg, desc)
 
@@ -117,26 +128,41 @@ def run(
             st = engine.materialize(st)
         pas = engine.pass_(st, it)
         drv.passes += 1
-        return _Point(st, pas, with_ridge(engine.scalars(pas), cfg.reg))
+        return _Point(st, pas, with_ridge(engine.scalars(pas), cfg.reg), it=it)
 
     try:
-        cur = evaluate(state, 0)
-        if not _finite(cur.stats):
-            raise FloatingPointError(
-                "The initial point has a non-finite loss or Gram; the initialisation failed. "
-                "Check the data scale, or pass init='random'."
-            )
-        guard = _Guard(cur.stats, norm_ref, rule, cfg.guard_on)
-        cur.k = drv.record(cur.stats)
-        drv.start_validation(cur)
-        rule.start(cur.stats)
-        best = cur
-        status, message, n_iter, quiet = None, "", 0, 0
+        if resume is None:
+            cur = evaluate(state, 0)
+            if not _finite(cur.stats):
+                raise FloatingPointError(
+                    "The initial point has a non-finite loss or Gram; the initialisation "
+                    "failed. Check the data scale, or pass init='random'."
+                )
+            guard = _Guard(cur.stats, norm_ref, rule, cfg.guard_on)
+            cur.k = drv.record(cur.stats)
+            drv.start_validation(cur)
+            rule.start(cur.stats)
+            best = cur
+            n_iter, quiet = 0, 0
+        else:
+            pts = resume_.restore_points(resume, engine, evaluate)
+            cur, best, drv.best_val = pts["cur"], pts["best"], pts["best_val"]
+            guard = _Guard(cur.stats, norm_ref, rule, cfg.guard_on)
+            n_iter, quiet = resume_.restore_objects(resume, rule, guard, reseed, drv)
+            drv.resumed(n_iter)
+        status, message, saved = None, "", n_iter
         while status is None:
             if cur.stats.residual <= cfg.tol:
                 status = "converged"
                 message = f"relative residual {cur.stats.residual:.3g} <= tol={cfg.tol:g}"
                 break
+            if checkpoint is not None and n_iter != saved and checkpoint.due(n_iter, cfg.max_iter):
+                points = {"cur": cur, "best": best, "best_val": drv.best_val}
+                meta, arrays = resume_.snapshot(
+                    n_iter, quiet, points, rule, guard, reseed, drv, checkpoint.solve_meta
+                )
+                checkpoint.save(n_iter, meta, arrays)
+                saved = n_iter
             if n_iter >= cfg.max_iter:
                 status = "max_iter"
                 message = (
