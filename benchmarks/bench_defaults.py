@@ -7,7 +7,7 @@ embedded 2-worker LocalCluster (``scheduler="distributed"``, its start counted: 
 default), alternating, median of ``--rounds``. Cases: the demo instance (1500×1100,
 r = 8, κ = 1000, p = 0.25), the README's synthetic instance (2000×2000, r = 10, κ = 100,
 p = 0.2), the README's RPCA example (200×150, r = 3, 5% outliers) and, when the data is
-present, the MovieLens recipe (ml-latest-small, rank 40, reg 300, biases, validation).
+present, the MovieLens recipe (ml-latest-small, rank 40, reg 0.1, biases, validation).
 Goal: default ÷ threads ≤ 1.2.
 
 Part ``latency``: seconds per ScaledGD iteration on a 1000×1000 instance (r = 5, p = 0.2)
@@ -59,7 +59,7 @@ def _cases(data):
 
         def movielens(**kw):
             return dsg.complete(
-                fit, rank=40, reg=300, center="biases", validation=val, patience=20, **kw
+                fit, rank=40, reg=0.1, center="biases", validation=val, patience=20, **kw
             )
 
         cases.append(("MovieLens recipe (small)", movielens))

@@ -94,6 +94,23 @@ class Instance:
         return self.name
 
 
+class PairOf:
+    """Two values (a tuple or list), each accepted by ``inner`` (e.g. a per-side ``reg``)."""
+
+    def __init__(self, inner, what: str = "(rows, columns)"):
+        self.inner, self.what = inner, what
+
+    def accepts(self, value: Any) -> bool:
+        return (
+            isinstance(value, tuple | list)
+            and len(value) == 2
+            and all(self.inner.accepts(v) for v in value)
+        )
+
+    def describe(self) -> str:
+        return f"a pair {self.what} of those"
+
+
 class Callable_:
     """Any callable."""
 

@@ -151,6 +151,9 @@ _SPELLING = (
     ("resume=True", "--resume"),
     ("resume='auto'", "--resume auto"),
     ("checkpoint=DIR", "--checkpoint DIR"),
+    ("sparsifier='fraction'", "--sparsifier fraction"),
+    ("sparsifier='adaptive'", "--sparsifier adaptive"),
+    ("alpha=0.1", "--alpha 0.1"),
 )
 
 
@@ -190,6 +193,15 @@ def fraction(text: str) -> float:
 def nonneg(text: str) -> float:
     """A number ≥ 0 (``--reg``, ``--damping``, ``--stall-tol``)."""
     return _number(text, lambda v: v >= 0, "a number >= 0")
+
+
+def reg_value(text: str):
+    """``--reg``: one number ≥ 0, or two (``rows,columns``)."""
+    parts = text.split(",")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected REG or REG_ROWS,REG_COLS; got {text!r}")
+    values = tuple(nonneg(p) for p in parts)
+    return values[0] if len(values) == 1 else values
 
 
 def solver_options(sp, *, step_help: str = "fixed step (default adaptive)") -> None:

@@ -4,7 +4,7 @@ Splits the ratings 90/10 (train/test) with a fixed seed, holds out 10% of the
 training part for validation, fits, reports the test RMSE and writes a
 convergence plot (train and validation RMSE per iteration).
 
-    python examples/movielens.py [PATH_OR_NAME] [--rank 40] [--reg 300] [--out DIR]
+    python examples/movielens.py [PATH_OR_NAME] [--rank 40] [--reg 0.1] [--out DIR]
 
 PATH_OR_NAME defaults to ../shared/data/movielens-latest-small when present,
 else "ml-latest-small" (downloaded from GroupLens on first use).
@@ -32,7 +32,7 @@ def main() -> None:
         "source", nargs="?", default=LOCAL if os.path.isdir(LOCAL) else "ml-latest-small"
     )
     ap.add_argument("--rank", type=int, default=40)
-    ap.add_argument("--reg", type=float, default=300.0)
+    ap.add_argument("--reg", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(HERE, "_out"))
     args = ap.parse_args()

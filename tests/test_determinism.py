@@ -1,4 +1,4 @@
-"""Determinism across schedulers (README, "Determinism").
+"""Determinism across schedulers (docs/data-model.md, "Determinism").
 
 The same seed, data and tile grid give the same iterates on every scheduler
 up to floating-point rounding: reductions run in a fixed order, but NumPy's

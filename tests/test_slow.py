@@ -56,5 +56,5 @@ def test_movielens_example_runs(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     rmse = float(out.stdout.split("test RMSE ")[1].split()[0])
-    assert rmse < 0.87  # measured 0.840; the bias-only model gets 0.860
+    assert rmse < 0.865  # measured 0.858 (reg 0.1); the bias-only model gets 0.860
     assert (tmp_path / "movielens_convergence.png").stat().st_size > 5000

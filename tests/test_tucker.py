@@ -19,7 +19,7 @@ What is checked, with the tolerances measured on this machine (2 cores):
   twice ScaledGD's count (asserted: not converged, residual > 1e-3).
 * **Determinism.** sync, threads and a 2-process LocalCluster give bit-identical
   core, factors and history (fixed-order tree sums); asserted to 1e-12 like the
-  matrix methods (README, "Determinism").
+  matrix methods (docs/data-model.md, "Determinism").
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from .._validation import (
     Instance,
     Interval,
     Options,
+    PairOf,
     check_choice,
     check_param,
     validate_params,
@@ -59,7 +60,7 @@ COMMON = {
     "init_scale": [Interval("real", 0, None, "neither")],
     "step_size": [NONE, Interval("real", 0, 10, "right"), Options(("polyak", "geometric"))],
     "init_power_iter": [Interval("int", 0, 100)],
-    "reg": [Interval("real", 0, None, "left")],
+    "reg": [Interval("real", 0, None, "left"), PairOf(Interval("real", 0, None, "left"))],
     "random_state": RANDOM_STATE,
     "callback": CALLABLE_OR_NONE,
     "progress": [NONE, *_BOOL],
@@ -317,7 +318,7 @@ def _reseed(engine, rule, params: dict):
         engine.spec.reseed_coherent
         and isinstance(rule, _sgd.AdaptiveStep)
         and rule.c0 > 0
-        and params["reg"] == 0
+        and not np.any(np.asarray(params["reg"]) > 0)
         and not engine.symmetric
     )
     return CoherentReseed() if on else None
@@ -398,7 +399,7 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
         patience=params["patience"],
         callback=params["callback"],
         progress=params["progress"],
-        reg=params["reg"],
+        reg=params.get("_ridge", params["reg"]),
         seed=seed + 2,
         guard_on=engine.spec.guard_on,
     )

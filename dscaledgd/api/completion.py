@@ -113,9 +113,15 @@ def complete(
         ScaledSM rule for l1. A float fixes ``η`` as in the papers (``0.5``
         reproduces them).
     reg : float, default 0.0
-        Ridge penalty: the objective becomes ``f + (reg/2)(‖L‖² + ‖R‖²)``.
-        The step stays ``−η (∇f + reg·F) P`` with ``P`` SPD, a descent step
-        for the regularised objective. Also regularises the biases.
+        Ridge penalty in the units of Spark ALS's ``regParam`` (ALS-WR, also
+        Surprise's and implicit's per-rating convention): each row's and
+        column's penalty is ``reg`` times its number of observations,
+        ``Σ_Ω (y − <L_i, R_j>)²/2 + (reg/2)(Σ n_i ‖L_i‖² + Σ m_j ‖R_j‖²)``
+        (divided by ``p``, as the loss is). A value tuned for Spark carries
+        over (MovieLens: 0.05–0.1). The step stays the derived block-Hessian
+        step ``−η W⁻¹(∇f + reg·W F) P`` with ``P = (H + reg_k I)⁻¹``, a descent
+        step for the regularised objective. Also regularises the biases
+        (``reg · n_i`` each).
     center : {False, True, "mean", "biases"}, default False
         Fit a global mean (``True``/``"mean"``), or the mean and row/column
         biases (``"biases"``, alternating ridge regression with ``reg``),
@@ -211,6 +217,11 @@ def complete(
                 f"observations {obs.shape}. Got {validation.shape}. Split one Observations with "
                 "obs.split(...)."
             )
+    if symmetric and np.ndim(reg) != 0:
+        raise InvalidParameterError(
+            f"The 'reg' parameter of complete must be one number with symmetric=True (the PSD "
+            f"model has one factor). Got {reg!r}."
+        )
     if center and symmetric:
         raise InvalidParameterError(
             "The 'center' parameter of complete is not supported with symmetric=True (the PSD "
@@ -256,12 +267,30 @@ def complete(
                 params["_offsets"] = {"mean": mu, "row_bias": b, "col_bias": c}
             if validation is not None:
                 engine.set_validation(validation)
-            if reg > 0:
+            if np.any(np.asarray(reg) > 0):
                 engine.set_row_weights()
+                params["_ridge"] = ridge_per_factor(reg, obs, symmetric)
             params["_ids"] = {"row": obs.row_ids, "col": obs.col_ids}
             return solve(engine, rank, rng, params, desc="complete")
         finally:
             engine.close()
+
+
+def ridge_per_factor(reg: float, obs: Observations, symmetric: bool) -> tuple:
+    """``reg`` in Spark ALS's units (ALS-WR: ``λ n_i`` per row) as the loop's ``reg_k``.
+
+    The objective is ``(1/2p) Σ_Ω (y − <L_i, R_j>)² + (reg/2p) Σ_k Σ_i n_i ‖F_k[i]‖²``,
+    i.e. ``1/p`` times Spark's ``½ Σ_Ω (…)² + (λ/2) Σ n_i ‖·‖²``. The engine's row
+    weights are ``w_i = n_i / mean(n)`` (mean over observed rows), so factor ``k``'s
+    ridge is ``reg_k = reg · mean(n_k) / p``.
+    """
+    counts = [obs.row_counts + obs.col_counts] if symmetric else [obs.row_counts, obs.col_counts]
+    regs = [reg] * len(counts) if np.ndim(reg) == 0 else list(reg)
+    out = []
+    for n, rk in zip(counts, regs):
+        n = np.asarray(n, dtype=np.float64)
+        out.append(float(rk) * float(n[n > 0].mean()) / obs.density)
+    return tuple(out)
 
 
 def counts_digest(*counts) -> str:

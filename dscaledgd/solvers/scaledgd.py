@@ -106,13 +106,17 @@ class Preconditioner:
         self.kind = kind
         self.sigma1 = float(sigma1)
 
-    def matrices(self, stats, step: Step) -> list:
-        """Per factor ``P_k`` (each ``r_k × r_k``; Tucker ranks may differ per mode)."""
+    def matrices(self, stats, step: Step, ridge=0.0) -> list:
+        """Per factor ``P_k`` (each ``r_k × r_k``; Tucker ranks may differ per mode).
+
+        ``ridge``: the ridge's curvature ``reg_k`` per factor (or one for all),
+        added to the damping: ``P_k = (H_k + (λ + reg_k) I + …)⁻¹``.
+        """
         if self.kind == "identity":
             return [np.eye(len(Hk)) / self.sigma1 for Hk in stats.H]
         out = []
-        for Hk, FFk in zip(stats.H, stats.FF):
-            M = Hk + step.damping * np.eye(len(Hk))
+        for Hk, FFk, rk in zip(stats.H, stats.FF, per_factor(ridge, len(stats.H))):
+            M = Hk + (step.damping + rk) * np.eye(len(Hk))
             if step.mu > 0:
                 M = M + step.mu * spd_solve_identity(FFk)
             out.append(spd_solve_identity(M))
@@ -125,7 +129,7 @@ class Preconditioner:
         return [spd_solve_identity(FF + step.damping * np.eye(len(FF))) for FF in stats.FF]
 
 
-def make_update(precond: Preconditioner, P: list, stats, state, step: Step, reg: float = 0.0):
+def make_update(precond: Preconditioner, P: list, stats, state, step: Step, reg=0.0):
     """The :class:`~dscaledgd.problems.spec.Update` of one step of size ``step.eta``.
 
     Factors: :func:`update_matrices`. Each small parameter ``S`` with a
@@ -143,34 +147,44 @@ def make_update(precond: Preconditioner, P: list, stats, state, step: Step, reg:
     return Update(A, B, params)
 
 
-def with_ridge(stats, reg: float):
+def per_factor(reg, n: int) -> list:
+    """``reg`` as one float per factor (a scalar applies to every factor)."""
+    if np.ndim(reg) == 0:
+        return [float(reg)] * n
+    return [float(r) for r in reg]
+
+
+def with_ridge(stats, reg):
     """The loss of the regularised objective from the pass statistics.
 
-    ``f + (reg/2) Σ_k Σ_i w_i ‖F_k[i]‖²``: the Gram ``Fᵀ diag(w) F`` when the
-    engine has row weights (weighted ridge), else ``FᵀF`` (``w = 1``). The
-    Grams ``FG``/``GG`` stay those of the data gradient.
+    ``f + Σ_k (reg_k/2) Σ_i w_i ‖F_k[i]‖²``: the Gram ``Fᵀ diag(w) F`` when the
+    engine has row weights (weighted ridge), else ``FᵀF`` (``w = 1``). ``reg``
+    is one value per factor, or one for all. The Grams ``FG``/``GG`` stay
+    those of the data gradient.
     """
     import dataclasses
 
-    if reg == 0:
-        return stats
     grams = stats.FWF if getattr(stats, "FWF", None) else stats.FF
-    penalty = 0.5 * reg * sum(float(np.trace(M)) for M in grams)
+    regs = per_factor(reg, len(grams))
+    if not any(regs):
+        return stats
+    penalty = 0.5 * sum(rk * float(np.trace(M)) for rk, M in zip(regs, grams))
     return dataclasses.replace(stats, loss=stats.loss + penalty)
 
 
-def update_matrices(P: list, eta: float, reg: float = 0.0):
-    """``(A_k, B_k)`` with ``F_k A_k + S G_k B_k = F_k − η S (G_k + reg W F_k) P_k``.
+def update_matrices(P: list, eta: float, reg=0.0):
+    """``(A_k, B_k)`` with ``F_k A_k + S G_k B_k = F_k − η S (G_k + reg_k W F_k) P_k``.
 
     ``W = diag(w)`` are the ridge's row weights and ``S = W⁻¹`` the engine's
     row scale of the gradient (both the identity without weights), so the
-    update is ``F − η (S G + reg F) P``: ``A = I − η reg P``, ``B = −η P``.
+    update is ``F − η (S G + reg_k F) P``: ``A = I − η reg_k P``, ``B = −η P``.
+    ``reg``: one value per factor, or one for all.
 
     It is a descent step for the regularised objective: with ``∇ = G + reg W F``
     the inner product ``<∇, −η S ∇ P> = −η tr(P^{1/2} ∇ᵀ S ∇ P^{1/2}) < 0``
     because ``S`` and ``P`` are SPD (tests/solvers/test_regularisation.py).
     """
-    A = [np.eye(len(Pk)) - eta * reg * Pk for Pk in P] if reg else [np.eye(len(Pk)) for Pk in P]
+    A = [np.eye(len(Pk)) - eta * rk * Pk for Pk, rk in zip(P, per_factor(reg, len(P)))]
     B = [-eta * Pk for Pk in P]
     return A, B
 

@@ -27,10 +27,11 @@ fit, val = train.split(0.1, random_state=1)
 obs
 
 # %% [markdown]
-# Ridge, biases and early stopping on the validation split (README, "Real data"):
+# Ridge, biases and early stopping on the validation split (docs/api.md, "Regularised
+# completion on real data"):
 
 # %%
-res = dsg.complete(fit, rank=40, reg=300, center="biases", validation=val, patience=20,
+res = dsg.complete(fit, rank=40, reg=0.1, center="biases", validation=val, patience=20,
                    random_state=0)
 res
 
