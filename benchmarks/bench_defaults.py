@@ -50,7 +50,7 @@ def _cases(data):
     cases = [
         ("demo 1500×1100 r=8 κ=1000", lambda **kw: dsg.complete(demo, 8, **kw)),
         ("README 2000×2000 r=10 κ=100", lambda **kw: dsg.complete(synth, 10, **kw)),
-        ("README rpca 200×150 r=3", lambda **kw: dsg.rpca(Y, 3, alpha=0.1, **kw)),
+        ("README rpca 200×150 r=3", lambda **kw: dsg.rpca(Y, 3, **kw)),
     ]
     if data and os.path.exists(data):
         obs = dsg.Observations.from_csv(data, row="userId", col="movieId", value="rating")

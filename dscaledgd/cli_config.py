@@ -2,7 +2,7 @@
 
 The YAML file is a mapping: ``command`` (the subcommand), the subcommand's
 positional arguments by name (``obs``, ``data``, ``result``, ...) and its options
-by their long names (``rank: 40``, ``reg: 300``, ``center: biases``,
+by their long names (``rank: 40``, ``reg: 0.1``, ``center: biases``,
 ``scheduler-file: /shared/sched.json``; ``_`` and ``-`` are the same). ``true``
 turns a flag on. Options given on the command line after ``--config job.yaml`` win
 over the file's::

@@ -16,6 +16,7 @@ import numpy as np
 
 from .cli_common import fraction as _fraction
 from .cli_common import nonneg as _nonneg
+from .cli_common import reg_value
 from .cli_common import solver_options
 
 __all__ = ["add_parsers"]
@@ -49,9 +50,9 @@ def add_parsers(sub, common, positive_int) -> None:
     c.add_argument("obs", metavar="OBS.zarr", help="the training store")
     common(c, "result store to write (required)")
     c.add_argument("--rank", type=int, required=True, help="rank of the model")
-    c.add_argument("--reg", type=_nonneg, default=0.0,
-                   help="ridge penalty, ALS-WR style (README, 'Regularised completion'; "
-                   "default 0)")  # fmt: skip
+    c.add_argument("--reg", type=reg_value, default=0.0, metavar="REG[,REG_COLS]",
+                   help="ridge penalty in Spark ALS's regParam units (ALS-WR: times each row's "
+                   "count), or rows,columns (docs/api.md, 'Regularised completion'; default 0)")  # fmt: skip
     c.add_argument(
         "--center",
         choices=tuple(CENTER),
@@ -111,10 +112,19 @@ def add_parsers(sub, common, positive_int) -> None:
     common(r, "result store to write (required)")
     r.add_argument("--rank", type=int, required=True, help="rank of the low-rank part")
     r.add_argument(
+        "--sparsifier",
+        choices=("auto", "adaptive", "fraction"),
+        default="auto",
+        help="how outliers are found: 'adaptive' (beyond 3 robust sigmas of their row and "
+        "column; needs no --alpha), 'fraction' (the papers' T_α; needs --alpha), 'auto' "
+        "(default: 'fraction' when --alpha is given, else 'adaptive')",
+    )
+    r.add_argument(
         "--alpha",
         type=float,
-        required=True,
-        help="largest fraction of outliers per row and per column (README, RPCA)",
+        default=None,
+        help="for --sparsifier fraction: largest fraction of outliers per row and per column "
+        "(docs/matrix-family.md)",
     )
     r.add_argument(
         "--mask",
@@ -235,7 +245,14 @@ def _cmd_rpca(args) -> int:
     Y, mask = _read_matrix(args.data, "IN")
     if args.mask is not None:
         mask, _ = _read_matrix(args.mask, "--mask")
-    res = rpca(Y, args.rank, alpha=args.alpha, mask=mask, **run_kwargs(args))
+    res = rpca(
+        Y,
+        args.rank,
+        sparsifier=args.sparsifier,
+        alpha=args.alpha,
+        mask=mask,
+        **run_kwargs(args),
+    )
     res.to_zarr(args.out, overwrite=args.overwrite)
     print(f"{summary(res)}\nresult written to {args.out} (low rank L, R and sparse S)")
     return 0

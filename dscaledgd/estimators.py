@@ -162,10 +162,12 @@ class MatrixSensing(_Estimator, func="sense", defaults={"rank": 10}):
         return self._fit(y, operator)
 
 
-class RobustPCA(_Estimator, func="rpca", defaults={"rank": 10, "alpha": 0.1}):
+class RobustPCA(_Estimator, func="rpca", defaults={"rank": 10}):
     """Robust PCA ``Y ≈ L Rᵀ + S`` (see :func:`dscaledgd.rpca`).
 
-    Parameters are those of :func:`dscaledgd.rpca` (``alpha`` defaults to 0.1 here).
+    Parameters are those of :func:`dscaledgd.rpca`: by default the adaptive
+    sparsifier, which needs no outlier fraction; ``alpha=…`` (or
+    ``sparsifier="fraction"``) gives the papers' ``T_α``.
 
     Attributes
     ----------

@@ -85,7 +85,7 @@ def _check_address(address: str) -> None:
 #: 50k × 10 took 4.4 ms instead of 0.7 ms. Serving blocks up to 32 MB from the
 #: heap and trimming it above 128 MB made a 50M-nnz iteration about 7% faster
 #: (0.72 vs 0.78 s, two alternating rounds each) for 20–40 MB more RSS per
-#: worker. Users' own clusters keep their settings (README, "Performance").
+#: worker. Users' own clusters keep their settings (docs/performance.md).
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": 33554432, "MALLOC_TRIM_THRESHOLD_": 134217728}
 
 

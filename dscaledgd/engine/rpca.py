@@ -2,19 +2,23 @@
 
 ``Y = X* + S*`` is a dense ``n1 × n2`` matrix (NumPy or Dask, NaN = missing)
 cut into a grid of blocks that stay on the workers. One pass at
-``X = L Rᵀ`` (ALGORITHMS.md §5):
+``X = L Rᵀ`` (ALGORITHMS.md §5) with a line-threshold sparsifier ``𝒮``
+(:mod:`dscaledgd.problems.sparsify`: ``T_2α`` or the adaptive rule):
 
 1. per block, ``Z = Y − X`` and its per-row and per-column top-``k``
-   magnitudes (:mod:`dscaledgd.problems.rpca`);
+   magnitudes (:mod:`dscaledgd.problems.rpca`), ``k`` the order statistic the
+   sparsifier reads (``⌊2α n⌋``, or ``⌈n/2⌉`` for the median);
 2. per row block and per column block, the candidates are merged into the
-   ``k``-th largest: the thresholds of ``T_{2α}`` (tasks, not the client);
-3. per block, ``S = T_{2α}(Z)`` and ``D = X + S − Y = S − Z`` on the observed
+   ``k``-th largest and mapped to the thresholds of ``𝒮`` (tasks, not the
+   client);
+3. per block, ``S = 𝒮(Z)`` and ``D = X + S − Y = S − Z`` on the observed
    entries, the partial gradients ``D R_b`` and ``Dᵀ L_a`` and ``Σ D²``.
 
 The loss is ``f = (1/2p) ‖P_Ω(X + S − Y)‖²`` with ``p`` the observed
 fraction, so ``∇_L = D R / p``; ``X`` is recomputed in step 3 rather than
 holding ``Z`` between the steps (memory: the ``Y`` blocks plus one block of
-temporaries per task).
+temporaries per task). A block sends at most its own size in candidates
+(``min(k, block side)`` per line).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 from ..exceptions import InputDataError
 from ..problems import rpca as pr
+from ..problems.sparsify import Sparsifier
 from ..storage.layout import balanced_bounds
 from .base import FactorEngine
 from .blockwise import map_reduce
@@ -56,21 +61,23 @@ def _residual(Yb, L, R):
 
 def _candidates(Yb, L, R, kr, kc):
     Z = Yb if L is None else _residual(Yb, L, R)
-    return pr.row_topk(Z, kr), pr.col_topk(Z, kc)
+    # never more candidates than the block has entries per line (merge_topk pads)
+    return pr.row_topk(Z, min(kr, Z.shape[1])), pr.col_topk(Z, min(kc, Z.shape[0]))
 
 
-def _merge(parts, k, axis, ks):
-    return pr.thresholds(pr.merge_topk(list(parts), k, axis), ks, axis)
+def _merge(parts, k, axis, ks, sparsifier, it):
+    kth = pr.thresholds(pr.merge_topk(list(parts), k, axis), ks, axis)
+    return sparsifier.thresholds(kth, it)
 
 
 def _sparse_block(Yb, L, R, rthr, cthr):
     Z = Yb if L is None else _residual(Yb, L, R)
-    return pr.sparsify(Z, rthr, cthr)
+    return Sparsifier.apply(Z, rthr, cthr)
 
 
 def _grad_block(Yb, L, R, rthr, cthr, scale):
     Z = _residual(Yb, L, R)
-    S = pr.sparsify(Z, rthr, cthr)
+    S = Sparsifier.apply(Z, rthr, cthr)
     D = np.where(np.isnan(Z), 0.0, S - Z)  # X + S − Y on the observed entries
     sq = float(np.sum(D * D))
     return scale * (D @ R), scale * (D.T @ L), np.array([sq, sq])
@@ -95,9 +102,9 @@ class RPCAEngine(FactorEngine):
     Y : ndarray or dask array, shape (n1, n2)
         NaN marks a missing entry.
     ex : Executor
-    alpha : float in (0, 1)
-        Outlier fraction bound of the model; the iterations use ``T_{2α}``
-        and the initialisation ``T_α``.
+    sparsifier : Sparsifier
+        The rule ``S = 𝒮(Y − L Rᵀ)`` (:mod:`dscaledgd.problems.sparsify`);
+        its ``it=None`` form gives the initialisation's ``S₀ = 𝒮(Y)``.
 
     Raises
     ------
@@ -111,8 +118,8 @@ class RPCAEngine(FactorEngine):
 
     spec = pr.SPEC
 
-    def __init__(self, Y, ex, *, alpha: float, grid=None):
-        self.ex, self.symmetric, self.alpha = ex, False, float(alpha)
+    def __init__(self, Y, ex, *, sparsifier: Sparsifier, grid=None):
+        self.ex, self.symmetric, self.sparsifier = ex, False, sparsifier
         n1, n2 = (int(s) for s in Y.shape)
         if hasattr(Y, "chunks") and grid is None:
             rb = np.concatenate([[0], np.cumsum(Y.chunks[0])]).astype(np.int64)
@@ -178,11 +185,11 @@ class RPCAEngine(FactorEngine):
             yield t, t // b, t % b
 
     # ------------------------------------------------------- thresholds
-    def _thresholds(self, L, R, alpha: float):
-        """Per-row-block and per-column-block thresholds of ``T_α(Y − L Rᵀ)`` (handles)."""
-        ex = self.ex
-        kr_all = pr.topk_sizes(self.row_counts, alpha)
-        kc_all = pr.topk_sizes(self.col_counts, alpha)
+    def _thresholds(self, L, R, it):
+        """Per-row-block and per-column-block thresholds of ``𝒮(Y − L Rᵀ)`` (handles)."""
+        ex, sp = self.ex, self.sparsifier
+        kr_all = np.asarray(sp.ranks(self.row_counts, it), dtype=np.int64)
+        kc_all = np.asarray(sp.ranks(self.col_counts, it), dtype=np.int64)
         Kr, Kc = int(kr_all.max()), int(kc_all.max())
 
         def topk(t, idx):
@@ -194,10 +201,12 @@ class RPCAEngine(FactorEngine):
         rb, cb = self.factor_bounds
 
         def merge_rows(ia, parts):
-            return ex.submit(_merge, parts, Kr, 1, kr_all[rb[ia] : rb[ia + 1]], name="thr")
+            ks = kr_all[rb[ia] : rb[ia + 1]]
+            return ex.submit(_merge, parts, Kr, 1, ks, sp, it, name="thr")
 
         def merge_cols(ib, parts):
-            return ex.submit(_merge, parts, Kc, 0, kc_all[cb[ib] : cb[ib + 1]], name="thr")
+            ks = kc_all[cb[ib] : cb[ib + 1]]
+            return ex.submit(_merge, parts, Kc, 0, ks, sp, it, name="thr")
 
         out = map_reduce(
             ex, self.grid, topk, [("r", 0), ("c", 1)], combine={"r": merge_rows, "c": merge_cols}
@@ -205,10 +214,10 @@ class RPCAEngine(FactorEngine):
         rthr, cthr = out["r"], out["c"]
         return rthr, cthr
 
-    def sparse_blocks(self, state, alpha: float) -> list:
-        """The blocks of ``T_α(Y − L Rᵀ)`` (``state=None``: ``T_α(Y)``), as handles."""
+    def sparse_blocks(self, state) -> list:
+        """The blocks of ``𝒮(Y − L Rᵀ)`` (``state=None``: the initialisation's ``𝒮(Y)``)."""
         L, R = (None, None) if state is None else state
-        rthr, cthr = self._thresholds(L, R, alpha)
+        rthr, cthr = self._thresholds(L, R, None if state is None else 0)
         return [
             self.ex.submit(
                 _sparse_block,
@@ -226,7 +235,7 @@ class RPCAEngine(FactorEngine):
     def pass_(self, state, it: int = 0) -> RPCAPass:
         ex = self.ex
         L, R = state
-        rthr, cthr = self._thresholds(L, R, 2 * self.alpha)
+        rthr, cthr = self._thresholds(L, R, it)
 
         def grad(t, idx):
             ia, ib = idx
@@ -274,10 +283,10 @@ class RPCAEngine(FactorEngine):
         return Blocked(self.ex, self.factor_bounds[axis], V.ncols, out["Y"])
 
     def spectral(self, rank: int, *, seed: int, n_power: int = 4):
-        """``SVD_r((Y − S₀)/p)`` with ``S₀ = T_α(Y)`` (randomized, on the blocks)."""
+        """``SVD_r((Y − S₀)/p)`` with ``S₀ = 𝒮(Y)`` (randomized, on the blocks)."""
         from .spectral import randomized_svd
 
-        self.S0 = self.sparse_blocks(None, self.alpha)
+        self.S0 = self.sparse_blocks(None)
         try:
             U, s, V = randomized_svd(self, self.factor_bounds, rank, seed=seed, n_power=n_power)
         finally:
