@@ -16,8 +16,7 @@ import numpy as np
 
 from .cli_common import fraction as _fraction
 from .cli_common import nonneg as _nonneg
-from .cli_common import reg_value
-from .cli_common import solver_options
+from .cli_common import reg_value, solver_options
 
 __all__ = ["add_parsers"]
 
@@ -51,8 +50,9 @@ def add_parsers(sub, common, positive_int) -> None:
     common(c, "result store to write (required)")
     c.add_argument("--rank", type=int, required=True, help="rank of the model")
     c.add_argument("--reg", type=reg_value, default=0.0, metavar="REG[,REG_COLS]",
-                   help="ridge penalty in Spark ALS's regParam units (ALS-WR: times each row's "
-                   "count), or rows,columns (docs/api.md, 'Regularised completion'; default 0)")  # fmt: skip
+                   help="ridge penalty in Spark ALS's regParam units (ALS-WR: times each "
+                   "row's count), or rows,columns (docs/api.md, 'Regularised completion'; "
+                   "default 0)")  # fmt: skip
     c.add_argument(
         "--center",
         choices=tuple(CENTER),

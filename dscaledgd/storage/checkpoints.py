@@ -170,16 +170,13 @@ class Checkpoints:
                 f"The 'checkpoint' parameter of {func} must be a directory path (str or "
                 f"PathLike) or None. Got {type(path).__name__}."
             )
-        if (
-            isinstance(interval, bool)
-            or not isinstance(interval, int | np.integer)
-            or interval < 1
-        ):
+        if isinstance(interval, bool) or not isinstance(interval, int | np.integer) or interval < 1:
             raise InvalidParameterError(
                 f"The 'checkpoint_interval' parameter of {func} must be an int >= 1 (write a "
                 f"checkpoint every that many iterations). Got {interval!r}."
             )
-        if not (isinstance(resume, bool | np.bool_) or (isinstance(resume, str) and resume == "auto")):
+        auto = isinstance(resume, str) and resume == "auto"
+        if not (isinstance(resume, bool | np.bool_) or auto):
             raise InvalidParameterError(
                 f"The 'resume' parameter of {func} must be True, False or 'auto'. Got {resume!r}."
             )
@@ -216,8 +213,7 @@ class Checkpoints:
             os.remove(probe)
         except OSError as exc:
             raise PermissionError(
-                f"Cannot write checkpoints to {p!r} ({exc.strerror}). Choose a writable "
-                "directory."
+                f"Cannot write checkpoints to {p!r} ({exc.strerror}). Choose a writable directory."
             ) from None
         for name in os.listdir(p):  # writers that died mid-checkpoint
             if name.startswith(".ckpt-"):
@@ -244,14 +240,12 @@ class Checkpoints:
                 "continue that run, or choose an empty directory."
             )
         damaged = []
-        for n_iter, path in reversed(found):
+        for _, path in reversed(found):
             try:
                 ck = read_checkpoint(path)
             except InputDataError as exc:
                 damaged.append(str(exc))
-                warnings.warn(
-                    f"{exc} Trying the previous checkpoint.", DataWarning, stacklevel=4
-                )
+                warnings.warn(f"{exc} Trying the previous checkpoint.", DataWarning, stacklevel=4)
                 continue
             self._check_config(ck)
             return ck
@@ -290,7 +284,9 @@ class Checkpoints:
             g = zarr.open_group(tmp, mode="w")
             for name, a in arrays.items():
                 a = np.ascontiguousarray(a, dtype=np.float64)
-                chunks = tuple(max(1, min(n, 1 << 18) if i == 0 else n) for i, n in enumerate(a.shape))
+                chunks = tuple(
+                    max(1, min(n, 1 << 18) if i == 0 else n) for i, n in enumerate(a.shape)
+                )
                 layout.create_checked_array(g, name, data=a, chunks=chunks)
             g.attrs["dscaledgd"] = layout_jsonable(
                 {

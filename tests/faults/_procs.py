@@ -75,3 +75,24 @@ class ProcessCluster:
                     pass
                 p.kill()
             p.wait()
+
+
+def kill_at_checkpoint(cmd: list, ckpt_dir: str, at_least: int, env=None, timeout=120) -> int:
+    """Start ``cmd``, SIGKILL it once ``ckpt_dir`` holds a checkpoint at iteration
+    ``at_least`` or later; return the newest checkpoint's iteration."""
+    from dscaledgd.storage.checkpoints import list_checkpoints
+
+    child = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while not any(n >= at_least for n, _ in list_checkpoints(ckpt_dir)):
+            assert child.poll() is None, f"the run ended before checkpoint {at_least}"
+            assert time.time() < deadline, "no checkpoint in time"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return list_checkpoints(ckpt_dir)[-1][0]

@@ -4,17 +4,15 @@ SIGKILL is continued by ``resume`` to the result an uninterrupted command writes
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 import dscaledgd as dsg
 from dscaledgd.cli import main
-from dscaledgd.storage.checkpoints import list_checkpoints
+
+from ._procs import kill_at_checkpoint
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -44,21 +42,8 @@ def test_killed_command_resumes_from_its_directory(store):
     cmd = [sys.executable, "-m", "dscaledgd", "complete", "obs.zarr", *FIT, "--max-iter", "400",
            "--checkpoint", "ck", "--out", "killed.zarr"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    child = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while not any(n >= 10 for n, _ in list_checkpoints("ck")):
-            assert child.poll() is None, "the command ended before its second checkpoint"
-            assert time.time() < deadline
-            time.sleep(0.02)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    last = kill_at_checkpoint(cmd, "ck", 10, env=env)
     assert not os.path.exists("killed.zarr")
-    last = list_checkpoints("ck")[-1][0]
     assert 10 <= last < 60
     os.chdir("/")  # resume finds the paths of the stored command from anywhere
     assert main(["resume", str(store / "ck"), "--max-iter", "60", "--out",
