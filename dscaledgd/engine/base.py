@@ -64,6 +64,11 @@ class FactorEngine:
     """
 
     _weights = None
+    #: per factor, the worker slot owning each block (:mod:`.placement`), or None
+    block_slots = None
+
+    def _slots(self, k: int):
+        return None if self.block_slots is None else self.block_slots[k]
 
     @property
     def n_factors(self) -> int:
@@ -136,7 +141,12 @@ class FactorEngine:
         ``F_k W_k`` (:mod:`dscaledgd.solvers.reseed`).
         """
         parts = [
-            [self.ex.submit(_colmax_sq, b, Wk, name="coherence") for b in F.blocks]
+            [
+                self.ex.submit(_colmax_sq, b, Wk, name="coherence")
+                if F.slots is None
+                else self.ex.submit_on(F.slots[a], _colmax_sq, b, Wk, name="coherence")
+                for a, b in enumerate(F.blocks)
+            ]
             for F, Wk in zip(state, W)
         ]
         flat = self.ex.gather([p for per in parts for p in per])
@@ -151,7 +161,8 @@ class FactorEngine:
         ``seeds[k]``, the same for any partition), block by block."""
         out = []
         for F, Mk, Nk, sk in zip(state, M, N, seeds):
-            Z = random_blocked(self.ex, F.bounds, Nk.shape[0], sk, 1.0 / np.sqrt(F.n))
+            scale = 1.0 / np.sqrt(F.n)
+            Z = random_blocked(self.ex, F.bounds, Nk.shape[0], sk, scale, slots=F.slots)
             out.append(combine(F, Mk, Z, Nk, name="reseed"))
         return State(out, dict(state.params))
 
@@ -164,7 +175,10 @@ class FactorEngine:
         out = []
         for k, Fb in enumerate(self.factor_bounds):
             n = int(Fb[-1])
-            out.append(random_blocked(self.ex, Fb, int(ranks[k]), seed + k, scale / np.sqrt(n)))
+            Z = random_blocked(
+                self.ex, Fb, int(ranks[k]), seed + k, scale / np.sqrt(n), slots=self._slots(k)
+            )
+            out.append(Z)
         return State(out)
 
     def transform(self, state, A: list) -> State:
@@ -175,10 +189,13 @@ class FactorEngine:
     def from_numpy(self, arrays: list, params: dict | None = None) -> State:
         """Factors given as NumPy arrays, cut into this engine's row blocks."""
         out = []
-        for F, Fb in zip(arrays, self.factor_bounds):
+        for k, (F, Fb) in enumerate(zip(arrays, self.factor_bounds)):
             F = np.ascontiguousarray(F, dtype=np.float64)
-            blocks = self.ex.scatter([F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)])
-            out.append(Blocked(self.ex, Fb, F.shape[1], list(blocks)))
+            slots = self._slots(k)
+            blocks = self.ex.scatter(
+                [F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)], placement=slots
+            )
+            out.append(Blocked(self.ex, Fb, F.shape[1], list(blocks), slots))
         return State(out, dict(params or {}))
 
 

@@ -7,7 +7,8 @@ either per block of one grid axis (a partial gradient of the factor along
 that axis), or over the whole grid (a core gradient), or kept per chunk (the
 scalars the iteration gathers). :func:`map_reduce` does that once, for every
 engine; the sums are in a fixed order (C order over the grid, then a fixed
-fan-in tree), so any scheduler and worker count give the same bits.
+fan-in tree; or, when the chunks' workers are given, a left fold in C order cut
+where the worker changes), so any scheduler and worker count give the same bits.
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .factors import getitem, tree_sum
+from .factors import fold_on, getitem, tree_sum
 
-__all__ = ["grid_indices", "map_reduce", "chunk_groups", "map_reduce_groups", "CHUNKS_PER_TASK"]
+__all__ = [
+    "grid_indices",
+    "map_reduce",
+    "Collected",
+    "chunk_groups",
+    "map_reduce_groups",
+    "CHUNKS_PER_TASK",
+]
 
 
 def grid_indices(grid: Sequence[int]) -> list[tuple[int, ...]]:
@@ -36,6 +44,7 @@ def map_reduce(
     combine: dict | None = None,
     select_in_sum: bool = False,
     name: str = "sum",
+    slots: Sequence[int] | None = None,
 ) -> dict:
     """Submit ``task(t, idx)`` for every chunk and reduce its parts.
 
@@ -67,6 +76,14 @@ def map_reduce(
         results, so use it when every part is small (Tucker's factor rows
         and core), not for matrix partial gradients, where the selection
         task keeps the other partials on their worker.
+    slots : sequence of int, optional
+        The worker slot of each chunk's task (C order; :mod:`.placement`). Each
+        block's parts are then added in chunk order as a left fold cut into one
+        task per run of parts on one worker (:func:`~.factors.fold_on`: each
+        worker adds its own parts before anything moves, the sum ends on the slot
+        of the block's last chunk), and ``None`` outputs are collected by one task
+        per slot (``out[key]`` is then a :class:`Collected`). No selection tasks;
+        ``select_in_sum`` is ignored. The bits do not depend on the slots.
     """
     scales, combine = scales or {}, combine or {}
     per_block: dict = {}
@@ -76,7 +93,9 @@ def map_reduce(
         h = task(t, idx)
         for part, (key, axis) in enumerate(outputs):
             summed = axis is not None and key not in combine
-            if single:
+            if slots is not None and (summed or axis is None):
+                p = (h, None if single else part, slots[t], t)
+            elif single:
                 p = h
             elif select_in_sum and summed:
                 p = (h, part)
@@ -94,6 +113,9 @@ def map_reduce(
     out = {}
 
     def total(parts, scale):
+        if slots is not None:
+            hs, idx, where, _ = zip(*parts)
+            return fold_on(ex, hs, where, indices=idx, scale=scale, name=name)
         if parts and isinstance(parts[0], tuple):  # (result, part) pairs: select in the sum
             index = parts[0][1]
             return tree_sum(ex, [h for h, _ in parts], scale, name=name, index=index)
@@ -105,8 +127,47 @@ def map_reduce(
         else:
             out[key] = [total(b, scales.get(key, 1.0)) for b in blocks]
     for key, (axis, parts) in flat.items():
-        out[key] = total(parts, scales.get(key, 1.0)) if axis == "all" else parts
+        if axis == "all":
+            out[key] = total(parts, scales.get(key, 1.0))
+        elif slots is not None:
+            out[key] = Collected.of(ex, parts)
+        else:
+            out[key] = parts
     return out
+
+
+def _pick_all(results, index):
+    return [r if index is None else r[index] for r in results]
+
+
+class Collected:
+    """Small per-chunk parts fetched by one task per worker slot, not one per chunk.
+
+    ``handles``: one per slot, each a list of parts; :meth:`in_order` puts the
+    gathered lists back in chunk order (C order), whatever the slots.
+    """
+
+    def __init__(self, handles: list, chunks: list):
+        self.handles, self.chunks = handles, chunks
+
+    @classmethod
+    def of(cls, ex, parts, name: str = "collect") -> Collected:
+        """From ``(handle, index, slot, chunk)`` quadruples (see :func:`map_reduce`)."""
+        by_slot: dict = {}
+        for h, _, s, t in parts:
+            by_slot.setdefault(s, []).append((h, t))
+        index = parts[0][1] if parts else None
+        handles, chunks = [], []
+        for s, items in by_slot.items():
+            handles.append(ex.submit_on(s, _pick_all, [h for h, _ in items], index, name=name))
+            chunks.append([t for _, t in items])
+        return cls(handles, chunks)
+
+    def in_order(self, gathered: list) -> list:
+        out: dict = {}
+        for values, ts in zip(gathered, self.chunks):
+            out.update(zip(ts, values))
+        return [out[t] for t in sorted(out)]
 
 
 # ------------------------------------------------------------------ grouped passes

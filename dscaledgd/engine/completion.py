@@ -3,12 +3,17 @@
 One data pass (:meth:`CompletionEngine.pass_`) submits, per tile, the fused
 kernel of :mod:`dscaledgd.problems.completion` on the tile's factor blocks;
 each task returns its partial ``∇_L`` rows, partial ``∇_R`` rows and two
-partial sums. Partials are tree-summed per row and per column block (fixed
-order, so any scheduler gives the same bits), and per factor block a small
-task computes ``FᵀF``, ``FᵀG`` and ``GᵀG``. All of these small results, and
-nothing else, reach the client in **one** gather (:meth:`scalars`).
+partial sums. Each tile lives on, and its tasks run on, the worker that
+:class:`~.placement.Placement` gives it (for example, 4 tiles of one column
+block per worker on a 16 × 4 grid and 16 workers). Partials are added per row
+and per column block in the tiles' C order, a left fold cut into one task per
+run of tiles on one worker: every worker adds its own partials before anything
+moves, and the bits are the grid's, whatever the workers or the scheduler. The
+sum ends on the block's owner, where a small task computes ``FᵀF``, ``FᵀG`` and
+``GᵀG`` and the update runs. All of these small results, and nothing else,
+reach the client in **one** gather (:meth:`scalars`).
 
-Tiles are placed once, by the cache policy:
+Tiles are read once, by the cache policy:
 
 ``"memory"``
     tiles live on the workers for the whole run (scattered from memory, or
@@ -36,8 +41,9 @@ import numpy as np
 from ..problems import completion as cp
 from ..storage.layout import CHUNK
 from .base import FactorEngine, PassStats
-from .blockwise import map_reduce
+from .blockwise import Collected, map_reduce
 from .factors import Blocked, sum_small
+from .placement import Placement
 
 __all__ = ["CompletionEngine", "PassStats", "TileRef", "CACHE_POLICIES"]
 
@@ -173,6 +179,8 @@ def _tile_bias(tile, offsets, m, n):
 class CompletionPass:
     G: list
     small: list
+    #: the per-tile loss sums, fetched by one task per worker (:class:`Collected`)
+    values: Collected | None = None
 
 
 class CompletionEngine(FactorEngine):
@@ -216,6 +224,8 @@ class CompletionEngine(FactorEngine):
         self.grid = obs.tiles
         rb, cb = obs.row_bounds, obs.col_bounds
         self.factor_bounds = [rb] if symmetric else [rb, cb]
+        self.placement = Placement(self.grid, self.factor_bounds, ex.n_workers, symmetric)
+        self.block_slots = self.placement.owners
         self.cache = ex.cache_policy(cache, obs)
         self._tiles = self._place_tiles(obs, sub_chunk)
         self._offsets = None  # (mu, row-bias block handles, col-bias block handles)
@@ -226,16 +236,12 @@ class CompletionEngine(FactorEngine):
 
     # -------------------------------------------------------------- placement
     def _placement(self) -> list:
-        """Worker slot of each tile: contiguous row stripes per worker.
-
-        The partial ``∇_L`` rows of a row block then stay on one worker and only
-        the column partials cross between workers.
-        """
-        a, b = self.grid
-        w = self.ex.n_workers
-        if a >= w or a >= b:
-            return [min(w - 1, (t // b) * w // a) for t in range(a * b)]
-        return [min(w - 1, (t % b) * w // b) for t in range(a * b)]
+        """Worker slot of each tile (C order): the layout of :class:`~.placement.Placement`
+        that moves the fewest factor rows per iteration, e.g. on a 16 × 4 grid of a
+        square matrix and 16 workers each worker holds 4 tiles of one column block, so
+        that a column block's partial gradients are summed on the worker that computed
+        them and only one sum per worker travels."""
+        return self.placement.slots
 
     def _place_tiles(self, obs, sub_chunk: int) -> list:
         T = obs.n_tiles
@@ -258,11 +264,19 @@ class CompletionEngine(FactorEngine):
         return state[0], state[0] if self.symmetric else state[1]
 
     def _submit(self, fn, tiles, t, ia, ib, L, R, *args, name: str):
-        """``fn(tile t, L block ia, R block ib, *args, offsets=…)`` as a task."""
+        """``fn(tile t, L block ia, R block ib, *args, offsets=…)`` as a task, on the
+        worker that holds tile ``t``."""
         offsets = self._tile_offsets(ia, ib)
-        return self.ex.submit(
-            fn, tiles[t], L.blocks[ia], R.blocks[ib], *args, offsets=offsets, name=name
-        )
+        return self.ex.submit_on(
+            self.placement.slots[t],
+            fn, tiles[t], L.blocks[ia], R.blocks[ib], *args, offsets=offsets, name=name,
+        )  # fmt: skip
+
+    def _map_reduce(self, task, outputs, **kw) -> dict:
+        """:func:`~.blockwise.map_reduce` over this grid, placed: tasks on their tiles'
+        workers, partials added on them before moving, each factor block's sum ending
+        on its owner (``block_slots``)."""
+        return map_reduce(self.ex, self.grid, task, outputs, slots=self.placement.slots, **kw)
 
     def _per_tile(self, fn, tiles, state, name: str) -> list:
         """One task ``fn`` per tile of ``tiles`` (this grid) at ``state``."""
@@ -275,8 +289,13 @@ class CompletionEngine(FactorEngine):
         rb, cb = self.obs.row_bounds, self.obs.col_bounds
         row_bias = np.zeros(self.obs.shape[0]) if row_bias is None else np.asarray(row_bias)
         col_bias = np.zeros(self.obs.shape[1]) if col_bias is None else np.asarray(col_bias)
-        rblocks = self.ex.scatter([row_bias[rb[a] : rb[a + 1]].copy() for a in range(len(rb) - 1)])
-        cblocks = self.ex.scatter([col_bias[cb[b] : cb[b + 1]].copy() for b in range(len(cb) - 1)])
+        own = self.block_slots
+        rblocks = self.ex.scatter(
+            [row_bias[rb[a] : rb[a + 1]].copy() for a in range(len(rb) - 1)], placement=own[0]
+        )
+        cblocks = self.ex.scatter(
+            [col_bias[cb[b] : cb[b + 1]].copy() for b in range(len(cb) - 1)], placement=own[-1]
+        )
         self._offsets = (float(mu), list(rblocks), list(cblocks))
         self._offset_values = (float(mu), row_bias, col_bias)
 
@@ -299,9 +318,10 @@ class CompletionEngine(FactorEngine):
             ia, ib = idx
             m, n = int(rb[ia + 1] - rb[ia]), int(cb[ib + 1] - cb[ib])
             offs = self._tile_offsets(ia, ib)
-            return self.ex.submit(_tile_bias, self._tiles[t], offs, m, n, name="bias")
+            slot = self.placement.slots[t]
+            return self.ex.submit_on(slot, _tile_bias, self._tiles[t], offs, m, n, name="bias")
 
-        out = map_reduce(self.ex, self.grid, bias, [("r", 0), ("c", 1)])
+        out = self._map_reduce(bias, [("r", 0), ("c", 1)])
         rs, cs = self.ex.gather([out["r"], out["c"]])
         return np.concatenate(rs), np.concatenate(cs)
 
@@ -314,13 +334,16 @@ class CompletionEngine(FactorEngine):
         o = self.obs
         counts = [o.row_counts + o.col_counts] if self.symmetric else [o.row_counts, o.col_counts]
         self._weights = []
-        for n, Fb in zip(counts, self.factor_bounds):
+        for n, Fb, own in zip(counts, self.factor_bounds, self.block_slots):
             n = n.astype(np.float64)
             w = n / n[n > 0].mean()
             w[n == 0] = w[n > 0].min()
             blocks = [w[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)]
             self._weights.append(
-                (self.ex.scatter(blocks), self.ex.scatter([1.0 / b for b in blocks]))
+                (
+                    self.ex.scatter(blocks, placement=own),
+                    self.ex.scatter([1.0 / b for b in blocks], placement=own),
+                )
             )
 
     def set_validation(self, vobs) -> None:
@@ -353,13 +376,14 @@ class CompletionEngine(FactorEngine):
             ia, ib = idx
             m_a, m_b = int(rb[ia + 1] - rb[ia]), int(rb[ib + 1] - rb[ib])
             offs = self._tile_offsets(ia, ib)
-            return self.ex.submit(
+            return self.ex.submit_on(
+                self.placement.slots[t],
                 _tile_symspmm, self._tiles[t], V.blocks[ib], V.blocks[ia], m_a, m_b, offs,
                 name="spmm",
             )  # fmt: skip
 
-        out = map_reduce(self.ex, self.grid, spmm, [("Y", 0), ("Y", 1)], scales={"Y": 0.5 / self.p})
-        return Blocked(self.ex, rb, V.ncols, out["Y"])
+        out = self._map_reduce(spmm, [("Y", 0), ("Y", 1)], scales={"Y": 0.5 / self.p})
+        return Blocked(self.ex, rb, V.ncols, out["Y"], self.block_slots[0])
 
     def _spmm(self, V: Blocked, transpose: bool) -> Blocked:
         out_bounds = self.obs.col_bounds if transpose else self.obs.row_bounds
@@ -369,14 +393,14 @@ class CompletionEngine(FactorEngine):
             src, dst = (ia, ib) if transpose else (ib, ia)
             m = int(out_bounds[dst + 1] - out_bounds[dst])
             offs = self._tile_offsets(ia, ib)
-            return self.ex.submit(
-                _tile_spmm, self._tiles[t], V.blocks[src], m, transpose, offs, name="spmm"
-            )
+            return self.ex.submit_on(
+                self.placement.slots[t],
+                _tile_spmm, self._tiles[t], V.blocks[src], m, transpose, offs, name="spmm",
+            )  # fmt: skip
 
-        out = map_reduce(
-            self.ex, self.grid, spmm, [("Y", 1 if transpose else 0)], scales={"Y": 1.0 / self.p}
-        )
-        return Blocked(self.ex, out_bounds, V.ncols, out["Y"])
+        axis = 1 if transpose else 0
+        out = self._map_reduce(spmm, [("Y", axis)], scales={"Y": 1.0 / self.p})
+        return Blocked(self.ex, out_bounds, V.ncols, out["Y"], self.block_slots[-1 if axis else 0])
 
     # ----------------------------------------------------------- protocol
     def pass_(self, state, it: int = 0) -> CompletionPass:
@@ -388,22 +412,23 @@ class CompletionEngine(FactorEngine):
         def grad(t, idx):
             return self._submit(_tile_grad, self._tiles, t, *idx, L, R, *args, name="grad")
 
-        out = map_reduce(
-            ex, self.grid, grad, [("G0", 0), ("G0" if self.symmetric else "G1", 1), ("v", None)]
+        out = self._map_reduce(
+            grad, [("G0", 0), ("G0" if self.symmetric else "G1", 1), ("v", None)]
         )
         G = [
-            Blocked(ex, Fb, state[k].ncols, out[f"G{k}"]) for k, Fb in enumerate(self.factor_bounds)
+            Blocked(ex, Fb, state[k].ncols, out[f"G{k}"], self.block_slots[k])
+            for k, Fb in enumerate(self.factor_bounds)
         ]
         small = self.stats_parts(state, G)
         vres = []
         if self._vtiles is not None:  # held-out RMSE, in the same gather
             vres = self._per_tile(_tile_residual, self._vtiles, state, "validation")
-        return CompletionPass(G=G, small=[small, out["v"], vres])
+        return CompletionPass(G=G, small=[small, out["v"].handles, vres], values=out["v"])
 
     def scalars(self, pas: CompletionPass) -> PassStats:
         """The one gather of an iteration: losses and r×r Grams."""
         stats, values, vres = self.ex.gather(pas.small)
-        value, sumsq = sum_small(values)
+        value, sumsq = sum_small(pas.values.in_order(values))  # tile order, on any cluster
         extra = {}
         if vres:
             extra["validation"] = float(np.sqrt(sum(vres) / self._vnnz))

@@ -80,7 +80,7 @@ class Executor:
     def release(self, *handles) -> None:
         """Drop references to task results (futures are released on the cluster)."""
 
-    def reroot(self, handles: list) -> list:
+    def reroot(self, handles: list, placement: Sequence[int] | None = None) -> list:
         """Fresh handles for the same data, with no task history behind them.
 
         Identity for local executors (see :meth:`DistributedExecutor.reroot`).
@@ -134,7 +134,7 @@ class ThreadExecutor(Executor):
     faster on the loaded 2-core machine (0.258 s against 0.008 s for 8 calls
     at 100³), but OpenBLAS limited at run time gave different bits from the
     workers limited at start-up, which broke the bit-identical results across
-    schedulers that the README promises. Set ``OPENBLAS_NUM_THREADS=1`` (or
+    schedulers that docs/data-model.md promises. Set ``OPENBLAS_NUM_THREADS=1`` (or
     ``OMP_NUM_THREADS=1``) before starting Python for the speed.
     """
 
@@ -423,17 +423,18 @@ class DistributedExecutor(Executor):
 
         self.client.sync(_wait, futures, timeout=POLL)
 
-    def reroot(self, handles: list) -> list:
+    def reroot(self, handles: list, placement: Sequence[int] | None = None) -> list:
         """Gather and re-scatter ``handles`` so the scheduler can forget their history.
 
         A future computed from futures keeps its whole lineage in the
         scheduler (dask/distributed#809): an iterative solver would grow the
         scheduler's task table by every task of every iteration. Re-rooting
         the factors every few iterations bounds it. Cost: one round trip of
-        the factors through the client.
+        the factors through the client. ``placement``: the worker slot of each
+        item (its owner; see :meth:`scatter`).
         """
         data = self.gather(list(handles))
-        return self.scatter(data)
+        return self.scatter(data, placement=placement)
 
     def release(self, *handles):
         for h in handles:

@@ -17,7 +17,15 @@ import numpy as np
 
 from .._random import seeded_normal_rows
 
-__all__ = ["Blocked", "combine", "random_blocked", "zeros_blocked", "tree_sum", "sum_small"]
+__all__ = [
+    "Blocked",
+    "combine",
+    "random_blocked",
+    "zeros_blocked",
+    "tree_sum",
+    "fold_on",
+    "sum_small",
+]
 
 #: Rows per independently seeded chunk of a random matrix: makes random
 #: blocks identical whatever the partition.
@@ -72,14 +80,26 @@ def _concat(parts):
 
 
 # ------------------------------------------------------------------ class
+def _on(ex, slots, a: int, fn, *args, name: str):
+    """``fn(*args)`` as a task, on worker slot ``slots[a]`` when ``slots`` is given."""
+    if slots is None:
+        return ex.submit(fn, *args, name=name)
+    return ex.submit_on(slots[a], fn, *args, name=name)
+
+
 @dataclass(eq=False)
 class Blocked:
-    """An ``n × k`` matrix as row blocks ``[bounds[a], bounds[a+1])``."""
+    """An ``n × k`` matrix as row blocks ``[bounds[a], bounds[a+1])``.
+
+    ``slots``: the worker slot that owns each block (tasks on a block run there; see
+    :mod:`dscaledgd.engine.placement`), or ``None`` to let the scheduler choose.
+    """
 
     ex: object
     bounds: np.ndarray
     ncols: int
     blocks: list
+    slots: list | None = None
 
     @property
     def n(self) -> int:
@@ -94,17 +114,21 @@ class Blocked:
 
     # reductions return handles; gather them with the iteration's other small results
     def gram_parts(self, name="gram") -> list:
-        return [self.ex.submit(_gram, b, name=name) for b in self.blocks]
+        return [_on(self.ex, self.slots, a, _gram, b, name=name) for a, b in enumerate(self.blocks)]
 
     def cross_parts(self, other: Blocked, name="cross") -> list:
-        return [self.ex.submit(_cross, a, b, name=name) for a, b in zip(self.blocks, other.blocks)]
+        return [
+            _on(self.ex, self.slots, i, _cross, a, b, name=name)
+            for i, (a, b) in enumerate(zip(self.blocks, other.blocks))
+        ]
 
     def stats_parts(self, grad: Blocked, weights: list | None = None, name="stats") -> list:
         """Per block ``(FᵀF, FᵀG, GᵀG)``, plus ``Fᵀ diag(w) F`` with row ``weights``."""
         w = weights or [None] * self.nblocks
+        slots = self.slots or grad.slots
         return [
-            self.ex.submit(_stats, f, g, wb, name=name)
-            for f, g, wb in zip(self.blocks, grad.blocks, w)
+            _on(self.ex, slots, a, _stats, f, g, wb, name=name)
+            for a, (f, g, wb) in enumerate(zip(self.blocks, grad.blocks, w))
         ]
 
     def gather(self) -> np.ndarray:
@@ -128,8 +152,10 @@ class Blocked:
         self.ex.release(*self.blocks)
 
     def reroot(self) -> Blocked:
-        """The same matrix with no task history (see ``Executor.reroot``)."""
-        return Blocked(self.ex, self.bounds, self.ncols, self.ex.reroot(self.blocks))
+        """The same matrix with no task history (see ``Executor.reroot``), each block
+        scattered to its owner's slot."""
+        blocks = self.ex.reroot(self.blocks, placement=self.slots)
+        return Blocked(self.ex, self.bounds, self.ncols, blocks, self.slots)
 
 
 def combine(
@@ -138,31 +164,36 @@ def combine(
     """Blockwise ``X A + diag(s) G B`` (``A``/``B`` r×r NumPy or ``None``).
 
     ``gscale`` holds per-block row scales ``s`` (handles), or ``None`` for 1.
+    Each block's task runs on its owner's slot (``X.slots``, else ``G.slots``).
     """
+    slots = X.slots if X.slots is not None else (G.slots if G is not None else None)
     blocks = []
     for a, xb in enumerate(X.blocks):
         gb = G.blocks[a] if G is not None else None
         sb = gscale[a] if gscale is not None else None
-        blocks.append(X.ex.submit(_combine, xb, A, gb, B, sb, name=name))
+        blocks.append(_on(X.ex, slots, a, _combine, xb, A, gb, B, sb, name=name))
     ncols = X.ncols if A is None else np.shape(A)[1]
-    return Blocked(X.ex, X.bounds, ncols, blocks)
+    return Blocked(X.ex, X.bounds, ncols, blocks, slots)
 
 
-def random_blocked(ex, bounds, k: int, seed: int, scale: float = 1.0, name="random") -> Blocked:
+def random_blocked(
+    ex, bounds, k: int, seed: int, scale: float = 1.0, name="random", slots=None
+) -> Blocked:
     """Gaussian ``n × k`` matrix, identical for any ``bounds`` given the seed."""
     blocks = [
-        ex.submit(_random_block, seed, int(bounds[a]), int(bounds[a + 1]), k, scale, name=name)
+        _on(ex, slots, a, _random_block, seed, int(bounds[a]), int(bounds[a + 1]), k, scale,
+            name=name)
         for a in range(len(bounds) - 1)
-    ]
-    return Blocked(ex, np.asarray(bounds), k, blocks)
+    ]  # fmt: skip
+    return Blocked(ex, np.asarray(bounds), k, blocks, slots)
 
 
-def zeros_blocked(ex, bounds, k: int, name="zeros") -> Blocked:
+def zeros_blocked(ex, bounds, k: int, name="zeros", slots=None) -> Blocked:
     blocks = [
-        ex.submit(_zeros, int(bounds[a + 1] - bounds[a]), k, name=name)
+        _on(ex, slots, a, _zeros, int(bounds[a + 1] - bounds[a]), k, name=name)
         for a in range(len(bounds) - 1)
     ]
-    return Blocked(ex, np.asarray(bounds), k, blocks)
+    return Blocked(ex, np.asarray(bounds), k, blocks, slots)
 
 
 def _sum_select(parts, index, scale):
@@ -194,6 +225,51 @@ def tree_sum(ex, parts: list, scale: float = 1.0, fan_in: int = 4, name="sum", i
             for i in range(0, len(level), fan_in)
         ]
     return ex.submit(_sum, level, scale, name=name)
+
+
+def _fold(running, parts, indices, scale):
+    """``running + Σ s·part`` added left to right: the arithmetic of :func:`_sum`, so
+    a fold cut into several calls gives the bits of one call over all the parts."""
+    out = None if running is None else running.copy()
+    for p, i in zip(parts, indices):
+        x = p if i is None else p[i]
+        if scale != 1.0:
+            x = x * scale
+        if out is None:
+            out = x.copy() if scale == 1.0 else x
+        else:
+            out += x
+    return out
+
+
+def fold_on(
+    ex, parts, slots, *, indices=None, scale: float = 1.0, name: str = "sum", max_run: int = 4
+):
+    """The sum of ``parts`` added in order, one task per run of consecutive parts on
+    one worker slot (at most ``max_run`` parts, so that the adding starts before the
+    last part is ready), each starting from the previous run's sum.
+
+    ``slots[k]``: the slot holding ``parts[k]``; ``indices[k]``: ``None`` when
+    ``parts[k]`` is the array to add, else the element of the task result to add
+    (picked inside the fold, on the worker that holds the result). Each worker adds
+    its own parts before anything moves; only the running sum travels, once per
+    change of worker, and the result ends on the slot of the last part. The
+    additions, and so the bits, do not depend on the slots.
+    """
+    n = len(parts)
+    indices = [None] * n if indices is None else list(indices)
+    if n == 1 and scale == 1.0 and indices[0] is None:
+        return parts[0]
+    running, k = None, 0
+    while k < n:
+        e = k + 1
+        while e < n and e - k < max_run and slots[e] == slots[k]:
+            e += 1
+        running = ex.submit_on(
+            slots[k], _fold, running, list(parts[k:e]), indices[k:e], scale, name=name
+        )
+        k = e
+    return running
 
 
 def getitem(ex, handle, index, name="part"):

@@ -1,0 +1,132 @@
+"""Bytes moved between workers per iteration, from distributed's own records (issue 15).
+
+Each factor block travels, per iteration, once per change of worker along the fixed
+order in which its partial gradients are added (each worker adds its own first) and
+once to every other worker whose tiles use the new block. On a band layout of
+``P × Q`` workers (``P·Q = W``) the row blocks are used by ``Q`` workers and the column
+blocks by ``P``, so an iteration moves at most
+
+    ``2 · ((Q − 1)·n1 + (P − 1)·n2) · r · 8`` bytes,
+
+minimised over the band shapes, and never more than ``2 (W − 1)(n1 + n2) r · 8``: it
+grows with the workers, not with the tiles. The old per-tile tree sums moved every
+tile's partial (``tiles · n · r · 8``) on row-stripe placements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dscaledgd as dsg
+from dscaledgd.engine import traffic
+from dscaledgd.engine.executors import ThreadExecutor
+from dscaledgd.engine.factors import fold_on
+from dscaledgd.engine.placement import Placement
+
+SHAPE, RANK, TILES = (4000, 3000), 5, (8, 4)
+#: measured passes: iterations FIRST..LAST (numba and caches warm; no re-root inside)
+FIRST, LAST = 2, 6
+
+
+def band_bound(W: int, shape=SHAPE, rank=RANK, grid=TILES) -> float:
+    """Bytes per iteration of the best band layout (module docstring)."""
+    n1, n2 = shape
+    shapes = [(P, W // P) for P in range(1, W + 1) if W % P == 0]
+    rows = min(
+        2 * ((Q - 1) * n1 + (P - 1) * n2) for P, Q in shapes if P <= grid[0] and Q <= grid[1]
+    )
+    return rows * rank * 8
+
+
+@pytest.fixture(scope="module")
+def instance():
+    obs, _ = dsg.datasets.make_completion(SHAPE, RANK, 0.02, cond=10, tiles=TILES, random_state=0)
+    return obs
+
+
+def _measure(client, obs):
+    """Traffic per data pass over iterations FIRST..LAST, and the loss history."""
+    traffic.install(client)
+    snaps = {}
+
+    def cb(state):
+        if state.iteration in (FIRST, LAST):
+            snaps[state.iteration] = (traffic.snapshot(client), state.passes)
+
+    try:
+        res = dsg.complete(
+            obs, RANK, client=client, max_iter=LAST, tol=1e-300, stall_tol=0.0, callback=cb,
+            init_power_iter=1, random_state=0, progress=False,
+        )  # fmt: skip
+    finally:
+        client.unregister_worker_plugin(traffic.PLUGIN_NAME)
+    (a, pa), (b, pb) = snaps[FIRST], snaps[LAST]
+    return b - a, pb - pa, res
+
+
+def _check(d, passes, W):
+    n1, n2 = SHAPE
+    per_pass = d.peer_bytes / passes
+    general = 2 * (W - 1) * (n1 + n2) * RANK * 8
+    slack = 1.05 * band_bound(W) + 64 * 1024  # r×r matrices and message framing
+    print(f"W={W}: {per_pass / 1e6:.3f} MB/pass, band bound {band_bound(W) / 1e6:.3f} MB")
+    assert per_pass <= slack, (W, per_pass, band_bound(W), d.peer_bytes_by_name)
+    assert per_pass <= general
+    # no selection tasks; every tile's kernel once per pass
+    assert "part" not in d.tasks_by_name, d.tasks_by_name
+    assert d.tasks_by_name["grad"] == passes * TILES[0] * TILES[1]
+
+
+@pytest.mark.filterwarnings("ignore::dscaledgd.ConvergenceWarning")
+def test_bytes_moved_per_iteration_grow_with_workers_not_tiles(client, instance):
+    from distributed import Client, LocalCluster
+
+    d2, p2, res2 = _measure(client, instance)  # the session's 2 workers
+    _check(d2, p2, 2)
+    with (
+        LocalCluster(
+            n_workers=4, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster, set_as_default=False) as c4,
+    ):  # fmt: skip
+        d4, p4, res4 = _measure(c4, instance)
+    _check(d4, p4, 4)
+    assert d4.peer_bytes / p4 > d2.peer_bytes / p2  # more workers share more blocks
+    # the placement changes where the additions run, not what they add
+    h2, h4 = res2.history["loss"], res4.history["loss"]
+    assert len(h2) == len(h4)
+    np.testing.assert_allclose(h4, h2, rtol=1e-12, atol=0)
+
+
+# ------------------------------------------------------------ without a cluster
+def test_placement_keeps_a_column_blocks_tiles_together():
+    rb = np.linspace(0, 200_000, 17).astype(np.int64)
+    cb = np.linspace(0, 200_000, 5).astype(np.int64)
+    p = Placement((16, 4), [rb, cb], 16)
+    assert p.layout == "4x4 bands"
+    slots = np.array(p.slots).reshape(16, 4)
+    for j in range(4):  # 4 tiles of one column block per worker, 4 workers per column
+        assert all(len(set(slots[4 * k : 4 * k + 4, j])) == 1 for k in range(4))
+        assert len(set(slots[:, j])) == 4
+    # each block: 3 moves of its partial sums, 3 copies of its new value
+    assert p.rows_moved == 6 * (200_000 + 200_000)
+    for W in (1, 2, 3, 4, 5, 8, 12, 16, 64):
+        q = Placement((16, 4), [rb, cb], W)
+        assert q.rows_moved <= 2 * (W - 1) * 400_000, (W, q)
+        assert max(np.bincount(q.slots)) <= -(-64 // W), (W, q)  # evenly spread
+
+
+def test_a_fold_cut_anywhere_gives_the_same_bits():
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((50, 3)) * 10.0 ** rng.integers(-8, 8) for _ in range(11)]
+    ex = ThreadExecutor(0)
+    futs = ex.scatter(parts)
+    ref = ex.gather(fold_on(ex, futs, [0] * 11, max_run=11))
+    for slots in ([0] * 11, list(range(11)), [0, 0, 1, 1, 1, 0, 2, 2, 2, 2, 2], [3] * 5 + [1] * 6):
+        for scale in (1.0, 0.37):
+            got = ex.gather(fold_on(ex, futs, slots, scale=scale))
+            want = ref if scale == 1.0 else ex.gather(fold_on(ex, futs, [0] * 11, scale=scale))
+            np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(ref, np.sum(parts, axis=0), rtol=1e-12, atol=1e-6)
