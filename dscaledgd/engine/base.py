@@ -64,6 +64,14 @@ class FactorEngine:
     """
 
     _weights = None
+    #: the executor of the factor-level operations when it is not ``ex`` (an engine
+    #: whose factors are small enough to live on the client sets an inline one)
+    _fex = None
+
+    @property
+    def fex(self):
+        """Where the factors live and their operations run: ``ex``, or the client."""
+        return self._fex if self._fex is not None else self.ex
     #: per factor, the worker slot owning each block (:mod:`.placement`), or None
     block_slots = None
 
@@ -110,7 +118,7 @@ class FactorEngine:
 
     def grams(self, state) -> list:
         """``F_kᵀF_k`` of every factor (one gather)."""
-        parts = self.ex.gather([F.gram_parts() for F in state])
+        parts = self.fex.gather([F.gram_parts() for F in state])
         return [sum_small(p) for p in parts]
 
     def preconditioner_grams(self, FF: list) -> list:
@@ -142,14 +150,14 @@ class FactorEngine:
         """
         parts = [
             [
-                self.ex.submit(_colmax_sq, b, Wk, name="coherence")
+                self.fex.submit(_colmax_sq, b, Wk, name="coherence")
                 if F.slots is None
-                else self.ex.submit_on(F.slots[a], _colmax_sq, b, Wk, name="coherence")
+                else self.fex.submit_on(F.slots[a], _colmax_sq, b, Wk, name="coherence")
                 for a, b in enumerate(F.blocks)
             ]
             for F, Wk in zip(state, W)
         ]
-        flat = self.ex.gather([p for per in parts for p in per])
+        flat = self.fex.gather([p for per in parts for p in per])
         out, i = [], 0
         for per in parts:
             out.append(np.max(np.vstack(flat[i : i + len(per)]), axis=0))
@@ -162,7 +170,7 @@ class FactorEngine:
         out = []
         for F, Mk, Nk, sk in zip(state, M, N, seeds):
             scale = 1.0 / np.sqrt(F.n)
-            Z = random_blocked(self.ex, F.bounds, Nk.shape[0], sk, scale, slots=F.slots)
+            Z = random_blocked(self.fex, F.bounds, Nk.shape[0], sk, scale, slots=F.slots)
             out.append(combine(F, Mk, Z, Nk, name="reseed"))
         return State(out, dict(state.params))
 
@@ -176,7 +184,7 @@ class FactorEngine:
         for k, Fb in enumerate(self.factor_bounds):
             n = int(Fb[-1])
             Z = random_blocked(
-                self.ex, Fb, int(ranks[k]), seed + k, scale / np.sqrt(n), slots=self._slots(k)
+                self.fex, Fb, int(ranks[k]), seed + k, scale / np.sqrt(n), slots=self._slots(k)
             )
             out.append(Z)
         return State(out)
@@ -192,10 +200,10 @@ class FactorEngine:
         for k, (F, Fb) in enumerate(zip(arrays, self.factor_bounds)):
             F = np.ascontiguousarray(F, dtype=np.float64)
             slots = self._slots(k)
-            blocks = self.ex.scatter(
+            blocks = self.fex.scatter(
                 [F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)], placement=slots
             )
-            out.append(Blocked(self.ex, Fb, F.shape[1], list(blocks), slots))
+            out.append(Blocked(self.fex, Fb, F.shape[1], list(blocks), slots))
         return State(out, dict(params or {}))
 
 

@@ -20,6 +20,8 @@ import numpy as np
 from .factors import fold_on, getitem, tree_sum
 
 __all__ = [
+    "map_groups",
+    "GroupPass",
     "grid_indices",
     "map_reduce",
     "Collected",
@@ -259,39 +261,70 @@ def map_reduce_groups(
     ``"block"`` output and one handle for ``"all"``. Sums run in group order with a
     fixed fan-in, so the bits do not depend on the scheduler or the worker count.
     """
-    scales = scales or {}
+    gp = map_groups(ex, groups, fn, call, place, outputs, shared=shared, slots=slots,
+                    task_name=task_name)  # fmt: skip
+
+    def add(hs, path, scale):
+        return ex.submit(_sum_paths, list(hs), path, scale, name=name)
+
+    return gp.reduce(gp.handles, add, scales, fan_in)
+
+
+class GroupPass:
+    """The tasks of a grouped pass (:func:`map_groups`) and how their parts add up.
+
+    :meth:`reduce` adds the group results per block in group order with a fixed
+    fan-in, either as tasks (``add`` submits :func:`_sum_paths`) or, on gathered
+    results, in the caller's process (``add`` is :func:`_sum_paths`): the same
+    additions in the same order, so the same bits.
+    """
+
+    def __init__(self, handles: list, outputs, per_block: dict, flat: dict):
+        self.handles, self.outputs = handles, list(outputs)
+        self.per_block, self.flat = per_block, flat
+
+    def reduce(self, results: list, add=None, scales: dict | None = None, fan_in: int = 4):
+        """``{key: [per block] or one}`` from ``results[g]`` (handles or values) of group g."""
+        add = add or _sum_paths
+        scales = scales or {}
+
+        def total(idx, path, scale):
+            hs = [results[g] for g in idx]
+            while len(hs) > fan_in:  # first level selects, the rest add arrays
+                hs = [add(hs[i : i + fan_in], path, 1.0) for i in range(0, len(hs), fan_in)]
+                path = ()
+            return add(list(hs), path, scale)
+
+        out: dict = {}
+        for j, (key, kind) in enumerate(self.outputs):
+            scale = scales.get(key, 1.0)
+            if kind == "all":
+                out[key] = total(self.flat[key], (j,), scale)
+            else:
+                blocks = self.per_block[key]
+                out[key] = [total(blocks[b], (j, b), scale) for b in range(len(blocks))]
+        return out
+
+
+def map_groups(
+    ex, groups, fn, call, place, outputs, *, shared=(), slots=None, task_name="pass"
+) -> GroupPass:
+    """Submit the tasks of :func:`map_reduce_groups` (one per group); sum nothing yet."""
     kinds = tuple(kind for _, kind in outputs)
     per_block: dict = {key: {} for key, kind in outputs if kind == "block"}
     flat: dict = {key: [] for key, kind in outputs if kind == "all"}
+    handles = []
     for g, ts in enumerate(groups):
         places = [tuple(place(t)) for t in ts]
         args = (_run_group, fn, [tuple(call(t)) for t in ts], tuple(shared), places, kinds)
         if slots is None:
-            h = ex.submit(*args, name=task_name)
+            handles.append(ex.submit(*args, name=task_name))
         else:
-            h = ex.submit_on(slots[g], *args, name=task_name)
+            handles.append(ex.submit_on(slots[g], *args, name=task_name))
         for j, (key, kind) in enumerate(outputs):
             if kind == "all":
-                flat[key].append(h)
+                flat[key].append(g)
                 continue
             for b in dict.fromkeys(pl[j][0] for pl in places):
-                per_block[key].setdefault(b, []).append(h)
-
-    def total(hs, path, scale):
-        while len(hs) > fan_in:  # first level selects, the rest add arrays
-            hs = [
-                ex.submit(_sum_paths, hs[i : i + fan_in], path, 1.0, name=name)
-                for i in range(0, len(hs), fan_in)
-            ]
-            path = ()
-        return ex.submit(_sum_paths, list(hs), path, scale, name=name)
-
-    out: dict = {}
-    for j, (key, kind) in enumerate(outputs):
-        scale = scales.get(key, 1.0)
-        if kind == "all":
-            out[key] = total(flat[key], (j,), scale)
-        else:
-            blocks = per_block[key]
-            out[key] = [total(blocks[b], (j, b), scale) for b in range(len(blocks))]
-    return out
+                per_block[key].setdefault(b, []).append(g)
+    return GroupPass(handles, outputs, per_block, flat)

@@ -35,6 +35,7 @@ built.
 
 from __future__ import annotations
 
+from concurrent.futures import Future as LocalFuture
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,8 @@ import numpy as np
 from ..problems import tucker as tk
 from ..storage.tensor_store import ChunkRef, load_chunk
 from .base import FactorEngine
-from .blockwise import chunk_groups, map_reduce_groups
+from .blockwise import chunk_groups, map_groups, map_reduce_groups
+from .executors import ThreadExecutor
 from .factors import Blocked, sum_small
 
 __all__ = ["TuckerEngine"]
@@ -107,11 +109,29 @@ SPECTRAL_COO_BELOW = 0.25
 SINGLE_BLOCK_ROWS = 1 << 18
 
 
+#: Factors with at most this many rows in all (``Σ n_k``; 2.5 MiB of float64 at r = 10)
+#: live on the client: each grouped task gets the blocks it needs as arguments, the group
+#: results come back in the iteration's one gather, and the sums, Grams and update run
+#: in the client's process. One round trip per iteration instead of the chain pass →
+#: sums → Grams → gather → update → pass. The sums keep the group order and fan-in of
+#: :func:`~dscaledgd.engine.blockwise.map_reduce_groups`, so the bits do not change.
+CLIENT_FACTOR_ROWS = 1 << 15
+
+
+def _value(x):
+    """A factor block's array: client-held factors are finished local futures."""
+    return x.result() if isinstance(x, LocalFuture) else x
+
+
 @dataclass
 class TuckerPass:
     G: list
     core: np.ndarray
     small: list
+    #: client-held factors: the grouped pass (and the validation pass) to reduce here,
+    #: and the iterate it was made at
+    groups: tuple = ()
+    state: object = None
 
 
 class _ModeGram:
@@ -177,6 +197,8 @@ class TuckerEngine(FactorEngine):
             for n, b in zip(self.shape, T.bounds)
         ]  # fmt: skip
         self.index = [T.chunk_index(c) for c in range(T.n_chunks)]
+        if sum(self.shape) <= CLIENT_FACTOR_ROWS:  # on every executor: the same bits
+            self._fex = ThreadExecutor(0)
         self.extent = [
             tuple(s.stop - s.start for s in T.chunk_slices(c)) for c in range(T.n_chunks)
         ]
@@ -257,7 +279,7 @@ class TuckerEngine(FactorEngine):
 
         def call(t):
             pl = self.place[t]
-            U = [factors[k].blocks[pl[k][0]] for k in range(self.d)]
+            U = [_value(factors[k].blocks[pl[k][0]]) for k in range(self.d)]
             return chunks[t], U, [(lo, hi) for _, lo, hi, _ in pl]
 
         return call
@@ -265,25 +287,47 @@ class TuckerEngine(FactorEngine):
     def pass_(self, state, it: int = 0) -> TuckerPass:
         ex, core = self.ex, state.params["core"]
         outputs = [*((f"G{k}", "block") for k in range(self.d)), ("core", "all"), ("v", "all")]
-        out = self.grouped(
-            _pass, self._call(self._chunks, state), lambda t: (*self.place[t], None, None),
-            outputs, shared=(core, self.grad_scale), task_name="grad",
-        )  # fmt: skip
+        args = (_pass, self._call(self._chunks, state), lambda t: (*self.place[t], None, None))
+        val = None
+        if self._vchunks is not None:
+            val = (_residual, self._call(self._vchunks, state), lambda t: (None,))
+        if self._fex is not None:  # client-held factors: reduce here after the one gather
+            gp = map_groups(ex, self.groups, *args, outputs, shared=(core, self.grad_scale),
+                            slots=self.slots, task_name="grad")  # fmt: skip
+            vgp = None
+            if val is not None:
+                vgp = map_groups(ex, self.groups, *val, [("r", "all")], shared=(core,),
+                                 slots=self.slots, task_name="val")  # fmt: skip
+            return TuckerPass(None, core, [], groups=(gp, vgp), state=state)
+        out = self.grouped(*args, outputs, shared=(core, self.grad_scale), task_name="grad")
         G = [
             Blocked(ex, Fb, state[k].ncols, out[f"G{k}"]) for k, Fb in enumerate(self.factor_bounds)
         ]
         vres = []
-        if self._vchunks is not None:
-            vres = [
-                self.grouped(
-                    _residual, self._call(self._vchunks, state), lambda t: (None,),
-                    [("r", "all")], shared=(core,), task_name="val",
-                )["r"]
-            ]  # fmt: skip
+        if val is not None:
+            vres = [self.grouped(*val, [("r", "all")], shared=(core,), task_name="val")["r"]]
         return TuckerPass(G, core, [self.stats_parts(state, G), out["v"], out["core"], vres])
 
+    def _reduce_here(self, pas: TuckerPass) -> list:
+        """Client-held factors: gather the group results, add them up here (the order of
+        the tasks' sums), set ``pas.G``; the ``small`` results of a worker-side pass."""
+        gp, vgp = pas.groups
+        state = pas.state
+        res = self.ex.gather([gp.handles, vgp.handles if vgp is not None else []])
+        out = gp.reduce(res[0])
+        fex = self._fex
+        pas.G = [
+            Blocked(fex, Fb, state[k].ncols, fex.scatter(out[f"G{k}"]))
+            for k, Fb in enumerate(self.factor_bounds)
+        ]
+        vres = [vgp.reduce(res[1])["r"]] if vgp is not None else []
+        return [fex.gather(self.stats_parts(state, pas.G)), out["v"], out["core"], vres]
+
     def scalars(self, pas: TuckerPass):
-        stats, values, core_grad, vres = self.ex.gather(pas.small)
+        if pas.groups:
+            stats, values, core_grad, vres = self._reduce_here(pas)
+        else:
+            stats, values, core_grad, vres = self.ex.gather(pas.small)
         sumsq = float(values[0])
         extra = {"validation": float(np.sqrt(sum(vres) / self._vnnz))} if vres else {}
         FF = [sum_small([s[0] for s in per]) for per in stats]
@@ -318,7 +362,10 @@ class TuckerEngine(FactorEngine):
             )  # fmt: skip
         finally:
             self.ex.release(*copies)
-        return [U for U, _ in out], [np.asarray(w) for _, w in out]
+        factors = [U for U, _ in out]
+        if self._fex is not None:  # client-held from here on
+            factors = list(self.from_numpy([U.gather() for U in factors]).factors)
+        return factors, [np.asarray(w) for _, w in out]
 
     def project(self, factors) -> np.ndarray:
         """``(Y/p) ×_k U_kᵀ`` (one pass; the spectral core)."""
