@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from . import datasets, exceptions
+from . import datasets, exceptions, model_selection
 from ._version import __version__
 from .api import complete, rpca, sense, tucker_complete
 from .estimators import MatrixCompletion, MatrixSensing, RobustPCA, TuckerCompletion
@@ -38,5 +38,6 @@ __all__ = [
     "IterationState",
     "load_result",
     "datasets",
+    "model_selection",
 ]
 __all__ += exceptions.__all__

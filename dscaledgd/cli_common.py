@@ -12,7 +12,7 @@ import tempfile
 
 __all__ = [
     "SCHEDULER_NAMES", "check_out", "run_kwargs", "summary", "fraction", "nonneg",
-    "solver_options", "respell",
+    "solver_options", "respell", "reg_value", "rank_value",
 ]  # fmt: skip
 
 
@@ -154,6 +154,8 @@ _SPELLING = (
     ("sparsifier='fraction'", "--sparsifier fraction"),
     ("sparsifier='adaptive'", "--sparsifier adaptive"),
     ("alpha=0.1", "--alpha 0.1"),
+    ("rank='auto'", "--rank auto"),
+    ("reg='auto'", "--reg auto"),
 )
 
 
@@ -196,12 +198,26 @@ def nonneg(text: str) -> float:
 
 
 def reg_value(text: str):
-    """``--reg``: one number ≥ 0, or two (``rows,columns``)."""
+    """``--reg``: one number ≥ 0, two (``rows,columns``), or ``auto`` (chosen by validation
+    RMSE among Spark's grid; docs/api.md)."""
+    if text.strip().lower() == "auto":
+        return "auto"
     parts = text.split(",")
     if len(parts) > 2:
         raise argparse.ArgumentTypeError(f"expected REG or REG_ROWS,REG_COLS; got {text!r}")
     values = tuple(nonneg(p) for p in parts)
     return values[0] if len(values) == 1 else values
+
+
+def rank_value(text: str):
+    """``--rank``: an integer (checked by the API: a bad rank is a bad parameter), or
+    ``auto`` (chosen by validation RMSE; ``complete`` only)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto'; got {text!r}") from None
 
 
 def solver_options(sp, *, step_help: str = "fixed step (default adaptive)") -> None:

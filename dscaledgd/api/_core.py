@@ -26,6 +26,7 @@ from .._validation import (
 )
 from ..engine.cluster import SCHEDULERS
 from ..exceptions import DataWarning, InputDataError, InvalidParameterError
+from ..model_selection import is_auto
 from ..result import HISTORY_KEYS, SolveResult
 from ..solvers import init as inits
 from ..solvers import scaledgd as _sgd
@@ -95,6 +96,8 @@ def collect_params(func: str, scope: dict, **overrides) -> dict:
     """
     params = {k: scope[k] for k in RUN_KEYS if k in scope}
     params.update(overrides)
+    if "reg" in params:
+        refuse_auto(func, "reg", params["reg"], "a float in [0, inf) or a pair (rows, columns)")
     validate_params(func, params, COMMON)
     if params.get("scheduler") is not None:
         check_choice(func, "scheduler", params["scheduler"], SCHEDULERS)
@@ -222,8 +225,19 @@ def zero_result(shape, rank: int, params: dict, desc: str, validation=None) -> S
 
 def check_rank(func: str, rank, shape) -> int:
     n = min(shape)
+    refuse_auto(func, "rank", rank, f"an int in [1, {n})")
     check_param(func, "rank", rank, [Interval("int", 1, n, "left")])
     return int(rank)
+
+
+def refuse_auto(func: str, name: str, value, what: str) -> None:
+    """The error for ``name="auto"`` where only :func:`~.completion.complete` chooses it."""
+    if is_auto(value):
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {func} must be {what}. Got 'auto': choosing {name} by "
+            f"validation error ({name}='auto') is supported by complete only. Pass a value, or "
+            "choose it with dscaledgd.model_selection.successive_halving."
+        )
 
 
 def check_init(func, init, shape, rank, symmetric):

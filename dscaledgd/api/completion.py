@@ -13,6 +13,7 @@ from .._validation import (
 from ..engine.cluster import executor_for
 from ..engine.completion import CACHE_POLICIES, CompletionEngine
 from ..exceptions import InvalidParameterError
+from ..model_selection import auto_names
 from ..result import SolveResult
 from ..solvers.centering import CENTER_MODES, fit_offsets
 from ..storage.observations import Observations
@@ -34,7 +35,7 @@ __all__ = ["complete", "complete_oracle", "reference_copy"]
 
 def complete(
     obs,
-    rank: int,
+    rank: int | str,
     *,
     method: str = "scaledgd",
     loss: str = "l2",
@@ -43,7 +44,7 @@ def complete(
     init: str = "spectral",
     init_scale: float = 1e-3,
     step_size: float | str | None = None,
-    reg: float = 0.0,
+    reg: float | tuple | str = 0.0,
     center=False,
     validation=None,
     max_iter: int = 500,
@@ -82,8 +83,10 @@ def complete(
         every observed value is 0 the exact fit ``X = 0`` is returned (status
         ``"converged"``, no iteration); values whose sum of squares overflows
         float64 (about 1e154 and above) are refused: rescale them.
-    rank : int
-        Target rank, ``1 <= rank < min(n1, n2)``.
+    rank : int or "auto"
+        Target rank, ``1 <= rank < min(n1, n2)``. ``"auto"``: chosen by
+        validation RMSE among ``(5, 10, 20, 40)`` (those below ``min(n1, n2)``)
+        by successive halving; see the Notes.
     method : {"scaledgd", "gd"}, default "scaledgd"
         ``"gd"`` is the vanilla gradient baseline with step ``η / σ̂₁``.
     loss : {"l2", "l1"}, default "l2"
@@ -112,7 +115,7 @@ def complete(
         guarded fixed ``η = 0.5`` for a random start, and the geometric
         ScaledSM rule for l1. A float fixes ``η`` as in the papers (``0.5``
         reproduces them).
-    reg : float, default 0.0
+    reg : float, (float, float) or "auto", default 0.0
         Ridge penalty in the units of Spark ALS's ``regParam`` (ALS-WR, also
         Surprise's and implicit's per-rating convention): each row's and
         column's penalty is ``reg`` times its number of observations,
@@ -121,7 +124,9 @@ def complete(
         over (MovieLens: 0.05–0.1). The step stays the derived block-Hessian
         step ``−η W⁻¹(∇f + reg·W F) P`` with ``P = (H + reg_k I)⁻¹``, a descent
         step for the regularised objective. Also regularises the biases
-        (``reg · n_i`` each).
+        (an unweighted ridge ``reg · mean(n)`` per side, as Surprise's
+        baselines). ``"auto"``: chosen by validation RMSE among
+        Spark's grid ``(0.01, 0.05, 0.1, 0.2)``; see the Notes.
     center : {False, True, "mean", "biases"}, default False
         Fit a global mean (``True``/``"mean"``), or the mean and row/column
         biases (``"biases"``, alternating ridge regression with ``reg``),
@@ -193,6 +198,31 @@ def complete(
     (``16 · nnz`` bytes, or a sub-chunk each when streamed) plus about four
     copies of the factors, ``(n1 + n2) · rank · 8`` bytes each.
 
+    Model selection (``rank="auto"``, ``reg="auto"``): every combination of
+    the candidate values (the given value for the other parameter) is fitted
+    on the training entries and scored on held-out ones: ``validation`` when
+    given, else 10% of ``obs`` split off with a seed derived from
+    ``random_state`` (``random_state + 1`` for an int, i.e.
+    ``obs.split(0.1, random_state=random_state + 1)``, in memory; the fits
+    then use the other 90%). Successive halving: every candidate runs 10 iterations, the
+    worse half by best validation RMSE is dropped, the others continue from
+    their exact state (each candidate's trajectory is that of one
+    uninterrupted run) to twice the budget, and so on until one remains; it
+    runs on to ``max_iter`` with its early stopping, and that fit is the
+    result: the same as ``complete`` with the chosen values, the same
+    held-out set and ``random_state``. A round's candidates run concurrently
+    on the one executor (``client``/``scheduler``), each driven by a client
+    thread; the choice does not depend on their timing. Cost: about
+    ``n · 10 · log2(n)`` iterations for ``n`` candidates before the winner's
+    run, against up to ``n · max_iter`` for fitting every candidate; memory:
+    one set of factors per running candidate, the tiles are shared.
+    ``res.params`` holds the chosen ``rank``/``reg`` and ``params["auto"]``
+    the names that were chosen; ``res.info["model_selection"]`` the table of
+    candidates (budgets, validation RMSE per round, the round each was
+    dropped after) and the held-out set used. The candidates run without a
+    progress bar. ``callback``, ``checkpoint`` and, with ``rank="auto"``, an
+    ``init`` tuple are refused. See ``docs/api.md``.
+
     Examples
     --------
     >>> import dscaledgd as dsg
@@ -203,6 +233,11 @@ def complete(
     """
     func = "complete"
     obs = as_observations(obs, func)
+    auto = auto_names(rank=rank, reg=reg)
+    if auto:  # each "auto" parameter is validated as its first candidate, then replaced
+        from .selection import check_auto
+
+        rank, reg = check_auto(func, auto, obs.shape, rank, reg, init, callback, checkpoint)
     rank = check_rank(func, rank, obs.shape)
     check_choice(func, "method", method, METHODS)
     check_choice(func, "loss", loss, LOSSES)
@@ -248,32 +283,54 @@ def complete(
     if obs.value_norm2 == 0:
         params["_ids"] = {"row": obs.row_ids, "col": obs.col_ids}
         return zero_result(obs.shape, rank, params, func, validation)
+    where = {"client": client, "address": address, "scheduler": scheduler}
+    if auto:
+        from .selection import complete_auto
+
+        return complete_auto(obs, validation, params, auto, where, cache=cache, oracle=_oracle)
     rng = resolve_rng(random_state)
     if _oracle:  # the test oracle: one in-memory tile, plain NumPy math, inline
-        obs, scheduler, client, address = reference_copy(obs), "sync", None, None
-    with executor_for(client, address=address, scheduler=scheduler) as ex:
-        engine = CompletionEngine(
-            obs,
-            ex,
-            symmetric=symmetric,
-            loss=loss,
-            cache=cache,
-            kernel="reference" if _oracle else "fused",
-        )
+        obs, where = reference_copy(obs), {"scheduler": "sync"}
+    with executor_for(**where) as ex:
+        engine = make_engine(obs, ex, params, validation, cache=cache, oracle=_oracle)
         try:
-            if center:
-                mu, b, c = fit_offsets(engine, center, reg=reg)
-                engine.set_offsets(mu, b, c)
-                params["_offsets"] = {"mean": mu, "row_bias": b, "col_bias": c}
-            if validation is not None:
-                engine.set_validation(validation)
-            if np.any(np.asarray(reg) > 0):
-                engine.set_row_weights()
-                params["_ridge"] = ridge_per_factor(reg, obs, symmetric)
-            params["_ids"] = {"row": obs.row_ids, "col": obs.col_ids}
-            return solve(engine, rank, rng, params, desc="complete")
+            return fit_on(engine, obs, rank, rng, params)
         finally:
             engine.close()
+
+
+def make_engine(obs, ex, params: dict, validation=None, *, cache: str, oracle: bool = False):
+    """The :class:`CompletionEngine` of a run: the tiles (and held-out tiles) placed on ``ex``."""
+    engine = CompletionEngine(
+        obs,
+        ex,
+        symmetric=params["symmetric"],
+        loss=params["loss"],
+        cache=cache,
+        kernel="reference" if oracle else "fused",
+    )
+    if validation is not None:
+        try:
+            engine.set_validation(validation)
+        except BaseException:
+            engine.close()
+            raise
+    return engine
+
+
+def fit_on(engine, obs: Observations, rank: int, rng, params: dict, desc: str = "complete"):
+    """One fit on a prepared engine: the offsets of ``params["center"]`` and the row
+    weights of ``params["reg"]`` are set on ``engine``, then :func:`~._core.solve`."""
+    reg, center = params["reg"], params["center"]
+    if center:
+        mu, b, c = fit_offsets(engine, center, reg=reg)
+        engine.set_offsets(mu, b, c)
+        params["_offsets"] = {"mean": mu, "row_bias": b, "col_bias": c}
+    if np.any(np.asarray(reg) > 0):
+        engine.set_row_weights()
+        params["_ridge"] = ridge_per_factor(reg, obs, params["symmetric"])
+    params["_ids"] = {"row": obs.row_ids, "col": obs.col_ids}
+    return solve(engine, rank, rng, params, desc=desc)
 
 
 def ridge_per_factor(reg: float, obs: Observations, symmetric: bool) -> tuple:

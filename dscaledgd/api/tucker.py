@@ -14,7 +14,14 @@ from ..problems.spec import State
 from ..problems.tucker import breve_gram
 from ..result import SolveResult
 from ..storage.tensors import TensorObservations
-from ._core import METHODS, check_scale, collect_params, solve, warn_unobserved
+from ._core import (
+    METHODS,
+    check_scale,
+    collect_params,
+    refuse_auto,
+    solve,
+    warn_unobserved,
+)
 
 __all__ = ["tucker_complete", "as_tensor", "check_ranks"]
 
@@ -63,6 +70,7 @@ def _is_tensor_store(path: str) -> bool:
 def check_ranks(func: str, ranks, shape) -> tuple[int, ...]:
     """Tucker ranks: one int per mode, ``1 ≤ r_k ≤ n_k`` and ``r_k ≤ Π_{j≠k} r_j``."""
     d = len(shape)
+    refuse_auto(func, "ranks", ranks, f"an int or a sequence of {d} ints")
     if isinstance(ranks, int | np.integer) and not isinstance(ranks, bool):
         ranks = (int(ranks),) * d
     ok = isinstance(ranks, tuple | list) and all(

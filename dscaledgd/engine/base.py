@@ -72,6 +72,7 @@ class FactorEngine:
     def fex(self):
         """Where the factors live and their operations run: ``ex``, or the client."""
         return self._fex if self._fex is not None else self.ex
+
     #: per factor, the worker slot owning each block (:mod:`.placement`), or None
     block_slots = None
 
