@@ -420,9 +420,7 @@ def part_throughput(args):
                 thrs.append(_per_iter(_fixed_iters(T, r, args.iters)))
                 dists.append(_per_iter(_fixed_iters(T, r, args.iters, scheduler=None, client=c)))
                 with factors_on_workers():
-                    olds.append(
-                        _per_iter(_fixed_iters(T, r, args.iters, scheduler=None, client=c))
-                    )
+                    olds.append(_per_iter(_fixed_iters(T, r, args.iters, scheduler=None, client=c)))
             kern, thr, dist, old = (float(np.median(v)) for v in (kerns, thrs, dists, olds))
             rounds.append(
                 f"- {layout}: LocalCluster rounds {', '.join(f'{d:.3f}' for d in dists)} s; "
@@ -460,8 +458,7 @@ def part_throughput(args):
         "target ≤ 1.5. Overhead = (LocalCluster − x) / LocalCluster; target ≤ 20%. "
         "'factors on workers' = the same LocalCluster run with the factors, their sums, "
         "Grams and updates on the workers (the engine before client-held factors, "
-        "CLIENT_FACTOR_ROWS = 0), alternated with it in each round.\n\n"
-        + "\n".join(rounds)
+        "CLIENT_FACTOR_ROWS = 0), alternated with it in each round.\n\n" + "\n".join(rounds)
     )
     report("Tucker completion throughput: seconds per iteration at 300³ (r = 5)", body, notes)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .cli_common import fraction as _fraction
 from .cli_common import nonneg as _nonneg
-from .cli_common import rank_value, reg_value, solver_options
+from .cli_common import _pair, rank_value, reg_value, solver_options
 
 __all__ = ["add_parsers"]
 
@@ -98,6 +98,14 @@ def add_parsers(sub, common, positive_int) -> None:
         choices=("auto", "memory", "stream"),
         default="auto",
         help="keep tiles in worker memory or stream them from Zarr (default auto)",
+    )
+    c.add_argument(
+        "--tiles",
+        type=_pair,
+        default=None,
+        metavar="A,B",
+        help="fit on an A x B tile grid instead of the store's (re-cut in memory: it loads "
+        "the entries; for a store larger than memory re-import it with import --tiles)",
     )
     c.add_argument("--damping", type=_nonneg, default=0.0, help="ScaledGD(λ)'s λ (default 0)")
     c.add_argument("--symmetric", action="store_true", help="PSD model X = L Lᵀ")
@@ -194,12 +202,13 @@ def _cmd_complete(args) -> int:
     if args.validation and args.validation_fraction:
         raise ValueError("Pass either --validation or --validation-fraction, not both.")
     obs, val = args.obs, None
+    if args.tiles is not None:  # re-cut in memory (the store itself stays as it is)
+        obs = Observations.open_zarr(args.obs).retile(args.tiles)
     if args.validation:
         val = Observations.open_zarr(args.validation)
     elif args.validation_fraction:
-        obs, val = Observations.open_zarr(args.obs).split(
-            args.validation_fraction, random_state=args.seed + 1
-        )
+        whole = obs if args.tiles is not None else Observations.open_zarr(args.obs)
+        obs, val = whole.split(args.validation_fraction, random_state=args.seed + 1)
     res = complete(
         obs, args.rank, damping=args.damping, symmetric=args.symmetric, reg=args.reg,
         center=CENTER[args.center], validation=val, patience=args.patience,

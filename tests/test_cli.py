@@ -390,3 +390,23 @@ def test_a_job_file_holds_the_command_line(tmp_path, capsys):
     assert "No such --config file" in capsys.readouterr().err
     job.write_text(f"command: complete\nobs: {p}\nrank: 2\nout: {out}\nbogus: 1\n")
     assert run("--config", job).returncode == 2  # an unknown option is a usage error
+
+
+@pytest.mark.filterwarnings("ignore::dscaledgd.exceptions.ConvergenceWarning")
+def test_complete_tiles_recuts_the_grid(tmp_path, capsys):
+    """``--tiles A,B`` fits on that grid: the result equals the Python fit on
+    ``obs.retile((A, B))``, and the store itself is not rewritten."""
+    obs, _ = dsg.datasets.make_completion((120, 90), 3, 0.3, random_state=0)
+    obs.to_zarr(tmp_path / "obs.zarr")
+    argv = ["complete", str(tmp_path / "obs.zarr"), "--rank", "3", "--max-iter", "15",
+            "--tiles", "3,2", "--out", str(tmp_path / "res.zarr")]  # fmt: skip
+    assert cli.main(argv) == 0
+    res = dsg.load_result(tmp_path / "res.zarr")
+    assert res.info["tiles"] == [3, 2]
+    ref = dsg.complete(dsg.Observations.open_zarr(tmp_path / "obs.zarr").retile((3, 2)), 3,
+                       max_iter=15, random_state=0)  # fmt: skip
+    np.testing.assert_array_equal(res.history["loss"], ref.history["loss"])
+    assert dsg.Observations.open_zarr(tmp_path / "obs.zarr").tiles != (3, 2)
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv[:-2], "--tiles", "x", "--out", str(tmp_path / "r2.zarr")])
+    assert exc.value.code == 2 and "--tiles" in capsys.readouterr().err
