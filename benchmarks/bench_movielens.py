@@ -41,27 +41,24 @@ RANKS = (5, 10, 20, 40)
 REGS = (0.01, 0.05, 0.1, 0.2)
 
 
+def _fit(fit, val, seed, rank, reg):
+    """The recipe's fit (biases, validation early stopping, threads), warnings off."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dsg.DataWarning)
+        warnings.simplefilter("ignore", dsg.ConvergenceWarning)
+        return dsg.complete(
+            fit, rank, reg=reg, center="biases", validation=val, patience=20, max_iter=500,
+            scheduler="threads", random_state=seed, progress=False,
+        )  # fmt: skip
+
+
 def tune_dscaledgd(fit, val, test, seed):
     grid, t0 = [], time.perf_counter()
     best = None
     for rank in RANKS:
         for reg in REGS:
             t = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", dsg.DataWarning)
-                warnings.simplefilter("ignore", dsg.ConvergenceWarning)
-                res = dsg.complete(
-                    fit,
-                    rank,
-                    reg=reg,
-                    center="biases",
-                    validation=val,
-                    patience=20,
-                    max_iter=500,
-                    scheduler="threads",
-                    random_state=seed,
-                    progress=False,
-                )
+            res = _fit(fit, val, seed, rank, reg)
             v = float(np.min(res.history["validation"]))
             grid.append(
                 {
@@ -89,21 +86,7 @@ def tune_dscaledgd(fit, val, test, seed):
 def auto_dscaledgd(fit, val, test, seed):
     """``rank="auto", reg="auto"`` on the same split: one call, timed end to end."""
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dsg.DataWarning)
-        warnings.simplefilter("ignore", dsg.ConvergenceWarning)
-        res = dsg.complete(
-            fit,
-            "auto",
-            reg="auto",
-            center="biases",
-            validation=val,
-            patience=20,
-            max_iter=500,
-            scheduler="threads",
-            random_state=seed,
-            progress=False,
-        )
+    res = _fit(fit, val, seed, "auto", "auto")
     seconds = time.perf_counter() - t0
     ms = res.info["model_selection"]
     return {
