@@ -88,8 +88,9 @@ def test_a_fit_over_tls(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::dscaledgd.exceptions.ConvergenceWarning")
 def test_two_clients_on_one_cluster_at_once_get_their_own_answers(tmp_path):
-    """Two runs share a cluster and a store at the same time: no key collisions, each gets
-    the answer it gets alone."""
+    """Two runs share a cluster and a store at the same time, each writing checkpoints: no
+    key collisions, each gets the answer it gets alone, and each resumes from its own
+    checkpoints to that answer."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     procs = [_spawn("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")]
@@ -104,8 +105,12 @@ def test_two_clients_on_one_cluster_at_once_get_their_own_answers(tmp_path):
             alone = [dsg.complete(store, address=address, **k) for k in kw]
             both: list = [None, None]
 
+            ck = [str(tmp_path / f"ck{i}") for i in range(2)]
+
             def run(i):
-                both[i] = dsg.complete(store, address=address, **kw[i])
+                both[i] = dsg.complete(
+                    store, address=address, checkpoint=ck[i], checkpoint_interval=5, **kw[i]
+                )
 
             threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
             t0 = time.monotonic()
@@ -114,9 +119,18 @@ def test_two_clients_on_one_cluster_at_once_get_their_own_answers(tmp_path):
             for t in threads:
                 t.join(timeout=180)
             assert time.monotonic() - t0 < 180
-        for a, b in zip(alone, both):
+            again = [
+                dsg.complete(store, address=address, checkpoint=ck[i], resume=True, **kw[i])
+                for i in range(2)
+            ]
+        for a, b, c in zip(alone, both, again):
             assert b is not None and (a.status, a.n_iter) == (b.status, b.n_iter)
-            for fa, fb in zip(a.compute_factors(), b.compute_factors()):
+            assert c.info["resumed_from"] is not None and (c.status, c.n_iter) == (
+                a.status,
+                a.n_iter,
+            )
+            for fa, fb, fc in zip(a.compute_factors(), b.compute_factors(), c.compute_factors()):
                 np.testing.assert_allclose(fb, fa, rtol=1e-10, atol=1e-12)
+                np.testing.assert_allclose(fc, fa, rtol=1e-10, atol=1e-12)
     finally:
         _stop(procs)
