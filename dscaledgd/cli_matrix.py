@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
+from .cli_common import _pair, rank_value, reg_value, solver_options
 from .cli_common import fraction as _fraction
 from .cli_common import nonneg as _nonneg
-from .cli_common import _pair, rank_value, reg_value, solver_options
 
 __all__ = ["add_parsers"]
 
@@ -136,6 +136,12 @@ def add_parsers(sub, common, positive_int) -> None:
         default=None,
         help="for --sparsifier fraction: largest fraction of outliers per row and per column "
         "(docs/matrix-family.md)",
+    )
+    r.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose the sparsifier's parameter (c, or alpha for 'fraction') from the data by "
+        "successive halving on sum|Y - L R^T| / sum|Y|",
     )
     r.add_argument(
         "--mask",
@@ -266,6 +272,7 @@ def _cmd_rpca(args) -> int:
         args.rank,
         sparsifier=args.sparsifier,
         alpha=args.alpha,
+        tune=args.tune,
         mask=mask,
         **run_kwargs(args),
     )

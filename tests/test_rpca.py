@@ -436,3 +436,38 @@ def test_cli_sparsifier_option(tmp_path, capsys):
         cli.main([*base, "--sparsifier", "median", "--out", str(tmp_path / "c.zarr")])
     assert exc.value.code == 2
     assert "invalid choice: 'median'" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::dscaledgd.exceptions.ConvergenceWarning")
+def test_tune_chooses_the_sparsifier_parameter_from_the_data():
+    """``tune=True``: successive halving over the sparsifier's grid on the l1 criterion;
+    the result is ``rpca`` with the chosen value, and the table says how it was chosen."""
+    t, Y = _readme_instance(0, 0.05)
+    X = t.dense()
+    res = dsg.rpca(Y, 3, tune=True, scheduler="threads", random_state=0)
+    tun = res.info["tuning"]
+    assert tun["parameter"] == "c" and tun["chosen"] in (2.5, 3.0, 4.0, 5.0)
+    assert [r["chosen"] for r in tun["table"]].count(True) == 1
+    assert sum(r["dropped_after_round"] is not None for r in tun["table"]) == 3
+    L, R = res.compute_factors()
+    assert np.linalg.norm(L @ R.T - X) / np.linalg.norm(X) < 1e-6
+    again = dsg.rpca(Y, 3, sparsifier=AdaptiveThreshold(tun["chosen"]), scheduler="threads",
+                     random_state=0)  # fmt: skip
+    np.testing.assert_array_equal(again.history["loss"], res.history["loss"])
+    frac = dsg.rpca(Y, 3, sparsifier="fraction", tune=True, scheduler="threads",
+                    random_state=0, max_iter=40)  # fmt: skip
+    assert frac.info["tuning"]["parameter"] == "alpha"
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"tune": "yes"}, "'tune' parameter of rpca must be a bool"),
+        ({"tune": True, "alpha": 0.1}, "without alpha"),
+        ({"tune": True, "callback": print}, "'callback'.*None with tune=True"),
+    ],
+)
+def test_tune_bad_input(kw, match):
+    _, Y = _readme_instance(0, 0.05)
+    with pytest.raises(InvalidParameterError, match=match):
+        dsg.rpca(Y, 3, scheduler="sync", **kw)

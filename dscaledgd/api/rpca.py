@@ -8,7 +8,7 @@ import math
 import dask.array as da
 import numpy as np
 
-from .._validation import Interval, check_choice, check_param, resolve_rng
+from .._validation import Instance, Interval, check_choice, check_param, resolve_rng
 from ..engine.cluster import executor_for
 from ..engine.rpca import RPCAEngine
 from ..exceptions import InputDataError, InvalidParameterError
@@ -55,6 +55,7 @@ def rpca(
     checkpoint=None,
     checkpoint_interval: int = 10,
     resume: bool | str = False,
+    tune: bool = False,
 ) -> SolveResult:
     r"""Robust PCA: split ``Y`` into a low-rank ``L Rᵀ`` and a sparse ``S``.
 
@@ -122,6 +123,14 @@ def rpca(
         is the papers' ``η = 0.5`` with the adaptive damping and guard.
     grid : (a, b), optional
         Row and column blocks; default: the Dask chunks, else row stripes.
+    tune : bool, default False
+        Choose the sparsifier's parameter from the data (``c`` in
+        ``(2.5, 3, 4, 5)`` for ``"adaptive"``, ``alpha`` in
+        ``(0.05, 0.1, 0.2, 0.3)`` for ``"fraction"``; leave ``alpha`` out) by
+        successive halving (:mod:`dscaledgd.model_selection`) on the
+        self-supervised criterion of ALGORITHMS.md §8, ``Σ_Ω |Y − L Rᵀ| / Σ_Ω
+        |Y|``: the result is ``rpca`` with the chosen value, and
+        ``res.info["tuning"]`` the candidates' scores per round.
 
     Returns
     -------
@@ -153,6 +162,8 @@ def rpca(
     50.0
     """
     func = "rpca"
+    if tune:
+        return _tuned(locals())
     sp = _check_sparsifier(func, sparsifier, alpha)
     if not hasattr(Y, "shape") or len(Y.shape) != 2:
         raise InputDataError(
@@ -211,6 +222,35 @@ def rpca(
             return dataclasses.replace(res, model=res.model.with_sparse(S))
         finally:
             engine.close()
+
+
+def _tuned(args: dict) -> SolveResult:
+    """``rpca(..., tune=True)``: the sparsifier's parameter chosen by successive halving on
+    the self-supervised l1 criterion (:mod:`.rpca_tune`)."""
+    func = "rpca"
+    check_param(func, "tune", args["tune"], [Instance((bool, np.bool_), "a bool")])
+    kind = args["sparsifier"]
+    if kind == "auto":
+        kind = "adaptive" if args["alpha"] is None else "fraction"
+    if kind not in ("adaptive", "fraction") or args["alpha"] is not None:
+        raise InvalidParameterError(
+            f"The 'tune' parameter of {func} chooses the sparsifier's parameter (c of "
+            "'adaptive', alpha of 'fraction') from the data: pass sparsifier='adaptive' or "
+            f"'fraction' without alpha. Got sparsifier={args['sparsifier']!r}, "
+            f"alpha={args['alpha']!r}."
+        )
+    for name in ("callback", "checkpoint"):
+        if args[name] is not None:
+            raise InvalidParameterError(
+                f"The {name!r} parameter of {func} must be None with tune=True (the "
+                f"candidates are fitted in turn). Tune first, then fit with {name}=..."
+            )
+    from .rpca_tune import tune_sparsifier
+
+    where = {k: args[k] for k in ("client", "address", "scheduler")}
+    skip = ("Y", "rank", "sparsifier", "alpha", "tune", "func", *where)
+    kw = {k: v for k, v in args.items() if k not in skip}
+    return tune_sparsifier(rpca, args["Y"], args["rank"], kind, kw, where)
 
 
 def _check_sparsifier(func: str, sparsifier, alpha) -> Sparsifier:
