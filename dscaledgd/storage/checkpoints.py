@@ -38,6 +38,7 @@ import numpy as np
 from ..exceptions import DataWarning, InputDataError, InvalidParameterError
 from . import layout
 from .chunks import check_chunks, read_all, store_error
+from .results import jsonable
 
 __all__ = [
     "Checkpoints", "config_hash", "CLI_ARGV", "list_checkpoints", "read_checkpoint",
@@ -54,14 +55,8 @@ CLI_ARGV: contextvars.ContextVar = contextvars.ContextVar("dscaledgd_cli_argv", 
 
 def config_hash(config: dict) -> str:
     """SHA-256 of the canonical JSON of ``config``."""
-    text = json.dumps(layout_jsonable(config), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(jsonable(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def layout_jsonable(obj):
-    from .results import jsonable
-
-    return jsonable(obj)
 
 
 def list_checkpoints(path) -> list[tuple[int, str]]:
@@ -190,7 +185,7 @@ class Checkpoints:
 
     def bind(self, config: dict) -> None:
         """Set what decides the trajectory (hashed into ``config_hash``)."""
-        self.config = layout_jsonable(config)
+        self.config = jsonable(config)
         self.hash = config_hash(self.config)
 
     # ------------------------------------------------------------ the directory
@@ -288,7 +283,7 @@ class Checkpoints:
                     max(1, min(n, 1 << 18) if i == 0 else n) for i, n in enumerate(a.shape)
                 )
                 layout.create_checked_array(g, name, data=a, chunks=chunks)
-            g.attrs["dscaledgd"] = layout_jsonable(
+            g.attrs["dscaledgd"] = jsonable(
                 {
                     "type": "checkpoint",
                     "format_version": FORMAT,

@@ -369,11 +369,14 @@ SCRIPTS = [
 ]
 
 
+def lint(name: str, path) -> subprocess.CompletedProcess:
+    """Run the linter ``name`` (shellcheck, hadolint) on ``path``."""
+    return subprocess.run([tool(name), str(path)], capture_output=True, text=True, timeout=60)
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck_passes(script):
-    r = subprocess.run(
-        [tool("shellcheck"), str(script)], capture_output=True, text=True, timeout=60
-    )
+    r = lint("shellcheck", script)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -381,7 +384,7 @@ def test_shellcheck_finds_a_known_bug(tmp_path):
     """The linter really runs: an unquoted variable in ``rm`` is reported."""
     bad = tmp_path / "bad.sh"
     bad.write_text("#!/bin/bash\nrm -rf $1/data\n")
-    r = subprocess.run([tool("shellcheck"), str(bad)], capture_output=True, text=True, timeout=60)
+    r = lint("shellcheck", bad)
     assert r.returncode != 0 and "SC2086" in r.stdout
 
 
@@ -431,9 +434,7 @@ def _dockerfile() -> str:
 
 
 def test_hadolint_passes():
-    r = subprocess.run(
-        [tool("hadolint"), str(DOCKER / "Dockerfile")], capture_output=True, text=True, timeout=60
-    )
+    r = lint("hadolint", DOCKER / "Dockerfile")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -441,7 +442,7 @@ def test_hadolint_finds_a_known_bug(tmp_path):
     """The linter really runs: an image without a tag (``:latest``) is reported."""
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM ghcr.io/dask/dask:latest\nRUN pip install zarr\n")
-    r = subprocess.run([tool("hadolint"), str(bad)], capture_output=True, text=True, timeout=60)
+    r = lint("hadolint", bad)
     assert r.returncode != 0 and "DL3007" in r.stdout
 
 
