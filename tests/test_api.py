@@ -26,9 +26,13 @@ def small():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"rank": 0}, r"The 'rank' parameter of complete must be an int in \[1, 50\). Got 0."),
-        ({"rank": 50}, r"'rank' parameter of complete must be an int in \[1, 50\). Got 50."),
-        ({"rank": 2.0}, r"'rank' parameter of complete must be an int in \[1, 50\). Got 2.0."),
+        ({"rank": 0}, r"The 'rank' parameter of complete must be an int in \[1, 50\]. Got 0."),
+        (
+            {"rank": 51},
+            r"'rank' parameter of complete must be an int in \[1, 50\]. Got 51. The search rank "
+            r"cannot exceed it: a rank-50 factorisation already spans every",
+        ),
+        ({"rank": 2.0}, r"'rank' parameter of complete must be an int in \[1, 50\]. Got 2.0."),
         ({"rank": True}, r"'rank' parameter"),
         ({"tol": 0.0}, r"'tol' parameter of complete must be a float in \(0, inf\). Got 0.0."),
         ({"tol": -1e-3}, r"'tol' parameter"),

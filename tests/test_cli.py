@@ -112,7 +112,7 @@ def test_errors_exit_nonzero_with_one_line(tmp_path):
     p = obs.to_zarr(tmp_path / "obs.zarr")
     out = run("complete", p, "--rank", 0, "--out", tmp_path / "r.zarr", "--scheduler", "sync")
     assert out.returncode == 1
-    assert "The 'rank' parameter of complete must be an int in [1, 20). Got 0." in out.stderr
+    assert "The 'rank' parameter of complete must be an int in [1, 20]. Got 0." in out.stderr
     assert not (tmp_path / "r.zarr").exists()
     out = run("complete", tmp_path / "missing.zarr", "--rank", 2, "--out", tmp_path / "r.zarr")
     assert out.returncode == 1 and "does not exist" in out.stderr

@@ -194,7 +194,7 @@ def test_the_winners_convergence_warning_is_given_once(planted):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"rank": "Auto"}, r"'rank' parameter of complete must be an int in \[1, 200\)"),
+        ({"rank": "Auto"}, r"'rank' parameter of complete must be an int in \[1, 200\]"),
         ({"reg": "best"}, r"'reg' parameter of complete must be a float in \[0, inf\)"),
         (
             {"init": (np.zeros((300, 5)), np.zeros((200, 5)))},

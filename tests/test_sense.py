@@ -219,9 +219,10 @@ def test_small_damping_warns():
     [
         (dict(y_len=10), InputDataError, r"y must be a vector of length 200"),
         (
-            dict(rank=20),
+            dict(rank=21),
             InvalidParameterError,
-            r"'rank' parameter of sense must be an int in \[1, 20\)",
+            r"'rank' parameter of sense must be an int in \[1, 20\]. Got 21. The search rank "
+            r"cannot exceed it",
         ),
         (
             dict(outlier_fraction=0.5),
@@ -237,7 +238,27 @@ def test_small_damping_warns():
         (
             dict(init_scale=0.0),
             InvalidParameterError,
-            r"'init_scale' parameter of sense must be a float in \(0, inf\)",
+            r"'init_scale' parameter of sense must be None or a float in \(0, inf\)",
+        ),
+        (
+            dict(init_scale=float("nan")),
+            InvalidParameterError,
+            r"'init_scale' parameter of sense must be None or a float in \(0, inf\)",
+        ),
+        (
+            dict(init_scale=float("inf")),
+            InvalidParameterError,
+            r"'init_scale' parameter of sense must be None or a float in \(0, inf\)",
+        ),
+        (
+            dict(rho=1.0),
+            InvalidParameterError,
+            r"'rho' parameter of sense must be None or a float in \(0, 1\). Got 1.0",
+        ),
+        (
+            dict(rho=0.0),
+            InvalidParameterError,
+            r"'rho' parameter of sense must be None or a float in \(0, 1\)",
         ),
         (
             dict(loss="huber"),

@@ -7,6 +7,7 @@ runs the one loop (:mod:`dscaledgd.solvers.loop`) and packages the result.
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 
@@ -58,7 +59,8 @@ COMMON = {
     "stall_tol": [Interval("real", 0, None, "left")],
     "patience": [Interval("int", 1, None)],
     "damping": [NONE, Interval("real", 0, None, "left")],
-    "init_scale": [Interval("real", 0, None, "neither")],
+    "init_scale": [NONE, Interval("real", 0, None, "neither")],
+    "rho": [NONE, Interval("real", 0, 1, "neither")],
     "step_size": [NONE, Interval("real", 0, 10, "right"), Options(("polyak", "geometric"))],
     "init_power_iter": [Interval("int", 0, 100)],
     "reg": [Interval("real", 0, None, "left"), PairOf(Interval("real", 0, None, "left"))],
@@ -73,7 +75,7 @@ COMMON = {
 
 #: the run parameters every entry point passes to :func:`solve`
 RUN_KEYS = (
-    "rank", "method", "loss", "symmetric", "damping", "init", "init_scale", "step_size",
+    "rank", "method", "loss", "symmetric", "damping", "init", "init_scale", "step_size", "rho",
     "reg", "max_iter", "tol", "stall_tol", "patience", "random_state", "callback",
     "progress", "scheduler", "address", "init_power_iter",
     "checkpoint", "checkpoint_interval", "resume",
@@ -223,10 +225,25 @@ def zero_result(shape, rank: int, params: dict, desc: str, validation=None) -> S
     )
 
 
-def check_rank(func: str, rank, shape) -> int:
+def check_rank(func: str, rank, shape, full: bool = False) -> int:
+    """The search rank: ``1 <= rank < min(shape)``, or ``<= min(shape)`` with ``full``
+    (the over-parameterised models of ``sense`` and ``complete``, ALGORITHMS.md §4a)."""
     n = min(shape)
-    refuse_auto(func, "rank", rank, f"an int in [1, {n})")
-    check_param(func, "rank", rank, [Interval("int", 1, n, "left")])
+    what = f"an int in [1, {n}]" if full else f"an int in [1, {n})"
+    refuse_auto(func, "rank", rank, what)
+    try:
+        check_param(func, "rank", rank, [Interval("int", 1, n, "both" if full else "left")])
+    except InvalidParameterError as exc:
+        if not isinstance(rank, numbers.Integral) or isinstance(rank, bool) or rank < 1:
+            raise
+        why = (
+            f"a rank-{n} factorisation already spans every {shape[0]} × {shape[1]} matrix, "
+            "so more columns add nothing"
+            if full
+            else f"{func} fits a low-rank model, and its spectral initialisation needs a rank "
+            f"below min(shape) = {n}"
+        )
+        raise InvalidParameterError(f"{exc} The search rank cannot exceed it: {why}.") from None
     return int(rank)
 
 
@@ -283,6 +300,22 @@ def default_damping(values, fraction: float = 1.0) -> float:
     return fraction * float(v[-1]) if len(v) else 1.0
 
 
+def init_scale(params: dict) -> float:
+    """``α``, the factor scale of the start: ``init_scale``, or by default 1 for a spectral
+    start (the spectral estimate itself) and 1e-3 for a random one."""
+    alpha = params.get("init_scale")
+    if alpha is None:
+        return 1.0 if params.get("init") == "spectral" else 1e-3
+    return float(alpha)
+
+
+def small_start(params: dict) -> bool:
+    """A start far below the data scale: random, or a spectral start with ``α < 1``."""
+    return params.get("init") == "random" or (
+        params.get("init") == "spectral" and init_scale(params) < 1.0
+    )
+
+
 def initial_state(engine, rank: int, seed: int, params: dict):
     """``(state, spectral values, data passes)`` of the requested initialisation."""
     init = params["init"]
@@ -295,30 +328,46 @@ def initial_state(engine, rank: int, seed: int, params: dict):
         return state, np.sort(values)[::-1], 0
     if init == "spectral":
         state, values = inits.spectral_init(engine, rank, seed=seed, n_power=q)
+        alpha = init_scale(params)
+        if alpha != 1.0:  # U₀ = α·B: the small spectral start (ALGORITHMS.md §4a)
+            state = engine.transform(state, [alpha * np.eye(rank)] * len(state))
         return state, values, spectral_passes + 1  # + the least-squares rescaling pass
     _, values = engine.spectral(rank, seed=seed, n_power=q)
     values = np.clip(np.asarray(values, dtype=np.float64), 0.0, None)
-    scale = params["init_scale"] * np.sqrt(max(values[0], np.finfo(float).tiny))
+    scale = init_scale(params) * np.sqrt(max(values[0], np.finfo(float).tiny))
     return inits.random_init(engine, rank, seed=seed + 1, scale=scale), values, spectral_passes
 
 
-def choose_rule(params: dict, damping: float, spec):
+def uses_polyak(params: dict) -> bool:
+    """Polyak steps: asked for, or the l1 loss's default when ``f_star`` is known."""
+    step = params.get("step_size")
+    return step == "polyak" or (
+        params.get("loss") == "l1" and step is None and params.get("f_star") is not None
+    )
+
+
+def choose_rule(params: dict, damping: float, spec, sigma1: float = 1.0):
     """The step rule of a run (see the function docstrings for the defaults).
 
     ``spec`` is the problem's :class:`~dscaledgd.problems.spec.ProblemSpec`:
-    its ``default_eta`` and ``default_rule``.
+    its ``default_eta`` and ``default_rule``. The l1 loss takes Polyak steps
+    when ``f_star`` is known, else the geometric rule (a float ``step_size``
+    is its ``η``, ``rho`` its ``ρ``; ``sigma1`` the top spectral value).
     """
     step = params.get("step_size")
     loss = params.get("loss", "l2")
     f_star = params.get("f_star")
-    if step == "polyak":
-        return PolyakStep(f_star=f_star or 0.0, damping=damping)
-    if step == "geometric":
-        return GeometricStep(damping=damping)
+    if uses_polyak(params):  # capped by the absolute step from a small start
+        cap = GeometricStep().eta if small_start(params) else None
+        return PolyakStep(f_star or 0.0, damping, sigma1, cap=cap)
+    if step == "geometric" or loss == "l1":  # a float step is the geometric rule's η
+        eta = step if isinstance(step, int | float) else GeometricStep().eta
+        rho = params.get("rho")
+        if rho is None:
+            rho = GeometricStep.rho_gd if params["method"] == "gd" else GeometricStep().rho
+        return GeometricStep(eta, rho, damping, sigma1)
     if step is not None:
         return FixedStep(step, damping)
-    if loss == "l1":
-        return PolyakStep(f_star, damping) if f_star is not None else GeometricStep(damping=damping)
     if params["method"] == "gd" or params["init"] == "random":
         return guarded(min(0.5, spec.default_eta), damping)
     if spec.default_rule == "guarded":
@@ -385,27 +434,34 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
     method = params["method"]
     precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
     damping = params["damping"]
+    geometric = params.get("loss") == "l1" and not uses_polyak(params)
     if method == "gd":
         damping = 0.0  # the identity preconditioner has no λ
     elif damping is None:
-        frac = engine.spec.damping_fraction
-        small_start = params["init"] == "random" and initial is None
-        damping = default_damping(values, frac) if small_start else 0.0
+        if geometric or (params.get("loss") == "l1" and small_start(params)):
+            # λ₀ of the decaying damping (λ_t = λ₀ ρ^t, or λ₀ × the relative gap for Polyak)
+            damping = GeometricStep.damping_fraction * sigma1
+        elif params["init"] == "random" and initial is None:
+            damping = default_damping(values, engine.spec.damping_fraction)
+        else:
+            damping = 0.0
+    alpha = init_scale(params)
     if (
         initial is None
         and params["init"] == "random"
         and method != "gd"
-        and damping < params["init_scale"] * sigma1
+        and not geometric
+        and damping < alpha * sigma1
     ):
         warnings.warn(
-            f"{desc}: damping={damping:.3g} is small for init_scale={params['init_scale']:g} "
-            f"(below init_scale·σ̂₁ = {params['init_scale'] * sigma1:.3g}): the first steps "
+            f"{desc}: damping={damping:.3g} is small for init_scale={alpha:g} "
+            f"(below init_scale·σ̂₁ = {alpha * sigma1:.3g}): the first steps "
             "from the small random start may overshoot. Raise damping, or leave it at None "
             "for the default (a fraction of the smallest of the rank spectral values).",
             DataWarning,
             stacklevel=3,
         )
-    rule = choose_rule(params, damping, engine.spec)
+    rule = choose_rule(params, damping, engine.spec, sigma1)
     cfg = LoopConfig(
         tol=params["tol"],
         max_iter=params["max_iter"],
@@ -421,7 +477,7 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
     # data scale (an upper bound of Σσ_i for balanced factors) for a given start
     norm_ref = (
         0.0
-        if params["init"] == "spectral" or initial is not None
+        if initial is not None or (params["init"] == "spectral" and not small_start(params))
         else float(np.sqrt(rank * engine.value_norm2 / engine.p))
     )
     params = {**params, "damping": damping}

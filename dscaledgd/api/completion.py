@@ -42,7 +42,8 @@ def complete(
     symmetric: bool = False,
     damping: float | None = None,
     init: str = "spectral",
-    init_scale: float = 1e-3,
+    init_scale: float | None = None,
+    rho: float | None = None,
     step_size: float | str | None = None,
     reg: float | tuple | str = 0.0,
     center=False,
@@ -84,7 +85,9 @@ def complete(
         ``"converged"``, no iteration); values whose sum of squares overflows
         float64 (about 1e154 and above) are refused: rescale them.
     rank : int or "auto"
-        Target rank, ``1 <= rank < min(n1, n2)``. ``"auto"``: chosen by
+        Target rank, ``1 <= rank <= min(n1, n2)`` (above the true rank:
+        over-parameterised, with ``init="random"`` or a small spectral start
+        for l1). ``"auto"``: chosen by
         validation RMSE among ``(5, 10, 20, 40)`` (those below ``min(n1, n2)``)
         by successive halving; see the Notes.
     method : {"scaledgd", "gd"}, default "scaledgd"
@@ -105,16 +108,22 @@ def complete(
         with i.i.d. ``N(0, init_scale² σ̂₁ / n)`` entries. A tuple ``(L0, R0)``
         (``(L0,)`` when symmetric) of arrays of shapes ``(n1, rank)`` and
         ``(n2, rank)`` starts from those factors (warm start).
-    init_scale : float, default 1e-3
-        ``α`` of the random start, relative to ``√σ̂₁``. The final error has a
-        floor that grows with α (ALGORITHMS.md §6); a ``DataWarning`` is given
-        when ``damping < α σ̂₁`` (the first steps then overshoot).
+    init_scale : float, optional
+        ``α``, the scale of the start's factors: for ``init="random"`` relative
+        to ``√σ̂₁`` (default 1e-3; the final error has a floor that grows with
+        α, ALGORITHMS.md §6, and a ``DataWarning`` is given when
+        ``damping < α σ̂₁``); for ``init="spectral"`` the spectral factors
+        times α (default 1), the small start of the over-parameterised l1
+        method (:func:`dscaledgd.sense`, ALGORITHMS.md §4a).
+    rho : float in (0, 1), optional
+        ``ρ`` of the l1 geometric rule ``η_t = η ρ^t σ̂₁/ĝ`` (default 0.97,
+        0.98 for ``method="gd"``; see :func:`dscaledgd.sense`).
     step_size : float, "polyak", "geometric" or None, default None
         ``None`` uses the adaptive default rule for l2 (never diverges
         silently; see :class:`~dscaledgd.solvers.scaledgd.AdaptiveStep`), a
         guarded fixed ``η = 0.5`` for a random start, and the geometric
         ScaledSM rule for l1. A float fixes ``η`` as in the papers (``0.5``
-        reproduces them).
+        reproduces them); for l1 it is the geometric rule's ``η``.
     reg : float, (float, float) or "auto", default 0.0
         Ridge penalty in the units of Spark ALS's ``regParam`` (ALS-WR, also
         Surprise's and implicit's per-rating convention): each row's and
@@ -238,7 +247,7 @@ def complete(
         from .selection import check_auto
 
         rank, reg = check_auto(func, auto, obs.shape, rank, reg, init, callback, checkpoint)
-    rank = check_rank(func, rank, obs.shape)
+    rank = check_rank(func, rank, obs.shape, full=True)
     check_choice(func, "method", method, METHODS)
     check_choice(func, "loss", loss, LOSSES)
     init = check_init(func, init, obs.shape, rank, symmetric)

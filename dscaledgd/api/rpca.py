@@ -194,7 +194,7 @@ def rpca(
         locals(),
         loss="l2",
         symmetric=False,
-        init_scale=1e-3,
+        init_scale=None,
         reg=0.0,
         alpha=getattr(sp, "alpha", None),
         sparsifier=sp.name,

@@ -150,7 +150,7 @@ def run(
             guard = _Guard(cur.stats, norm_ref, rule, cfg.guard_on)
             n_iter, quiet = resume_.restore_objects(resume, rule, guard, reseed, drv)
             drv.resumed(n_iter)
-        status, message, saved = None, "", n_iter
+        status, message, saved, rel_step = None, "", n_iter, None
         while status is None:
             if cur.stats.residual <= cfg.tol:
                 status = "converged"
@@ -165,10 +165,14 @@ def run(
                 saved = n_iter
             if n_iter >= cfg.max_iter:
                 status = "max_iter"
-                message = (
-                    f"max_iter={cfg.max_iter} reached with relative residual "
-                    f"{cur.stats.residual:.3g} > tol={cfg.tol:g}"
-                )
+                message = f"max_iter={cfg.max_iter} reached with relative residual "
+                if rule.stall_on_step and rel_step is not None:  # l1: the residual has f*
+                    message += (
+                        f"{cur.stats.residual:.3g} (it includes the outliers) and relative "
+                        f"step |dX|/|X| {rel_step:.3g} > stall_tol={cfg.stall_tol:g}"
+                    )
+                else:
+                    message += f"{cur.stats.residual:.3g} > tol={cfg.tol:g}"
                 break
             step = rule.propose(cur.stats)
             reason = None
@@ -214,7 +218,8 @@ def run(
                 best = cur
             cur.k = drv.record(cur.stats, step)
             drv.progress(cur.stats, step)
-            quiet = quiet + 1 if _quiet(rule, cfg, prev, cur, best, best_before, step, P) else 0
+            still, rel_step = _quiet(rule, cfg, prev, cur, best, best_before, step, P)
+            quiet = quiet + 1 if still else 0
             if drv.accepted(cur, n_iter, step, _gatherer(cur.state)) == "callback":
                 status, message = "callback", f"callback stopped the run at iteration {n_iter}"
                 break
@@ -266,8 +271,8 @@ def run(
     return drv.finish(cur.state, status, message, n_iter, cur.k)
 
 
-def _quiet(rule, cfg, prev, cur, best, best_before, step, P) -> bool:
-    """One more iteration without progress (the stall rule).
+def _quiet(rule, cfg, prev, cur, best, best_before, step, P) -> tuple[bool, float]:
+    """One more iteration without progress (the stall rule), and the relative step.
 
     The best loss stopped improving while the loss sits at it (not in a
     transient: ScaledGD's loss may rise far above its minimum and recover),
@@ -279,12 +284,12 @@ def _quiet(rule, cfg, prev, cur, best, best_before, step, P) -> bool:
     moved = step.eta * np.sqrt(max(scaled_grad_norm2(prev.stats, P), 0.0))
     rel_step = moved / max(np.sqrt(max(x_norm2(cur.stats), 0.0)), 1e-300)
     if rule.stall_on_step:
-        return rel_step < cfg.stall_tol
+        return rel_step < cfg.stall_tol, rel_step
     gain = (best_before - best.stats.loss) / max(best.stats.loss, 1e-300)
     at_floor = cur.stats.loss <= 2.0 * best.stats.loss and (
         np.any(np.asarray(cfg.reg) > 0) or rel_step < np.sqrt(cfg.stall_tol)
     )
-    return gain < cfg.stall_tol and at_floor
+    return gain < cfg.stall_tol and at_floor, rel_step
 
 
 def _gatherer(state):
