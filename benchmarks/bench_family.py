@@ -22,8 +22,10 @@ executor, ``random_state=0``. Baselines report the error at their cap.
   (search rank up to n), scaled default vs the plain subgradient method: error vs α and
   r', outlier fraction, κ, Gaussian noise, and n = 200 on a LocalCluster
   (``_family_robust.py``).
+- ``knobs``     §4a: η, ρ and λ₀ of the scaled default, one at a time.
 
-    python benchmarks/bench_family.py [sensing|l1|quadratic|rpca|overparam|damping|robust|all]
+    python benchmarks/bench_family.py [sensing|l1|quadratic|rpca|overparam|damping|robust|
+        knobs|all]
         [--quick]
 """
 
@@ -407,6 +409,14 @@ def part_robust(a):
     parts(a, lambda title, head, rows, notes, t0: emit(title, head, rows, notes, [], t0))
 
 
+def part_knobs(a):
+    from _family_robust import part_knobs as knobs
+
+    knobs(
+        a, lambda title, head, rows, notes, t0: emit(title, head, rows, notes, [], t0), time.time()
+    )
+
+
 PARTS = {
     "sensing": part_sensing,
     "l1": part_l1,
@@ -415,6 +425,7 @@ PARTS = {
     "overparam": part_overparam,
     "damping": part_damping,
     "robust": part_robust,
+    "knobs": part_knobs,
 }
 
 
@@ -428,6 +439,10 @@ def main():
         "--gd-kappas", type=int, nargs="+", default=list(KAPPAS), help="GD runs, sensing"
     )
     ap.add_argument("--rpca-gd-cap", type=int, default=600, help="GD cap for κ < 20, rpca")
+    ap.add_argument(
+        "--only",
+        help="robust: a comma list of alpha,outliers,kappa,noise,completion,cluster",
+    )
     a = ap.parse_args()
     for name, part in PARTS.items():
         if a.part in (name, "all"):

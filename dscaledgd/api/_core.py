@@ -358,13 +358,13 @@ def choose_rule(params: dict, damping: float, spec, sigma1: float = 1.0):
     loss = params.get("loss", "l2")
     f_star = params.get("f_star")
     if uses_polyak(params):  # capped by the absolute step from a small start
-        cap = GeometricStep().eta if small_start(params) else None
+        cap = GeometricStep.ETA if small_start(params) else None
         return PolyakStep(f_star or 0.0, damping, sigma1, cap=cap)
     if step == "geometric" or loss == "l1":  # a float step is the geometric rule's η
-        eta = step if isinstance(step, int | float) else GeometricStep().eta
+        eta = step if isinstance(step, int | float) else GeometricStep.ETA
         rho = params.get("rho")
         if rho is None:
-            rho = GeometricStep.rho_gd if params["method"] == "gd" else GeometricStep().rho
+            rho = GeometricStep.RHO_GD if params["method"] == "gd" else GeometricStep.RHO
         return GeometricStep(eta, rho, damping, sigma1)
     if step is not None:
         return FixedStep(step, damping)
@@ -440,7 +440,7 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
     elif damping is None:
         if geometric or (params.get("loss") == "l1" and small_start(params)):
             # λ₀ of the decaying damping (λ_t = λ₀ ρ^t, or λ₀ × the relative gap for Polyak)
-            damping = GeometricStep.damping_fraction * sigma1
+            damping = GeometricStep.DAMPING_FRACTION * sigma1
         elif params["init"] == "random" and initial is None:
             damping = default_damping(values, engine.spec.damping_fraction)
         else:

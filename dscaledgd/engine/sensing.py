@@ -67,6 +67,10 @@ def _block_fit(block, L, R, y, w, kind):
     return np.array([x @ y, x @ x])
 
 
+def _block_residual(block, L, R, y, kind):
+    return ps.forward_block(kind, _data(block), L, R) - y
+
+
 def _grads(Z, L, R, symmetric, scale):
     if symmetric:
         return ((scale * (Z + Z.T)) @ L,)
@@ -200,6 +204,19 @@ class SensingEngine(FactorEngine):
         return self.from_numpy(
             [np.ascontiguousarray(Us[:, :rank]), np.ascontiguousarray(Vt[:rank].T)]
         ), s[:rank]
+
+    def residuals(self, factors) -> np.ndarray:
+        """``A(X) − y`` at NumPy factors: one pass, the ``m`` residuals on the client."""
+        state = self.from_numpy([np.asarray(F, dtype=np.float64) for F in factors])
+        L = state[0].blocks[0]
+        R = L if self.symmetric else state[1].blocks[0]
+        parts = [
+            self.ex.submit(
+                _block_residual, self._blocks[b], L, R, self._y[b], self.kind, name="residual"
+            )
+            for b in range(self.op.n_blocks)
+        ]
+        return np.concatenate(self.ex.gather(parts))
 
     def fit_sums(self, state: list) -> tuple[float, float]:
         """``(<A(X), y>, ‖A(X)‖²)`` over the kept measurements (one pass)."""

@@ -32,6 +32,7 @@ __all__ = [
     "as_operator",
     "forward_block",
     "adjoint_block",
+    "l1_error_estimate",
 ]
 
 
@@ -253,6 +254,28 @@ def adjoint_block(kind: str, data: np.ndarray, z: np.ndarray, shape) -> np.ndarr
     if kind == "quadratic":
         return data.T @ (z[:, None] * data)
     return (data.T @ z).reshape(shape)
+
+
+def l1_error_estimate(residual: np.ndarray, y: np.ndarray, c: float = 3.0) -> float:
+    """A relative error estimate of an l1 fit that needs no ground truth.
+
+    The mean ``|r_k|`` over the residuals with ``|r_k| ≤ c · median|r|``, over
+    the mean ``|y_k|`` over ``|y_k| ≤ c · median|y|``. With outliers larger
+    than the clean residuals (and fewer than half), the median rule keeps the
+    clean measurements, where ``r_k = <A_k, X − X*>``: for a Gaussian operator
+    both means are those of the same truncated normal, so the ratio is about
+    ``‖X − X*‖_F / ‖X*‖_F``; a fit that is exact on most measurements gives 0.
+    With dense noise it is the noise level instead. It tells a converged run
+    from one whose geometric schedule decayed too early.
+    """
+
+    def trimmed_mean(v):
+        a = np.abs(v)
+        kept = a[a <= c * np.median(a)]
+        return float(kept.mean()) if len(kept) else 0.0
+
+    den = trimmed_mean(y)
+    return trimmed_mean(residual) / den if den > 0 else float("nan")
 
 
 def _check_shape(shape) -> tuple[int, int]:

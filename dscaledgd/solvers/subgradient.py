@@ -87,9 +87,7 @@ class PolyakStep(_ScaledSubgradientRule):
 
     name = "polyak"
 
-    def __init__(
-        self, f_star: float = 0.0, damping: float = 0.0, sigma1: float = 1.0, cap=None
-    ):
+    def __init__(self, f_star: float = 0.0, damping: float = 0.0, sigma1: float = 1.0, cap=None):
         super().__init__(damping, sigma1)
         self.f_star = float(f_star)
         self.cap = None if cap is None else float(cap)
@@ -130,15 +128,14 @@ class GeometricStep(_ScaledSubgradientRule):
     """
 
     name = "geometric"
-    #: the default ``λ₀`` as a fraction of ``σ̂₁``
-    damping_fraction = 0.3
-    #: the default ``ρ`` of the plain subgradient method (GD): the talk's value
-    rho_gd = 0.98
+    #: the defaults: ``η``, ``ρ`` (ScaledSM), ``ρ`` of the plain subgradient method (GD;
+    #: the talk's value) and ``λ₀`` as a fraction of ``σ̂₁``
+    ETA, RHO, RHO_GD, DAMPING_FRACTION = 0.5, 0.97, 0.98, 0.3
 
     def __init__(
         self,
-        eta: float = 0.5,
-        rho: float = 0.97,
+        eta: float = ETA,
+        rho: float = RHO,
         damping: float = 0.0,
         sigma1: float = 1.0,
         decay_damping: bool = True,
