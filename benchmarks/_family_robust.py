@@ -69,6 +69,20 @@ def med(xs):
     return f"{np.median(xs):.1e}"
 
 
+def summary(errs, target=1e-4):
+    """Trials whose final error is at most ``target``, the median and worst final error,
+    and the median iterations to ``target`` over the trials that reached it."""
+    final = [e[-1] for e in errs]
+    its = [h for h in (hit(e, target) for e in errs) if h is not None]
+    ok = sum(f <= target for f in final)
+    return [
+        f"{ok}/{len(errs)}",
+        med(final),
+        f"{max(final):.1e}",
+        int(np.median(its)) if its else "-",
+    ]
+
+
 def gamma(alphas, errs):
     """Least-squares slope of log(error) on log(α): error ≈ C α^γ."""
     return float(np.polyfit(np.log(alphas), np.log(errs), 1)[0])
@@ -117,12 +131,7 @@ def part_outliers(a, emit, t0):
         insts = [instance(s, p=p) for s in trials]
         for label, r, kw in runs:
             errs = [errors(*inst, r, cap, p=p, **kw)[0] for inst in insts]
-            final = [e[-1] for e in errs]
-            ok = sum(f <= 1e-4 for f in final)
-            hits = [hit(e, 1e-4) for e in errs]
-            its = [h for h in hits if h is not None]
-            rows.append([p, label, f"{ok}/{len(trials)}", med(final), f"{max(final):.1e}",
-                         int(np.median(its)) if its else "-"])  # fmt: skip
+            rows.append([p, label, *summary(errs)])
             print(rows[-1], flush=True)
     head = "outliers p|method|trials ≤ 1e-4|median error|worst|median its → 1e-4"
     notes = (
@@ -268,11 +277,7 @@ def part_knobs(a, emit, t0):
         for inst, s1 in zip(insts, sigma1):
             kw1 = {**kw, "damping": kw["damping"] * s1} if "damping" in kw else kw
             errs.append(errors(*inst, rank, cap, **kw1)[0])
-        final = [e[-1] for e in errs]
-        its = [h for h in (hit(e, 1e-4) for e in errs) if h is not None]
-        ok = sum(f <= 1e-4 for f in final)
-        rows.append([name, value, f"{ok}/{len(trials)}", med(final), f"{max(final):.1e}",
-                     int(np.median(its)) if its else "-"])  # fmt: skip
+        rows.append([name, value, *summary(errs)])
         print(rows[-1], flush=True)
     notes = (
         f"The scaled default with one knob changed (η = 0.5, ρ = 0.97, λ₀ = 0.3 σ̂₁ otherwise), "
