@@ -129,16 +129,23 @@ def part_outliers(a, emit, t0):
     )
     for p in (0.0, 0.1, 0.15, 0.2, 0.3):
         insts = [instance(s, p=p) for s in trials]
+        fstar = [float(np.abs(A.forward(t.dense()) - y).sum()) for t, A, y in insts]
         for label, r, kw in runs:
-            errs = [errors(*inst, r, cap, p=p, **kw)[0] for inst in insts]
-            rows.append([p, label, *summary(errs)])
+            out = [errors(*inst, r, cap, p=p, **kw) for inst in insts]
+            below = sum(res.history["loss"][-1] < f * (1 - 1e-9) for (_, res), f in zip(out, fstar))
+            rows.append([p, label, *summary([e for e, _ in out]), below])
             print(rows[-1], flush=True)
-    head = "outliers p|method|trials ≤ 1e-4|median error|worst|median its → 1e-4"
+    head = (
+        "outliers p|method|trials ≤ 1e-4|median error|worst|median its → 1e-4|"
+        "runs ending below f(X*)"
+    )
     notes = (
         f"r' = 20 = n, α = 1e-3, {cap} iterations, κ = 1, outlier_fraction = p in the "
         "truncated spectral start (p = 0: no truncation). 'trials ≤ 1e-4' = final error at or "
         "below 1e-4. The second row is the scaled method with a slower schedule; the last the "
-        "scaled default at the exact rank, for reference."
+        "scaled default at the exact rank, for reference. 'below f(X*)': runs whose final l1 "
+        "loss is lower than that of the truth, f(X*) = ‖A(X*) − y‖₁ (X* is then not the l1 "
+        "minimiser over the search rank's factors)."
     )
     emit("Family §4a: recovery vs outlier fraction at r' = n = 20", head, rows, notes, t0)
 
