@@ -168,7 +168,7 @@ def run(
                 message = f"max_iter={cfg.max_iter} reached with relative residual "
                 if rule.stall_on_step and rel_step is not None:  # l1: the residual has f*
                     message += (
-                        f"{cur.stats.residual:.3g} (it includes the outliers) and relative "
+                        f"{cur.stats.residual:.3g} (outliers keep it large) and relative "
                         f"step |dX|/|X| {rel_step:.3g} > stall_tol={cfg.stall_tol:g}"
                     )
                 else:
