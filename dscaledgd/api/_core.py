@@ -439,7 +439,8 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
         damping = 0.0  # the identity preconditioner has no λ
     elif damping is None:
         if geometric or (params.get("loss") == "l1" and small_start(params)):
-            # λ₀ of the decaying damping (λ_t = λ₀ ρ^t, or λ₀ × the relative gap for Polyak)
+            # λ₀ of the decaying damping: λ_t = λ₀ ρ^t (geometric), λ₀ × the relative gap
+            # (Polyak from a small start, whose tiny Gram needs a λ)
             damping = GeometricStep.DAMPING_FRACTION * sigma1
         elif params["init"] == "random" and initial is None:
             damping = default_damping(values, engine.spec.damping_fraction)

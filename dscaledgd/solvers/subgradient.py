@@ -123,8 +123,8 @@ class PolyakStep(_ScaledSubgradientRule):
 class GeometricStep(_ScaledSubgradientRule):
     """``η_t = η ρ^t σ̂₁ / ĝ``, damping ``λ_t = λ₀ ρ^t`` (ScaledSM without ``f*``).
 
-    ``damping`` is ``λ₀``; it decays with the step (``decay_damping=False``
-    keeps it fixed). ``sigma1`` is the top spectral value of the data.
+    ``damping`` is ``λ₀``; it decays with the step. ``sigma1`` is the top
+    spectral value of the data.
     """
 
     name = "geometric"
@@ -138,14 +138,12 @@ class GeometricStep(_ScaledSubgradientRule):
         rho: float = RHO,
         damping: float = 0.0,
         sigma1: float = 1.0,
-        decay_damping: bool = True,
     ):
         super().__init__(damping, sigma1)
         self.eta, self.rho = float(eta), float(rho)
-        self.decay = bool(decay_damping)
 
     def propose(self, stats) -> Step:
-        lam = self.damping * (self.rho**self.t if self.decay else 1.0)
+        lam = self.damping * self.rho**self.t
         # a floor far below any resolvable value keeps the Gram solve well posed when a
         # factor has zero columns (clipped spectral directions)
         return Step(math.nan, max(lam, 1e-14 * self.damping))
