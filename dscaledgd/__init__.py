@@ -10,8 +10,14 @@ import logging
 
 from . import datasets, exceptions, model_selection
 from ._version import __version__
-from .api import complete, rpca, sense, tucker_complete
-from .estimators import MatrixCompletion, MatrixSensing, RobustPCA, TuckerCompletion
+from .api import complete, rpca, sense, tensor_rpca, tucker_complete
+from .estimators import (
+    MatrixCompletion,
+    MatrixSensing,
+    RobustPCA,
+    TensorRobustPCA,
+    TuckerCompletion,
+)
 from .exceptions import *  # noqa: F403 - the errors and warnings (exceptions.__all__)
 from .problems.sensing import GaussianSensing, QuadraticSensing
 from .result import IterationState, SolveResult, load_result
@@ -28,12 +34,14 @@ __all__ = [
     "sense",
     "rpca",
     "tucker_complete",
+    "tensor_rpca",
     "GaussianSensing",
     "QuadraticSensing",
     "MatrixCompletion",
     "MatrixSensing",
     "RobustPCA",
     "TuckerCompletion",
+    "TensorRobustPCA",
     "SolveResult",
     "IterationState",
     "load_result",

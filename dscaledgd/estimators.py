@@ -15,7 +15,7 @@ import inspect
 from . import api
 from .exceptions import NotFittedError
 
-__all__ = ["MatrixCompletion", "MatrixSensing", "RobustPCA", "TuckerCompletion"]
+__all__ = ["MatrixCompletion", "MatrixSensing", "RobustPCA", "TuckerCompletion", "TensorRobustPCA"]
 
 
 def _constructor(cls, func: str, defaults: dict):
@@ -230,3 +230,40 @@ class TuckerCompletion(_Estimator, func="tucker_complete", defaults={"ranks": 5}
         """Negative RMSE on the observed entries of ``T``."""
         self._check_fitted()
         return -self.result_.rmse(T)
+
+
+class TensorRobustPCA(_Estimator, func="tensor_rpca", defaults={"ranks": 5}):
+    """Tensor robust PCA with ScaledGD (see :func:`dscaledgd.tensor_rpca`).
+
+    Parameters are those of :func:`dscaledgd.tensor_rpca`.
+
+    Attributes
+    ----------
+    core_ : ndarray
+    factors_ : tuple of dask arrays
+    sparse_ : dask array, the sparse part ``S``
+    n_iter_, history_, converged_, result_
+
+    Examples
+    --------
+    >>> import numpy as np, dscaledgd as dsg
+    >>> core, U = dsg.datasets.tucker_instance((20, 18, 16), (2, 2, 2), random_state=0)
+    >>> X = dsg.datasets.tucker_tensor(core, U)
+    >>> rng = np.random.default_rng(0)
+    >>> Y = X + np.where(rng.random(X.shape) < 0.1, rng.uniform(-5, 5, X.shape), 0.0)
+    >>> est = dsg.TensorRobustPCA(ranks=(2, 2, 2), scheduler="sync", random_state=0).fit(Y)
+    >>> est.core_.shape, est.sparse_.shape
+    ((2, 2, 2), (20, 18, 16))
+    """
+
+    def fit(self, Y, y=None):
+        """Fit to ``Y`` (TensorObservations, array or path). ``y`` is ignored."""
+        self._fit(Y)
+        self.core_ = self.result_.core
+        self.sparse_ = self.result_.sparse
+        return self
+
+    def transform(self, Y=None):
+        """The low-rank part (lazy dask array)."""
+        self._check_fitted()
+        return self.result_.to_tensor()

@@ -21,7 +21,10 @@ from .exceptions import InputDataError, InvalidParameterError
 from .linalg import multi_mode_product
 from .storage.results import MODEL_KINDS
 
-__all__ = ["COLD_START", "MODEL_KINDS", "LowRank", "RobustLowRank", "Tucker", "model_from_parts"]
+__all__ = [
+    "COLD_START", "MODEL_KINDS", "LowRank", "RobustLowRank", "Tucker", "RobustTucker",
+    "model_from_parts",
+]  # fmt: skip
 
 #: What :meth:`LowRank.predict` does with ids never seen in training.
 COLD_START = ("nan", "mean", "error")
@@ -543,6 +546,36 @@ class Tucker(_Factored):
             "core": self.core,
             "dims": None if self.dims is None else list(self.dims),
         }
+
+
+@dataclass(frozen=True)
+class RobustTucker(Tucker):
+    """A :class:`Tucker` model plus the sparse part of tensor robust PCA: ``Y ≈ X + S``.
+
+    ``sparse`` is ``S = thre(Y − X, ζ)`` at the returned iterate, a lazy Dask
+    array of the data's shape and chunks (zero where ``|Y − X| ≤ ζ`` and at
+    missing entries).
+    """
+
+    sparse: object = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sparse is None or tuple(self.sparse.shape) != self.shape:
+            raise InvalidParameterError(
+                f"The 'sparse' parameter of RobustTucker must be an array of shape {self.shape}. "
+                f"Got {getattr(self.sparse, 'shape', self.sparse)!r}."
+            )
+
+    def compute_sparse(self) -> np.ndarray:
+        """The sparse part as a NumPy array (uses the run's client)."""
+        return _compute((self.sparse,), self._client)[0]
+
+    def _parts(self) -> dict:
+        raise NotImplementedError(
+            "Saving a tensor RPCA result is not supported yet. Save the low-rank part with "
+            "Tucker(res.core, res.factors) and the sparse part with res.sparse.to_zarr(path)."
+        )
 
 
 # -------------------------------------------------------------------- store

@@ -2,8 +2,9 @@
 
 ``complete`` (matrix completion) lives in :mod:`.completion`, ``sense``
 (matrix sensing, robust l1 recovery) in :mod:`.sensing`, ``rpca`` in
-:mod:`.rpca` and ``tucker_complete`` (Tucker tensor completion) in
-:mod:`.tucker`; :mod:`._core` holds what they share (the solve driver).
+:mod:`.rpca`, ``tucker_complete`` (Tucker tensor completion) in
+:mod:`.tucker` and ``tensor_rpca`` in :mod:`.tensor_rpca`; :mod:`._core` holds what
+they share (the solve driver).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from ._core import INITS, LOSSES, METHODS
 from .completion import complete, complete_oracle, reference_copy
 from .rpca import rpca
 from .sensing import sense
+from .tensor_rpca import tensor_rpca
 from .tucker import tucker_complete
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "sense",
     "rpca",
     "tucker_complete",
+    "tensor_rpca",
     "METHODS",
     "LOSSES",
     "INITS",

@@ -7,6 +7,7 @@ runs the one loop (:mod:`dscaledgd.solvers.loop`) and packages the result.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import os
 import warnings
@@ -370,6 +371,8 @@ def choose_rule(params: dict, damping: float, spec, sigma1: float = 1.0):
         return FixedStep(step, damping)
     if params["method"] == "gd" or params["init"] == "random":
         return guarded(min(0.5, spec.default_eta), damping)
+    if spec.default_rule == "fixed":
+        return FixedStep(spec.default_eta, damping)
     if spec.default_rule == "guarded":
         return guarded(spec.default_eta, damping)
     return AdaptiveStep(eta=spec.default_eta, damping=damping)
@@ -432,7 +435,9 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
         }
     sigma1 = float(values[0]) if len(values) and values[0] > 0 else 1.0
     method = params["method"]
-    precond = Preconditioner("identity" if method == "gd" else "scaled", sigma1)
+    precond = Preconditioner(
+        "identity" if method == "gd" else "scaled", sigma1, engine.spec.relative_ridge
+    )
     damping = params["damping"]
     geometric = params.get("loss") == "l1" and not uses_polyak(params)
     if method == "gd":
@@ -474,6 +479,7 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
         seed=seed + 2,
         guard_on=engine.spec.guard_on,
     )
+    cfg = dataclasses.replace(cfg, **params.get("_loop", {}))  # the entry point's overrides
     # factor-norm reference of the guard: the initial factors for a spectral start; the
     # data scale (an upper bound of Σσ_i for balanced factors) for a given start
     norm_ref = (

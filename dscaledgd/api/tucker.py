@@ -284,12 +284,16 @@ def _initial(engine: TuckerEngine, ranks, init, seed: int, n_power: int):
         scale = np.sqrt(engine.value_norm2 / (engine.p * np.prod(ranks)))
         core = rng.standard_normal(ranks) * scale
         state = State(engine.random_factors(ranks, seed=seed + 1, scale=1.0), {"core": core})
+    return state, _initial_values(engine, state), passes
+
+
+def _initial_values(engine, state) -> np.ndarray:
+    """The start's ``Ŭ_0ᵀŬ_0`` eigenvalues with the largest over all modes first."""
     FF = engine.grams(state)
     H = [breve_gram(state.params["core"], FF, k) for k in range(engine.d)]
     eig = [np.sort(np.linalg.eigvalsh(0.5 * (h + h.T)))[::-1] for h in H]
     top = max(float(e[0]) for e in eig)
-    values = np.concatenate([[top], eig[0][1:]])
-    return state, values, passes
+    return np.concatenate([[top], eig[0][1:]])
 
 
 def _model(factors, params, T):

@@ -59,8 +59,8 @@ def _rows(U, rows):
     return [u[lo:hi] for u, (lo, hi) in zip(U, rows)]
 
 
-def _pass(chunk, U, rows, core, scale):
-    G, core_grad, sums = tk.chunk_pass(_data(chunk), _rows(U, rows), core, scale)
+def _pass(chunk, U, rows, core, scale, zeta, tau):
+    G, core_grad, sums = tk.chunk_pass(_data(chunk), _rows(U, rows), core, scale, zeta, tau)
     return (*G, core_grad, sums)
 
 
@@ -137,8 +137,8 @@ class TuckerPass:
 class _ModeGram:
     """``V ↦ (G_k + (p − 1) diag(G_k)) V`` on mode-``k`` blocks (for ``randomized_eigh``)."""
 
-    def __init__(self, engine: TuckerEngine, k: int, chunks: list):
-        self.engine, self.k, self.ex, self.chunks = engine, k, engine.ex, chunks
+    def __init__(self, engine: TuckerEngine, k: int, chunks: list, diag: list):
+        self.engine, self.k, self.ex, self.chunks, self.diag = engine, k, engine.ex, chunks, diag
 
     def symmat(self, V: Blocked) -> Blocked:
         e, k, ex = self.engine, self.k, self.ex
@@ -167,7 +167,7 @@ class _ModeGram:
         )["GV"]  # fmt: skip
         blocks = [
             ex.submit(_add_diag, gv, dk, V.blocks[a], e.p - 1.0, name="gram")
-            for a, (gv, dk) in enumerate(zip(GV, e._diag[k]))
+            for a, (gv, dk) in enumerate(zip(GV, self.diag))
         ]
         return Blocked(ex, V.bounds, V.ncols, blocks)
 
@@ -212,14 +212,8 @@ class TuckerEngine(FactorEngine):
         self.cache = ex.cache_policy(cache, T)
         self._chunks = self._place(T)
         self._vchunks, self._vnnz = None, 0
-        out = self.grouped(
-            _stats,
-            lambda t: (self._chunks[t],),
-            lambda t: (*self.place[t], None),
-            [*((f"d{k}", "block") for k in range(self.d)), ("n", "all")],
-            task_name="stats",
-        )  # fmt: skip
-        self._diag = [out[f"d{k}"] for k in range(self.d)]  # diag(G_k) per factor block
+        out = self.stats_pass(self._chunks)
+        self._diag = self.mode_diag(out)  # diag(G_k) per factor block
 
     # -------------------------------------------------------------- placement
     def _factor_rows(self, slices) -> tuple:
@@ -230,6 +224,21 @@ class TuckerEngine(FactorEngine):
             b = int(np.searchsorted(Fb, s.start, side="right") - 1)
             out.append((b, s.start - int(Fb[b]), s.stop - int(Fb[b]), int(Fb[b + 1] - Fb[b])))
         return tuple(out)
+
+    def mode_diag(self, out) -> list:
+        """Per mode, the ``diag(G_k)`` blocks of a statistics pass's outputs."""
+        return [out[f"d{k}"] for k in range(self.d)]
+
+    def stats_pass(self, chunks) -> dict:
+        """Per chunk group :func:`_stats`, summed: ``d{k}`` (``diag(G_k)`` per factor
+        block) and ``n`` (``[nnz, Σ y²]``)."""
+        return self.grouped(
+            _stats,
+            lambda t: (chunks[t],),
+            lambda t: (*self.place[t], None),
+            [*((f"d{k}", "block") for k in range(self.d)), ("n", "all")],
+            task_name="stats",
+        )  # fmt: skip
 
     def grouped(self, fn, call, place, outputs, *, shared=(), task_name="pass"):
         """:func:`~dscaledgd.engine.blockwise.map_reduce_groups` over this grid's chunk groups,
@@ -284,22 +293,35 @@ class TuckerEngine(FactorEngine):
 
         return call
 
+    #: the level whose exceedances ``|X − Y| > τ`` a pass counts (none for completion)
+    tau = tk.NO_CLIP
+
+    def clip(self, it: int) -> float:
+        """The residual's clip level at iteration ``it`` (none for completion)."""
+        return tk.NO_CLIP
+
+    def pass_extra(self, sums) -> dict:
+        """Entries of ``PassStats.extra`` from the summed chunk ``sums`` of
+        :func:`~dscaledgd.problems.tucker.chunk_pass`."""
+        return {}
+
     def pass_(self, state, it: int = 0) -> TuckerPass:
         ex, core = self.ex, state.params["core"]
+        shared = (core, self.grad_scale, self.clip(it), self.tau)
         outputs = [*((f"G{k}", "block") for k in range(self.d)), ("core", "all"), ("v", "all")]
         args = (_pass, self._call(self._chunks, state), lambda t: (*self.place[t], None, None))
         val = None
         if self._vchunks is not None:
             val = (_residual, self._call(self._vchunks, state), lambda t: (None,))
         if self._fex is not None:  # client-held factors: reduce here after the one gather
-            gp = map_groups(ex, self.groups, *args, outputs, shared=(core, self.grad_scale),
+            gp = map_groups(ex, self.groups, *args, outputs, shared=shared,
                             slots=self.slots, task_name="grad")  # fmt: skip
             vgp = None
             if val is not None:
                 vgp = map_groups(ex, self.groups, *val, [("r", "all")], shared=(core,),
                                  slots=self.slots, task_name="val")  # fmt: skip
             return TuckerPass(None, core, [], groups=(gp, vgp), state=state)
-        out = self.grouped(*args, outputs, shared=(core, self.grad_scale), task_name="grad")
+        out = self.grouped(*args, outputs, shared=shared, task_name="grad")
         G = [
             Blocked(ex, Fb, state[k].ncols, out[f"G{k}"]) for k, Fb in enumerate(self.factor_bounds)
         ]
@@ -329,7 +351,9 @@ class TuckerEngine(FactorEngine):
         else:
             stats, values, core_grad, vres = self.ex.gather(pas.small)
         sumsq = float(values[0])
-        extra = {"validation": float(np.sqrt(sum(vres) / self._vnnz))} if vres else {}
+        extra = self.pass_extra(np.asarray(values, dtype=np.float64))
+        if vres:
+            extra["validation"] = float(np.sqrt(sum(vres) / self._vnnz))
         FF = [sum_small([s[0] for s in per]) for per in stats]
         H = [tk.breve_gram(pas.core, FF, k) for k in range(self.d)]
         return self.pass_stats(
@@ -338,25 +362,28 @@ class TuckerEngine(FactorEngine):
         )  # fmt: skip
 
     # -------------------------------------------------------- initialisation
-    def spectral(self, ranks, *, seed: int, n_power: int = 4):
+    def spectral(self, ranks, *, seed: int, n_power: int = 4, chunks=None, diag=None):
         """Per mode, the top-``r_k`` eigenvectors of ``G_k + (p − 1) diag(G_k)``.
 
         Returns ``(factors, values)``: orthonormal ``Blocked`` factors and,
         per mode, the eigenvalues (≈ ``p²`` times the squared singular values
-        of ``M_k(X)``).
+        of ``M_k(X)``). ``chunks`` (with their ``diag``, :meth:`stats_pass`):
+        other data on this grid, e.g. tensor RPCA's clipped copy; default the
+        observations.
         """
         from .spectral import randomized_eigh_many
 
-        chunks, copies = self._chunks, []
-        if self.T.layout == "dense" and self.cache == "memory" and self.p < SPECTRAL_COO_BELOW:
+        copies, in_memory = [], True
+        if chunks is None:
+            chunks, diag, in_memory = self._chunks, self._diag, self.cache == "memory"
+        if self.T.layout == "dense" and in_memory and self.p < SPECTRAL_COO_BELOW:
             slots = self._chunk_slots()
             chunks = copies = [
-                self.ex.submit_on(slots[t], _as_coo, c, name="coo")
-                for t, c in enumerate(self._chunks)
+                self.ex.submit_on(slots[t], _as_coo, c, name="coo") for t, c in enumerate(chunks)
             ]
         try:
             out = randomized_eigh_many(
-                [_ModeGram(self, k, chunks) for k in range(self.d)], self.factor_bounds,
+                [_ModeGram(self, k, chunks, diag[k]) for k in range(self.d)], self.factor_bounds,
                 [int(r) for r in ranks], seeds=[seed + k for k in range(self.d)],
                 n_power=n_power,
             )  # fmt: skip
@@ -367,10 +394,12 @@ class TuckerEngine(FactorEngine):
             factors = list(self.from_numpy([U.gather() for U in factors]).factors)
         return factors, [np.asarray(w) for _, w in out]
 
-    def project(self, factors) -> np.ndarray:
-        """``(Y/p) ×_k U_kᵀ`` (one pass; the spectral core)."""
+    def project(self, factors, chunks=None) -> np.ndarray:
+        """``(Y/p) ×_k U_kᵀ`` (one pass; the spectral core). ``chunks``: as for
+        :meth:`spectral`."""
+        chunks = self._chunks if chunks is None else chunks
         out = self.grouped(
-            _project, self._call(self._chunks, factors), lambda t: (None,), [("S", "all")],
+            _project, self._call(chunks, factors), lambda t: (None,), [("S", "all")],
             shared=(1.0 / self.p,), task_name="project",
         )  # fmt: skip
         return np.asarray(self.ex.gather(out["S"]))

@@ -27,10 +27,12 @@ class ProblemSpec:
     name : str
     default_eta : float
         η of the default step rule on this problem.
-    default_rule : {"adaptive", "guarded"}
+    default_rule : {"adaptive", "guarded", "fixed"}
         ``"adaptive"``: the invariant adaptive damping of
         :class:`~dscaledgd.solvers.scaledgd.AdaptiveStep`; ``"guarded"``:
-        the fixed η of the papers, halved on a guard restore.
+        the fixed η of the papers, halved on a guard restore; ``"fixed"``:
+        η never changed (tensor RPCA, whose threshold schedule is tied to
+        the iteration count).
     damping_fraction : float
         ScaledGD(λ)'s default λ as a fraction of the smallest spectral value.
     reseed_coherent : bool
@@ -47,6 +49,11 @@ class ProblemSpec:
         factor scale is free (Tucker: ``(U_k Q, S ×_k Q⁻¹)`` is the same
         ``X``, and from orthonormal spectral factors ``‖U_k‖²`` legitimately
         grows 30-fold while ``X`` barely moves).
+    relative_ridge : float
+        ``ε`` of a ridge relative to each Gram: the preconditioners become
+        ``(H_k + ε tr(H_k)/r_k I)⁻¹`` and, for the small parameters,
+        ``(F_kᵀF_k + ε tr(F_kᵀF_k)/r_k I)⁻¹`` (tensor RPCA's ``ε``,
+        ALGORITHMS.md §8; scale-free, unlike an absolute ``ε``).
     """
 
     name: str
@@ -57,6 +64,7 @@ class ProblemSpec:
     scales: Callable = field(default=lambda p, symmetric, loss: (1.0, 0.5), repr=False)
     spectral_passes: Callable = field(default=lambda q: 2 * q + 2, repr=False)
     guard_on: str = "factors"
+    relative_ridge: float = 0.0
 
 
 @dataclass(frozen=True)

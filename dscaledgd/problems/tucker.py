@@ -53,14 +53,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .._jit import njit
 from ..linalg import mode_product, multi_mode_product, unfold
+from ._tucker_kernels import NO_CLIP, _coo_pass, _coo_values, _dense_residual
 from .completion import spmm
 from .spec import ProblemSpec
 
 __all__ = [
-    "SPEC", "chunk_pass", "chunk_residual_sumsq", "chunk_stats", "mode_rmatvec", "mode_matvec",
-    "chunk_project", "predict", "breve_gram", "x_norm2", "reference_pass", "reference_spectral",
+    "SPEC", "chunk_pass", "chunk_residual_sumsq", "chunk_stats", "chunk_abs_sum", "mode_rmatvec",
+    "mode_matvec", "chunk_project", "predict", "breve_gram", "x_norm2", "reference_pass",
+    "reference_spectral",
 ]  # fmt: skip
 
 #: The constants of Tucker completion: ``f = (1/2p)‖P_Ω(X) − Y‖²`` (gradient scale
@@ -145,166 +146,27 @@ def _flat_factors(U):
     return ucat, uoff, ranks
 
 
-# ------------------------------------------------------------------ coo kernels
-@njit(nogil=True, cache=True)
-def _levels(ranks):  # pragma: no cover - jitted
-    """``Q[k] = Π ranks[k:]`` and the offsets of the level buffers of sizes ``Q``."""
-    d = ranks.shape[0]
-    Q = np.ones(d + 1, np.int64)
-    for k in range(d - 1, -1, -1):
-        Q[k] = Q[k + 1] * ranks[k]
-    off = np.zeros(d + 2, np.int64)
-    for k in range(d + 1):
-        off[k + 1] = off[k] + Q[k]
-    return Q, off
-
-
-@njit(nogil=True, cache=True)
-def _first_change(index, e):  # pragma: no cover - jitted
-    """First mode where entry ``e`` differs from entry ``e - 1`` (``d`` if equal)."""
-    d = index.shape[1]
-    for k in range(d):
-        if index[e, k] != index[e - 1, k]:
-            return k
-    return d
-
-
-@njit(nogil=True, cache=True, fastmath=True)
-def _forward(index, e, lo, ucat, uoff, ranks, Q, off, F):  # pragma: no cover - jitted
-    """Levels ``lo+1 … d`` of the prefix contraction for entry ``e``.
-
-    Level ``k`` holds ``f_k = S ×_1 U_1[i_1] ⋯ ×_k U_k[i_k]`` (shape
-    ``r_{k+1} × ⋯ × r_d``, C order); level 0 is the core itself.
-    """
-    d = ranks.shape[0]
-    for k in range(lo + 1, d + 1):
-        j = k - 1
-        rk = ranks[j]
-        q = Q[k]
-        u0 = uoff[j] + index[e, j] * rk
-        fb = off[k - 1]
-        nb = off[k]
-        for t in range(q):
-            F[nb + t] = 0.0
-        for a in range(rk):
-            ua = ucat[u0 + a]
-            for t in range(q):
-                F[nb + t] += ua * F[fb + a * q + t]
-    return F[off[d]]
-
-
-@njit(nogil=True, cache=True, fastmath=True)
-def _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project):  # pragma: no cover
-    """One sweep: residuals, factor gradients (into ``gcat``) and core gradient.
-
-    Reverse-mode through the prefix contraction, grouped by index prefix: the
-    adjoint ``B_k`` of level ``k`` is summed over a run of entries sharing
-    ``(i_1, …, i_k)`` and flushed when the run ends, giving
-    ``G_k[i_k] += f_{k-1} · B_k`` and ``B_{k-1} += U_k[i_k] ⊗ B_k``. The core
-    gradient is ``B_0``. Correct for any entry order; sorted order makes the
-    runs long. With ``project`` the adjoint of an entry is ``y`` (not
-    ``x − y``), nothing is contracted forward and ``gcat`` is not touched.
-    """
-    m, d = index.shape
-    Q, off = _levels(ranks)
-    F = np.empty(off[d + 1])
-    B = np.zeros(off[d + 1])
-    for t in range(Q[0]):
-        F[t] = core[t]
-    sz = 0.0
-    sy = 0.0
-    for e in range(m + 1):
-        if e == 0 or e == m:
-            lvl = 0
-        else:
-            lvl = _first_change(index, e)
-        if e > 0:  # flush the runs of entry e - 1 that end here
-            for k in range(d, lvl, -1):
-                j = k - 1
-                rk = ranks[j]
-                q = Q[k]
-                u0 = uoff[j] + index[e - 1, j] * rk
-                fb = off[k - 1]
-                bb = off[k]
-                for a in range(rk):
-                    ua = ucat[u0 + a]
-                    s = 0.0
-                    for t in range(q):
-                        bt = B[bb + t]
-                        s += F[fb + a * q + t] * bt
-                        B[fb + a * q + t] += ua * bt
-                    if not project:
-                        gcat[u0 + a] += s
-                for t in range(q):
-                    B[bb + t] = 0.0
-        if e == m:
-            break
-        y = values[e]
-        sy += y * y
-        if project:
-            B[off[d]] += y
-            continue
-        x = _forward(index, e, lvl, ucat, uoff, ranks, Q, off, F)
-        z = x - y
-        sz += z * z
-        B[off[d]] += z
-    for t in range(Q[0]):
-        cgrad[t] += B[t]
-    return sz, sy
-
-
-@njit(nogil=True, cache=True, fastmath=True)
-def _coo_values(index, ucat, uoff, ranks, core, out):  # pragma: no cover - jitted
-    """``out[e] = <S, U_1[i_1] ⊗ ⋯ ⊗ U_d[i_d]>`` for every entry."""
-    m, d = index.shape
-    Q, off = _levels(ranks)
-    F = np.empty(off[d + 1])
-    for t in range(Q[0]):
-        F[t] = core[t]
-    for e in range(m):
-        lvl = 0 if e == 0 else _first_change(index, e)
-        if lvl == d:
-            out[e] = F[off[d]]
-        else:
-            out[e] = _forward(index, e, lvl, ucat, uoff, ranks, Q, off, F)
-    return out
-
-
-@njit(nogil=True, cache=True)
-def _dense_residual(X, Y):  # pragma: no cover - jitted (no fastmath: NaN tests)
-    """``X ← P_Ω(X − Y)`` in place on flat arrays (Ω: ``Y`` not NaN); ``(Σ z², Σ_obs y²)``."""
-    sz = 0.0
-    sy = 0.0
-    for i in range(X.shape[0]):
-        y = Y[i]
-        if np.isnan(y):
-            X[i] = 0.0
-        else:
-            z = X[i] - y
-            X[i] = z
-            sz += z * z
-            sy += y * y
-    return sz, sy
-
-
-def _residual_chunk(chunk, U, core):
-    """``(Z, Σ Z², Σ_obs Y²)`` of a dense chunk, ``Z = P_Ω(X_c − Y_c)``: one fused sweep."""
+def _residual_chunk(chunk, U, core, zeta=NO_CLIP, tau=NO_CLIP):
+    """``(Z, sums)`` of a dense chunk, ``Z = P_Ω(clip(X_c − Y_c, ±ζ))``: one fused sweep;
+    ``sums = [Σ Z², Σ_obs Y², Σ_obs |X − Y|, #{|X − Y| > ζ}, #{|X − Y| > τ}]``."""
     Y = np.ascontiguousarray(chunk, dtype=np.float64)
     Z = np.ascontiguousarray(multi_mode_product(core, U))
-    sz, sy = _dense_residual(Z.reshape(-1), Y.reshape(-1))
-    return Z, sz, sy
+    sums = _dense_residual(Z.reshape(-1), Y.reshape(-1), float(zeta), float(tau))
+    return Z, np.array(sums, dtype=np.float64)
 
 
-def _coo_run(index, values, U, core, project: bool):
+def _coo_run(index, values, U, core, project: bool, zeta=NO_CLIP, tau=NO_CLIP):
     ucat, uoff, ranks = _flat_factors(U)
     gcat = np.zeros_like(ucat)
     cgrad = np.zeros(int(np.prod(ranks)))
     if core is None:
         core = np.zeros(len(cgrad))
     core = np.ascontiguousarray(core, dtype=np.float64).ravel()
-    sz, sy = _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project)
+    sums = _coo_pass(
+        index, values, ucat, uoff, ranks, core, gcat, cgrad, project, float(zeta), float(tau)
+    )
     G = [gcat[o : o + u.size].reshape(u.shape) for o, u in zip(uoff, U)]
-    return G, cgrad.reshape(tuple(ranks)), sz, sy
+    return G, cgrad.reshape(tuple(ranks)), np.array(sums, dtype=np.float64)
 
 
 def _values(index, U, core) -> np.ndarray:
@@ -336,10 +198,12 @@ def _leave_one_out(T, U, modes) -> dict:
 
 
 # ------------------------------------------------------------------ chunk kernels
-def chunk_pass(chunk, U: Sequence[np.ndarray], core: np.ndarray, scale: float):
+def chunk_pass(
+    chunk, U: Sequence[np.ndarray], core: np.ndarray, scale: float, zeta=NO_CLIP, tau=NO_CLIP
+):
     """Residual, partial factor gradients and partial core gradient of one chunk.
 
-    With ``Z = P_Ω(X_c − Y_c)`` on the chunk (``X_c = S ×_k U_k``, ``U_k`` the
+    With ``Z = P_Ω(clip(X_c − Y_c, −ζ, ζ))`` on the chunk (``X_c = S ×_k U_k``, ``U_k`` the
     chunk's factor blocks):
 
     .. math::
@@ -356,28 +220,34 @@ def chunk_pass(chunk, U: Sequence[np.ndarray], core: np.ndarray, scale: float):
     core : ndarray, shape ``(r_1, …, r_d)``
     scale : float
         Multiplies ``G`` and the core gradient (``1/p`` for the loss above).
+    zeta : float, optional
+        The clip level: tensor robust PCA's threshold ``ζ_t``
+        (:mod:`dscaledgd.problems.tensor_rpca`); default no clip (completion).
+    tau : float, optional
+        A level whose exceedances ``|X − Y| > τ`` are counted (``sums[4]``).
 
     Returns
     -------
     G : list of d ndarrays, shapes ``(n_k,c, r_k)``
         The chunk's rows of ``scale · M_k(Z) Ŭ_k``.
     core_grad : ndarray, shape ``(r_1, …, r_d)``
-    sums : ndarray, shape (2,)
-        ``[Σ Z², Σ_obs Y²]`` (unscaled).
+    sums : ndarray, shape (5,)
+        ``[Σ Z², Σ_obs Y², Σ_obs |X − Y|, #{|X − Y| > ζ}, #{|X − Y| > τ}]``
+        (unscaled).
     """
     coo, shape = _parse(chunk)
     core = np.asarray(core, dtype=np.float64)
     _check_factors(U, core, shape)
     if coo is not None:
         index, values, _ = coo
-        G, cgrad, sz, sy = _coo_run(index, values, U, core, project=False)
-        return [scale * g for g in G], scale * cgrad, np.array([sz, sy])
-    Z, sz, sy = _residual_chunk(chunk, U, core)
+        G, cgrad, sums = _coo_run(index, values, U, core, project=False, zeta=zeta, tau=tau)
+        return [scale * g for g in G], scale * cgrad, sums
+    Z, sums = _residual_chunk(chunk, U, core, zeta, tau)
     d = len(shape)
     A = _leave_one_out(Z, U, tuple(range(d)))
     G = [scale * (unfold(A[k], k) @ unfold(core, k).T) for k in range(d)]
     cgrad = scale * mode_product(A[0], U[0].T, 0)
-    return G, cgrad, np.array([sz, sy])
+    return G, cgrad, sums
 
 
 def chunk_residual_sumsq(chunk, U: Sequence[np.ndarray], core: np.ndarray) -> float:
@@ -389,7 +259,7 @@ def chunk_residual_sumsq(chunk, U: Sequence[np.ndarray], core: np.ndarray) -> fl
         index, values, _ = coo
         z = _values(index, U, core) - values
     else:
-        return float(_residual_chunk(chunk, U, core)[1])
+        return float(_residual_chunk(chunk, U, core)[1][0])
     return float(z @ z)
 
 
@@ -427,6 +297,14 @@ def chunk_stats(chunk):
         rowsq.append(sq.sum(axis=other))
         counts.append(mask.sum(axis=other, dtype=np.int64))
     return int(mask.sum()), float(sq.sum()), rowsq, counts
+
+
+def chunk_abs_sum(chunk) -> float:
+    """``Σ_obs |y|`` of one chunk (dense: NaN = missing, or coo)."""
+    coo, _ = _parse(chunk)
+    if coo is not None:
+        return float(np.abs(coo[1]).sum())
+    return float(np.nansum(np.abs(np.asarray(chunk, dtype=np.float64))))
 
 
 def _other_linear(index, shape, k) -> np.ndarray:
@@ -478,7 +356,7 @@ def chunk_project(chunk, U: Sequence[np.ndarray], scale: float) -> np.ndarray:
     _check_factors(U, None, shape)
     if coo is not None:
         index, values, _ = coo
-        _, cgrad, _, _ = _coo_run(index, values, U, None, project=True)
+        _, cgrad, _ = _coo_run(index, values, U, None, project=True)
         return scale * cgrad
     Y0, _ = _dense(chunk)
     return scale * multi_mode_product(Y0, U, transpose=True)

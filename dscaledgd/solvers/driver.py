@@ -60,6 +60,17 @@ class LoopConfig:
     on_accept: Callable | None = None
     #: the guard's norm test: ``"factors"`` (max ‖F_k‖²) or ``"model"`` (‖X‖²)
     guard_on: str = "factors"
+    #: the ``stats.extra`` entry whose best point early stopping returns (held-out RMSE,
+    #: or tensor RPCA's self-supervised criterion ``"l1"``), how it reads in messages,
+    #: and the relative improvement that resets the patience
+    monitor: str = "validation"
+    monitor_label: str = "validation RMSE"
+    monitor_tol: float = 0.0
+    #: end every run (not only an early stop) at the best monitored point
+    return_best: bool = False
+    #: the patience counts from this iteration on (tensor RPCA: once the threshold has
+    #: come down to the data's scale; before, its criterion is flat by design)
+    monitor_from: int = 0
 
 
 @dataclass
@@ -97,7 +108,7 @@ class Driver:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=cfg.max_iter, desc=desc, leave=False)
-        self.best_val, self.val_wait = None, 0
+        self.best_val, self.val_wait, self.val_ref = None, 0, math.inf
 
     # ---------------------------------------------------------- history
     def record(self, stats, step=None) -> int:
@@ -113,8 +124,8 @@ class Driver:
             ("passes", self.passes),
         ):
             h[k].append(v)
-        if "validation" in stats.extra:
-            h.setdefault("validation", []).append(stats.extra["validation"])
+        for key, v in stats.extra.items():  # held-out RMSE, tensor RPCA's criterion, ...
+            h.setdefault(key, []).append(v)
         return len(h["loss"]) - 1
 
     def resumed(self, n_iter: int) -> None:
@@ -165,10 +176,12 @@ class Driver:
         Returns ``"callback"`` when the callback stopped the run, else ``None``.
         """
         stats = point.stats
-        val = stats.extra.get("validation")
+        val = stats.extra.get(self.cfg.monitor)
         if val is not None:
-            if self.best_val is None or val < self.best_val.stats.extra["validation"]:
-                self.best_val, self.val_wait = point, 0
+            if self.best_val is None or val < self.monitored(self.best_val):
+                self.best_val = point
+            if n_iter < self.cfg.monitor_from or val < self.val_ref * (1.0 - self.cfg.monitor_tol):
+                self.val_ref, self.val_wait = min(val, self.val_ref), 0
             else:
                 self.val_wait += 1
         if self.cfg.on_accept is not None:
@@ -183,7 +196,7 @@ class Driver:
             damping=step.damping,
             time=self.hist["time"][-1],
             passes=self.passes,
-            validation=val,
+            validation=stats.extra.get("validation"),
             core=point.state.params.get("core"),
             _gather=gather,
         )
@@ -195,8 +208,13 @@ class Driver:
 
     def start_validation(self, point) -> None:
         """The initial point is the first best-validation candidate."""
-        if "validation" in point.stats.extra:
+        if self.cfg.monitor in point.stats.extra:
             self.best_val = point
+            self.val_ref = self.monitored(point)
+
+    def monitored(self, point) -> float:
+        """The monitored value of ``point`` (its held-out RMSE, or the criterion)."""
+        return float(point.stats.extra[self.cfg.monitor])
 
     def early_stop(self):
         """The best-validation point when the patience ran out, else ``None``."""

@@ -166,7 +166,13 @@ def run(
             if n_iter >= cfg.max_iter:
                 status = "max_iter"
                 message = f"max_iter={cfg.max_iter} reached with relative residual "
-                if rule.stall_on_step and rel_step is not None:  # l1: the residual has f*
+                if cfg.return_best:  # a monitored run: the residual is not the measure
+                    message = (
+                        f"max_iter={cfg.max_iter} reached while the {cfg.monitor_label} still "
+                        f"improved by a relative {cfg.monitor_tol:g} within {cfg.patience} "
+                        "iterations"
+                    )
+                elif rule.stall_on_step and rel_step is not None:  # l1: the residual has f*
                     message += (
                         f"{cur.stats.residual:.3g} (outliers keep it large) and relative "
                         f"step |dX|/|X| {rel_step:.3g} > stall_tol={cfg.stall_tol:g}"
@@ -226,10 +232,11 @@ def run(
             stop = drv.early_stop()
             if stop is not None:
                 status = "early_stopped"
+                by = f" by a relative {cfg.monitor_tol:g}" if cfg.monitor_tol else ""
                 message = (
-                    f"the validation RMSE did not improve for {cfg.patience} iterations; "
-                    f"returning iteration {stop.k} "
-                    f"(validation RMSE {stop.stats.extra['validation']:.6g})"
+                    f"the {cfg.monitor_label} did not improve{by} for {cfg.patience} "
+                    f"iterations; returning iteration {stop.k} "
+                    f"({cfg.monitor_label} {drv.monitored(stop):.6g})"
                 )
                 cur = stop
                 break
@@ -266,6 +273,14 @@ def run(
     except BaseException:
         drv.close()
         raise
+    best_val = drv.best_val
+    if cfg.return_best and best_val is not None and best_val is not cur and status != "diverged":
+        if status != "early_stopped":
+            message += (
+                f"; returning iteration {best_val.k}, the best {cfg.monitor_label} "
+                f"({drv.monitored(best_val):.6g})"
+            )
+        cur = best_val
     if cur.reseeded:  # the returned re-seeded point takes its iterate's history entry
         drv.overwrite(cur.k, cur.stats)
     return drv.finish(cur.state, status, message, n_iter, cur.k)

@@ -115,6 +115,7 @@ def snapshot(n_iter: int, quiet: int, points: dict, rule, guard, reseed, drv, so
         "driver": {
             "passes": int(drv.passes),
             "val_wait": int(drv.val_wait),
+            "val_ref": enc(drv.val_ref),
             "elapsed": enc(drv.elapsed()),
             "events": drv.events,
         },
@@ -167,6 +168,10 @@ def restore_objects(ck: dict, rule, guard, reseed, drv) -> tuple[int, int]:
             drv.hist[name[len("history.") :]] = [float(v) for v in arrays[name]]
     drv.passes = int(d["passes"])
     drv.val_wait = int(d["val_wait"])
+    if "val_ref" in d:  # checkpoints before tensor RPCA: the best value was the reference
+        drv.val_ref = dec(d["val_ref"])
+    elif drv.best_val is not None:
+        drv.val_ref = drv.monitored(drv.best_val)
     drv.events = list(d["events"])
     drv.t0 = time.perf_counter() - dec(d["elapsed"])
     return int(meta["n_iter"]), int(meta["quiet"])

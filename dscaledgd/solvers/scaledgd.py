@@ -98,13 +98,21 @@ class Preconditioner:
     Small parameters with a gradient (the Tucker core ``S``) move by
     ``S − η ∇S ×_k Q_k`` (:meth:`param_matrices`): ``Q_k = (F_kᵀF_k + λ I)⁻¹``
     for ScaledGD (ALGORITHMS.md §7), ``Q_k = I`` for GD.
+
+    ``relative_ridge`` ``ε`` adds ``ε tr(M)/r`` to each Gram ``M`` (``H_k``,
+    and ``F_kᵀF_k`` of the small parameters) before it is inverted
+    (:attr:`~dscaledgd.problems.spec.ProblemSpec.relative_ridge`).
     """
 
-    def __init__(self, kind: str = "scaled", sigma1: float = 1.0):
+    def __init__(self, kind: str = "scaled", sigma1: float = 1.0, relative_ridge: float = 0.0):
         if kind not in ("scaled", "identity"):  # pragma: no cover - internal
             raise ValueError(kind)
         self.kind = kind
         self.sigma1 = float(sigma1)
+        self.relative_ridge = float(relative_ridge)
+
+    def _ridge(self, M: np.ndarray) -> float:
+        return self.relative_ridge * float(np.trace(M)) / len(M) if self.relative_ridge else 0.0
 
     def matrices(self, stats, step: Step, ridge=0.0) -> list:
         """Per factor ``P_k`` (each ``r_k × r_k``; Tucker ranks may differ per mode).
@@ -116,7 +124,7 @@ class Preconditioner:
             return [np.eye(len(Hk)) / self.sigma1 for Hk in stats.H]
         out = []
         for Hk, FFk, rk in zip(stats.H, stats.FF, per_factor(ridge, len(stats.H))):
-            M = Hk + (step.damping + rk) * np.eye(len(Hk))
+            M = Hk + (step.damping + rk + self._ridge(Hk)) * np.eye(len(Hk))
             if step.mu > 0:
                 M = M + step.mu * spd_solve_identity(FFk)
             out.append(spd_solve_identity(M))
@@ -126,7 +134,10 @@ class Preconditioner:
         """Per factor ``Q_k``: the mode-wise preconditioner of the small parameters."""
         if self.kind == "identity":
             return [np.eye(len(FF)) for FF in stats.FF]
-        return [spd_solve_identity(FF + step.damping * np.eye(len(FF))) for FF in stats.FF]
+        return [
+            spd_solve_identity(FF + (step.damping + self._ridge(FF)) * np.eye(len(FF)))
+            for FF in stats.FF
+        ]
 
 
 def make_update(precond: Preconditioner, P: list, stats, state, step: Step, reg=0.0):

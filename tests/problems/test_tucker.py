@@ -108,7 +108,7 @@ def test_chunk_pass_summed_over_a_grid(shape, ranks):
     for layout in ("dense", "coo"):
         G = [np.zeros_like(u) for u in U]
         cgrad = np.zeros_like(core)
-        sums = np.zeros(2)
+        sums = np.zeros(5)
         for pos in itertools.product(*(range(len(b) - 1) for b in bounds)):
             sl = tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, pos))
             block = Y[sl]

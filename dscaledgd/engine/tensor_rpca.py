@@ -1,0 +1,82 @@
+"""Tensor robust PCA on chunks: the engine behind :func:`dscaledgd.tensor_rpca`.
+
+The Tucker completion engine (:mod:`.tucker`) with two differences
+(ALGORITHMS.md §8, :mod:`dscaledgd.problems.tensor_rpca`):
+
+* the pass at iteration ``t`` clips every residual at ``±ζ_t``
+  (``X − Y + thre(Y − X, ζ_t)``), a scalar handed to the same grouped chunk
+  tasks; the pass also sums ``|Y − X|`` and counts the entries of the sparse
+  part and those with ``|Y − X| > τ``, so the self-supervised criterion
+  ``Σ_Ω |Y − X_t| / Σ_Ω |Y|`` and both fractions come with the iteration's
+  one gather at no extra pass;
+* the initialisation is the spectral (HOSVD) fit of ``Y − thre(Y, z0) =
+  clip(Y, ±z0)``: a clipped copy of each chunk is made where the chunk lives,
+  used for the statistics, the mode Grams and the core, and released.
+"""
+
+from __future__ import annotations
+
+from ..problems import tensor_rpca as trp
+from ..problems import tucker as tk
+from .tucker import TuckerEngine, _data
+
+__all__ = ["TensorRPCAEngine"]
+
+
+def _clipped(chunk, zeta):
+    return trp.clip_chunk(_data(chunk), zeta)
+
+
+def _abs_sum(chunk) -> float:
+    return tk.chunk_abs_sum(_data(chunk))
+
+
+class TensorRPCAEngine(TuckerEngine):
+    """Tensor RPCA passes over the chunks of a ``TensorObservations`` on an executor.
+
+    Parameters
+    ----------
+    T : TensorObservations
+    ex : Executor
+    schedule : callable ``it -> ζ_t``
+        The threshold schedule (:class:`~dscaledgd.problems.tensor_rpca.Schedule`).
+    tau : float
+        Entries with ``|Y − X| > τ`` are counted as unexplained
+        (``extra["unexplained_fraction"]``).
+    cache : {"auto", "memory", "stream"}
+    """
+
+    spec = trp.SPEC
+
+    def __init__(self, T, ex, *, schedule, tau: float, cache: str = "auto"):
+        super().__init__(T, ex, cache=cache)
+        self.schedule, self.tau = schedule, float(tau)
+        parts = [ex.submit(_abs_sum, c, name="stats") for c in self._chunks]
+        self.abs_norm = float(sum(ex.gather(parts)))
+        self.nnz = int(T.nnz)
+
+    def clip(self, it: int) -> float:
+        return self.schedule(it)
+
+    def pass_extra(self, sums) -> dict:
+        return {
+            "l1": float(sums[2]) / max(self.abs_norm, 1e-300),
+            "sparse_fraction": float(sums[3]) / max(self.nnz, 1),
+            "unexplained_fraction": float(sums[4]) / max(self.nnz, 1),
+        }
+
+    def clipped_init(self, ranks, z0: float, *, seed: int, n_power: int):
+        """``(factors, core)``: the spectral fit of ``clip(Y, ±z0)`` (HOSVD when fully
+        observed; the ``(p − 1) diag`` correction of §7 otherwise)."""
+        slots = self._chunk_slots()
+        copies = [
+            self.ex.submit_on(slots[t], _clipped, c, z0, name="clip")
+            for t, c in enumerate(self._chunks)
+        ]
+        try:
+            diag = self.mode_diag(self.stats_pass(copies))
+            factors, _ = self.spectral(ranks, seed=seed, n_power=n_power, chunks=copies, diag=diag)
+            core = self.project(factors, chunks=copies)
+        finally:
+            self.ex.release(*copies)
+        return factors, core
