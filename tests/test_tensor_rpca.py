@@ -240,7 +240,7 @@ def test_returns_the_iterate_with_the_smallest_criterion():
 @pytest.mark.filterwarnings("ignore::dscaledgd.ConvergenceWarning")
 def test_validation_returns_the_held_out_best_under_noise():
     """With dense noise the error is lowest at an interior iterate (the fit then follows
-    the noise as ζ_t → 0); the held-out RMSE finds it."""
+    the noise as ζ_t → 0); the held-out MAE finds it."""
     X, Y, _ = _instance(kappa=5.0, seed=2)
     Y = Y + 0.3 * np.std(X) * np.random.default_rng(4).standard_normal(X.shape)
     train, held = dsg.TensorObservations.from_array(Y).split(0.2, random_state=0)
@@ -252,7 +252,7 @@ def test_validation_returns_the_held_out_best_under_noise():
     v = res.history["validation"]
     k = res.info["best_iteration"]
     assert k == int(np.argmin(v)) and k < len(v) - 1
-    assert res.status == "early_stopped" and "validation RMSE" in res.message
+    assert res.status == "early_stopped" and "validation MAE" in res.message
     core, U = seen[k - 1]
     assert _rel2(res.to_tensor().compute(), tk._full(core, U)) == 0.0
 

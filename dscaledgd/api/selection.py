@@ -215,7 +215,7 @@ def complete_auto(obs, validation, params: dict, auto: tuple, where: dict, *, ca
         finally:
             base.close()
     res = sel.result
-    _reissue(caught, res)
+    reissue(caught, res)
     for key in ("checkpoint", "resumed_from"):
         res.info.pop(key, None)
     table = [  # one row per candidate, in grid order
@@ -249,17 +249,21 @@ def complete_auto(obs, validation, params: dict, auto: tuple, where: dict, *, ca
     return res
 
 
-def _reissue(caught, res) -> None:
+def reissue(caught, res, func: str = "complete", winner_only=()) -> None:
     """Give the collected warnings once each, in this thread: the winner's
     ``ConvergenceWarning`` when its last fit ended at ``max_iter`` or diverged (the
-    candidates' ones at each round's budget are dropped), every other kind once."""
+    candidates' ones at each round's budget are dropped), every other kind once, except
+    messages containing one of ``winner_only`` (about one fit: the caller re-checks the
+    winner's)."""
     seen = set()
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
+            continue
+        if any(text in str(w.message) for text in winner_only):
             continue
         key = (w.category, str(w.message))
         if key not in seen:
             seen.add(key)
             warnings.warn(w.message, stacklevel=4)
     if res.status in ("max_iter", "diverged"):
-        warnings.warn(f"complete: {res.message}", ConvergenceWarning, stacklevel=4)
+        warnings.warn(f"{func}: {res.message}", ConvergenceWarning, stacklevel=4)

@@ -21,6 +21,8 @@ from .tucker import CACHES, _check_init, _initial_values, _warn_empty_slices, as
 
 __all__ = ["tensor_rpca"]
 
+#: the names ``tune`` accepts
+TUNE = ("self-supervised", "validation")
 #: chunks read on the client for the robust scale (evenly spread over the grid)
 SCALE_SAMPLE_CHUNKS = 8
 #: an entry is unexplained by the fit when ``|Y − X|`` exceeds this fraction of the robust
@@ -134,6 +136,7 @@ def tensor_rpca(
     max_iter: int = 200,
     tol: float = 1e-6,
     patience: int = 10,
+    tune: str | None = None,
     random_state=None,
     client=None,
     address: str | None = None,
@@ -154,7 +157,7 @@ def tensor_rpca(
     on ``(1/2p) ‖P_Ω(X + S_t − Y)‖²``, distributed over the tensor's chunks.
     The run returns the iterate with the smallest self-supervised criterion
     ``Σ_Ω |Y − X_t| / Σ_Ω |Y|`` (with ``validation``: the smallest held-out
-    RMSE), and stops when it has not improved by a relative ``tol`` for
+    mean absolute error), and stops when it has not improved by a relative ``tol`` for
     ``patience`` iterations.
 
     Parameters
@@ -180,8 +183,9 @@ def tensor_rpca(
         Spectral: the HOSVD of ``Y − thre(Y, z0)`` (with the ``(p − 1) diag``
         correction of §7 when entries are missing). Or a warm start.
     validation : TensorObservations, optional
-        Held-out entries (missing in ``Y``): their RMSE picks the returned
-        iterate instead of the criterion.
+        Held-out entries (missing in ``Y``): their mean absolute error picks
+        the returned iterate instead of the criterion (not the RMSE: held-out
+        entries are corrupted too, and their squares would dominate it).
     max_iter : int, default 200
         A cap: the run normally ends by ``tol`` (about 110 iterations on the
         §8 instance), not after the paper's fixed T = 100.
@@ -190,6 +194,13 @@ def tensor_rpca(
         (counted once ``ζ_t`` has come down to the data's scale: before, the
         threshold clips little and the criterion is flat by design).
     patience : int, default 10
+    tune : {None, "self-supervised", "validation"}
+        Choose ``step_size`` and ``threshold`` (those not given) from the data
+        by successive halving over a small grid (:mod:`.tensor_rpca_tune`):
+        ``"self-supervised"`` by the criterion, ``"validation"`` by the mean absolute error on
+        held-out entries (``validation``, or 10% of the observed entries split
+        off). The candidates run concurrently on the same executor; the table
+        is in ``res.info["tuning"]``.
     random_state, client, address, scheduler, cache, init_power_iter, callback, progress,
     checkpoint, checkpoint_interval, resume
         As for :func:`tucker_complete`.
@@ -228,6 +239,8 @@ def tensor_rpca(
     T = as_tensor(Y, mask, func, "Y")
     ranks = check_ranks(func, ranks, T.shape)
     check_choice(func, "cache", cache, CACHES)
+    if tune is not None:
+        check_choice(func, "tune", tune, TUNE)
     z0, z1, decay = _check_threshold(func, threshold)
     step_size = _check_positive(func, "step_size", step_size, upper=1.0)
     threshold_scale = _check_positive(func, "threshold_scale", threshold_scale)
@@ -250,36 +263,59 @@ def tensor_rpca(
     params["ranks"] = list(ranks)
     scale = threshold_scale if threshold_scale is not None else _robust_scale(T)
     params["threshold"] = {"z0": z0, "z1": z1, "decay": decay, "scale": scale}
-    monitor = ("validation", "validation RMSE") if validation is not None else (
-        "l1", "criterion |Y - X|_1/|Y|_1"
-    )  # fmt: skip
-    params["_loop"] = {
-        "tol": 0.0, "monitor": monitor[0], "monitor_label": monitor[1], "monitor_tol": tol,
-        "return_best": True, "monitor_from": _warm_up(z1, decay),
-    }  # fmt: skip
+    params["_given"] = {"step_size": step_size is not None, "threshold": threshold}
+    params["_loop"] = loop_params(z1, decay, tol, validation is not None)
     _warn_empty_slices(T, func)
-    schedule = trp.Schedule(z1 * scale, decay)
+    if tune is not None:
+        from .tensor_rpca_tune import tune_tensor_rpca
+
+        where = {"client": client, "address": address, "scheduler": scheduler}
+        return tune_tensor_rpca(T, ranks, init, validation, params, tune, where, cache=cache)
     rng = resolve_rng(random_state)
     with executor_for(client, address=address, scheduler=scheduler) as ex:
-        engine = TensorRPCAEngine(
-            T, ex, schedule=schedule, tau=UNEXPLAINED_LEVEL * scale, cache=cache
-        )
+        engine = TensorRPCAEngine(T, ex, schedule=None, tau=UNEXPLAINED_LEVEL * scale, cache=cache)
         try:
             if validation is not None:
                 engine.set_validation(validation)
-            res = solve(
-                engine, rank, rng, params, desc=func,
-                initial=lambda eng, seed: _initial(eng, ranks, init, z0 * scale, seed,
-                                                   init_power_iter),
-                make_model=lambda factors, p: _model(factors, p, T),
-            )  # fmt: skip
+            return fit_on(engine, T, ranks, init, params, rng)
         finally:
             engine.close()
+
+
+def loop_params(z1: float, decay: float, tol: float, validation: bool) -> dict:
+    """The driver's settings of a run: the monitored value and when its patience starts."""
+    monitor = ("validation", "validation MAE") if validation else (
+        "l1", "criterion |Y - X|_1/|Y|_1"
+    )  # fmt: skip
+    return {
+        "tol": 0.0, "monitor": monitor[0], "monitor_label": monitor[1], "monitor_tol": tol,
+        "return_best": True, "monitor_from": _warm_up(z1, decay),
+    }  # fmt: skip
+
+
+def fit_on(engine: TensorRPCAEngine, T, ranks, init, params: dict, rng, func="tensor_rpca"):
+    """One run on a built engine (its schedule set from ``params["threshold"]``): the
+    result with its sparse part, after the dense-corruption check."""
+    th = params["threshold"]
+    engine.schedule = schedule = trp.Schedule(th["z1"] * th["scale"], th["decay"])
+    z0 = th["z0"] * th["scale"]
+    n_power = params["init_power_iter"]
+    res = solve(
+        engine, int(max(ranks)), rng, params, desc=func,
+        initial=lambda eng, seed: _initial(eng, ranks, init, z0, seed, n_power),
+        make_model=lambda factors, p: _model(factors, p, T),
+    )  # fmt: skip
     k = int(res.info["best_iteration"])
     zeta = schedule(k)
-    res.info["threshold"] = {**params["threshold"], "zeta_returned": zeta}
+    res.info["threshold"] = {**th, "zeta_returned": zeta}
     for key in ("sparse_fraction", "unexplained_fraction"):
         res.info[key] = float(res.history[key][k])
+    warn_unexplained(res, ranks, func, stacklevel=4)
+    return dataclasses.replace(res, model=_with_sparse(res.model, T, zeta))
+
+
+def warn_unexplained(res, ranks, func: str, stacklevel: int) -> None:
+    """The ``DataWarning`` of a fit that leaves most entries unexplained."""
     frac = res.info["unexplained_fraction"]
     if frac > DENSE_FRACTION:
         warnings.warn(
@@ -288,9 +324,8 @@ def tensor_rpca(
             f"corruption is too dense, the ranks {ranks} too small, or the noise too large "
             "for a low-rank + sparse split to mean anything. Raise the ranks or check the data.",
             DataWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
-    return dataclasses.replace(res, model=_with_sparse(res.model, T, zeta))
 
 
 def _warm_up(z1: float, decay: float) -> int:

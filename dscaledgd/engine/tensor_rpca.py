@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from ..problems import tensor_rpca as trp
 from ..problems import tucker as tk
-from .tucker import TuckerEngine, _data
+from .tucker import TuckerEngine, _data, _rows
 
 __all__ = ["TensorRPCAEngine"]
 
@@ -29,6 +29,10 @@ def _clipped(chunk, zeta):
 
 def _abs_sum(chunk) -> float:
     return tk.chunk_abs_sum(_data(chunk))
+
+
+def _abs_residual(chunk, U, rows, core):
+    return tk.chunk_abs_residual(_data(chunk), _rows(U, rows), core)
 
 
 class TensorRPCAEngine(TuckerEngine):
@@ -47,6 +51,9 @@ class TensorRPCAEngine(TuckerEngine):
     """
 
     spec = trp.SPEC
+    #: held-out entries are scored by their mean absolute error: a held-out set holds
+    #: corrupted entries too, and their squares would dominate an RMSE
+    val_kernel = staticmethod(_abs_residual)
 
     def __init__(self, T, ex, *, schedule, tau: float, cache: str = "auto"):
         super().__init__(T, ex, cache=cache)
@@ -54,6 +61,9 @@ class TensorRPCAEngine(TuckerEngine):
         parts = [ex.submit(_abs_sum, c, name="stats") for c in self._chunks]
         self.abs_norm = float(sum(ex.gather(parts)))
         self.nnz = int(T.nnz)
+
+    def validation_value(self, total: float) -> float:
+        return float(total / self._vnnz)
 
     def clip(self, it: int) -> float:
         return self.schedule(it)

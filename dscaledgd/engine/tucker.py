@@ -295,6 +295,12 @@ class TuckerEngine(FactorEngine):
 
     #: the level whose exceedances ``|X − Y| > τ`` a pass counts (none for completion)
     tau = tk.NO_CLIP
+    #: the held-out chunks' kernel: ``Σ (X − Y)²`` (:meth:`validation_value`: the RMSE)
+    val_kernel = staticmethod(_residual)
+
+    def validation_value(self, total: float) -> float:
+        """The held-out error from the summed :attr:`val_kernel` (the RMSE)."""
+        return float(np.sqrt(total / self._vnnz))
 
     def clip(self, it: int) -> float:
         """The residual's clip level at iteration ``it`` (none for completion)."""
@@ -312,7 +318,7 @@ class TuckerEngine(FactorEngine):
         args = (_pass, self._call(self._chunks, state), lambda t: (*self.place[t], None, None))
         val = None
         if self._vchunks is not None:
-            val = (_residual, self._call(self._vchunks, state), lambda t: (None,))
+            val = (self.val_kernel, self._call(self._vchunks, state), lambda t: (None,))
         if self._fex is not None:  # client-held factors: reduce here after the one gather
             gp = map_groups(ex, self.groups, *args, outputs, shared=shared,
                             slots=self.slots, task_name="grad")  # fmt: skip
@@ -353,7 +359,7 @@ class TuckerEngine(FactorEngine):
         sumsq = float(values[0])
         extra = self.pass_extra(np.asarray(values, dtype=np.float64))
         if vres:
-            extra["validation"] = float(np.sqrt(sum(vres) / self._vnnz))
+            extra["validation"] = self.validation_value(sum(vres))
         FF = [sum_small([s[0] for s in per]) for per in stats]
         H = [tk.breve_gram(pas.core, FF, k) for k in range(self.d)]
         return self.pass_stats(

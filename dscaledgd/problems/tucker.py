@@ -59,7 +59,8 @@ from .completion import spmm
 from .spec import ProblemSpec
 
 __all__ = [
-    "SPEC", "chunk_pass", "chunk_residual_sumsq", "chunk_stats", "chunk_abs_sum", "mode_rmatvec",
+    "SPEC", "chunk_pass", "chunk_residual_sumsq", "chunk_abs_residual", "chunk_stats",
+    "chunk_abs_sum", "mode_rmatvec",
     "mode_matvec", "chunk_project", "predict", "breve_gram", "x_norm2", "reference_pass",
     "reference_spectral",
 ]  # fmt: skip
@@ -261,6 +262,17 @@ def chunk_residual_sumsq(chunk, U: Sequence[np.ndarray], core: np.ndarray) -> fl
     else:
         return float(_residual_chunk(chunk, U, core)[1][0])
     return float(z @ z)
+
+
+def chunk_abs_residual(chunk, U: Sequence[np.ndarray], core: np.ndarray) -> float:
+    """``Σ_obs |X − Y|`` over the chunk (a robust validation error)."""
+    coo, shape = _parse(chunk)
+    core = np.asarray(core, dtype=np.float64)
+    _check_factors(U, core, shape)
+    if coo is not None:
+        index, values, _ = coo
+        return float(np.abs(_values(index, U, core) - values).sum())
+    return float(_residual_chunk(chunk, U, core)[1][2])
 
 
 def chunk_stats(chunk):
