@@ -80,22 +80,9 @@ def _is_nifti(path: str) -> bool:
 
 def _nifti(path: str, role: str, *, mask: bool = False) -> np.ndarray:
     """A NIfTI image as a float64 array (``mask``: as booleans, nonzero = observed)."""
-    from .exceptions import InputDataError
+    from .storage.volumes import read_nifti
 
-    try:
-        import nibabel
-    except ImportError:
-        raise ImportError(
-            f"Reading the NIfTI {role} {path!r} needs nibabel, which is not installed. "
-            f"Install the neuro extra: {NEURO_HINT}."
-        ) from None
-    try:
-        img = nibabel.load(path)
-        if mask:
-            return np.asanyarray(img.dataobj) != 0
-        return img.get_fdata(dtype=np.float64)
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds; reported with the path
-        raise InputDataError(f"The {role} {path!r} cannot be read as NIfTI ({exc}).") from None
+    return read_nifti(path, role, mask=mask)
 
 
 def _store_type(path: str) -> str | None:

@@ -273,6 +273,34 @@ class SolveResult:
         """A Tucker fit as a ``tensorly`` TuckerTensor (:meth:`Tucker.to_tensorly`)."""
         return self._model_as(Tucker, "to_tensorly").to_tensorly()
 
+    def to_pyttb(self):
+        """A Tucker fit as a ``pyttb.ttensor`` (gathers the factors; needs pyttb)."""
+        try:
+            import pyttb
+        except ImportError as exc:
+            raise ImportError(
+                "to_pyttb needs pyttb, which is not installed: pip install pyttb."
+            ) from exc
+        m = self._model_as(Tucker, "to_pyttb")
+        return pyttb.ttensor(pyttb.tensor(m.core.copy()), [np.asarray(U) for U in
+                                                           m.compute_factors()])  # fmt: skip
+
+    def to_nifti(self, path, like, *, part: str = "low_rank", overwrite: bool = False) -> str:
+        """Write the low-rank part (``part="low_rank"``) or, for tensor RPCA, the sparse part
+        (``"sparse"``) of a Tucker fit as NIfTI with ``like``'s affine and header (``like``:
+        the source image's path, or a nibabel image). Written as float32, atomically.
+        """
+        from .storage.volumes import write_nifti
+
+        if part not in ("low_rank", "sparse"):
+            raise ValueError(f"part must be 'low_rank' or 'sparse'; got {part!r}.")
+        if part == "sparse" and self.sparse is None:
+            raise ValueError(
+                "part='sparse' needs a tensor RPCA result; this fit has no sparse part."
+            )
+        X = self.to_tensor() if part == "low_rank" else self.sparse
+        return write_nifti(X, path, like, overwrite=overwrite)
+
     @property
     def best_iteration(self) -> int:
         """Index into :attr:`history` of the iterate whose factors are returned.

@@ -179,9 +179,11 @@ def tensor_rpca(
         The unit of ``z0`` and ``z1``. Default: the median of ``|Y|`` over
         the observed entries of up to 8 chunks spread over the grid (the root
         mean square when that median is 0). Pass 1.0 for absolute thresholds.
-    init : {"spectral"} or (core, factors)
+    init : {"spectral"}, (core, factors), Tucker or TuckerTensor
         Spectral: the HOSVD of ``Y − thre(Y, z0)`` (with the ``(p − 1) diag``
-        correction of §7 when entries are missing). Or a warm start.
+        correction of §7 when entries are missing). Or a warm start: a pair, a
+        fitted model (``res.model``) or a TensorLy ``TuckerTensor``
+        (``res.to_tensorly()`` of another fit).
     validation : TensorObservations, optional
         Held-out entries (missing in ``Y``): their mean absolute error picks
         the returned iterate instead of the criterion (not the RMSE: held-out

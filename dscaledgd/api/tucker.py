@@ -102,6 +102,9 @@ def check_ranks(func: str, ranks, shape) -> tuple[int, ...]:
 def _check_init(func: str, init, ranks, shape):
     if isinstance(init, str):
         return check_choice(func, "init", init, INITS)
+    if hasattr(init, "core") and hasattr(init, "factors"):  # a Tucker model, a TuckerTensor
+        factors = init.compute_factors() if hasattr(init, "compute_factors") else init.factors
+        init = (np.asarray(init.core), [np.asarray(U) for U in factors])
     ok = isinstance(init, tuple | list) and len(init) == 2
     if ok:
         core = np.asarray(init[0], dtype=np.float64)
@@ -116,7 +119,8 @@ def _check_init(func: str, init, ranks, shape):
     if not ok:
         raise InvalidParameterError(
             f"The 'init' parameter of {func} must be one of {{'spectral', 'random'}} or a warm "
-            f"start (core, factors): a finite core of shape {ranks} and factors of shapes "
+            "start (a (core, factors) pair, a Tucker model or a TensorLy TuckerTensor): a "
+            f"finite core of shape {ranks} and factors of shapes "
             f"{[(n, r) for n, r in zip(shape, ranks)]}. Got {_describe(init)}."
         )
     return core, factors
@@ -185,10 +189,11 @@ def tucker_complete(
     method : {"scaledgd", "gd"}
         ``"gd"``: the same loop with identity preconditioners (the factor step
         is ``η/σ̂²``, σ̂ the largest mode singular value of the start).
-    init : {"spectral", "random"} or (core, factors)
+    init : {"spectral", "random"}, (core, factors), Tucker or TuckerTensor
         Spectral: per mode the top eigenvectors of ``G_k + (p−1) diag(G_k)``,
         ``G_k = M_k(Y) M_k(Y)ᵀ``, then ``S₀ = (Y/p) ×_k U_kᵀ``. Random:
-        ``U_k ~ N(0, 1/n_k)``, ``S₀ ~ N(0, ‖Y‖²/(p Π r_k))``. Or a warm start.
+        ``U_k ~ N(0, 1/n_k)``, ``S₀ ~ N(0, ‖Y‖²/(p Π r_k))``. Or a warm start:
+        a pair, a fitted model (``res.model``) or a TensorLy ``TuckerTensor``.
     step_size : float, optional
         A fixed ``η`` (``0.3`` is the paper's). Default: ``η = 0.3``, halved
         whenever the safeguard sees a blow-up (it never diverges silently).
