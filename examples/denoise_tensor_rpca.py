@@ -23,7 +23,22 @@ entries the sparse part caught, and the time. ``--dataset``:
         [--out DIR] [--quick]
 
 ``--quick`` keeps every 2nd entry per axis of the cube (every 4th voxel of the
-brain) and halves the ranks: a few seconds, for the tests. Research / BSD-3 data
+brain) and halves the ranks: a few seconds, for the tests.
+
+Measured on this 2-core machine (threads, seed 0, 10% salt and pepper; PSNR in dB
+against the clean volume):
+
+============================  =====  ============  ===========  =========================
+data                          noisy  plain Tucker  tensor RPCA  time plain / robust
+============================  =====  ============  ===========  =========================
+Samson 95×95×156, (20,20,6)   14.1   27.3          36.8         4.2 s / 1.5 s
+MNI152 ÷2, 99×117×95, (40)³   13.4   21.4          31.0         57.7 s / 6.2 s
+MNI152 full, 197×233×189      13.4   24.8          31.2         68.9 s / 36.1 s
+============================  =====  ============  ===========  =========================
+
+The sparse part (|S| > 0.1) holds 60–72% of the corrupted entries (the others are
+pepper on dark voxels or salt on bright ones, which barely change them) and 0.1–1.8%
+of the clean ones. The plain fit ran to its 500 iterations each time. Research / BSD-3 data
 from ``$DSCALEDGD_DATA`` (or ``../shared/data``); never copied into the project.
 """
 

@@ -323,3 +323,35 @@ def test_the_docs_example_runs():
     with open(os.path.join(root, "docs", "tensor-rpca.md")) as fh:
         block = re.findall(r"```python\n(.*?)```", fh.read(), re.S)[0]
     exec(compile(block, "docs/tensor-rpca.md", "exec"), {})
+
+
+# ------------------------------------------------------------------ fit-following sparsifier
+def test_adaptive_threshold_follows_the_residual():
+    """ζ_{t+1} = 3 σ̂_t, σ̂_t the sampled robust standard deviation of Y − X_t (within the
+    histogram's 4% bins and the sample's error of the full residual's)."""
+    X, Y, out = _instance(kappa=5.0, seed=9)
+    Y = Y + 0.05 * np.std(X) * np.random.default_rng(1).standard_normal(X.shape)
+    seen = []
+    res = dsg.tensor_rpca(Y, RANKS, sparsifier="adaptive", scheduler="sync", random_state=0,
+                          progress=False, callback=_states(seen))  # fmt: skip
+    zeta, sigma = res.history["zeta"], res.history["residual_sigma"]
+    np.testing.assert_allclose(zeta[1:], 3.0 * sigma[:-1], rtol=1e-12)
+    for t in (1, len(seen) // 2, len(seen)):
+        core, U = seen[t - 1]
+        full = np.median(np.abs(Y - tk._full(core, U))) / 0.6744897501960817
+        assert sigma[t] == pytest.approx(full, rel=0.15), t
+    # on noisy data its sparse part holds the outliers, not the noise (the schedule's
+    # holds every entry: ζ_t falls below the noise)
+    S = res.sparse.compute() != 0
+    assert np.mean(S == out) > 0.9
+    sched = dsg.tensor_rpca(Y, RANKS, scheduler="sync", random_state=0, progress=False)
+    assert np.mean(sched.sparse.compute() != 0) > 0.9
+
+
+def test_adaptive_refuses_checkpoints(tmp_path):
+    _, Y, _ = _instance()
+    with pytest.raises(InvalidParameterError, match="sparsifier='adaptive'"):
+        dsg.tensor_rpca(Y, RANKS, sparsifier="adaptive", checkpoint=str(tmp_path / "ck"),
+                        scheduler="sync")  # fmt: skip
+    with pytest.raises(InvalidParameterError, match="'sparsifier'"):
+        dsg.tensor_rpca(Y, RANKS, sparsifier="fraction", scheduler="sync")

@@ -139,3 +139,14 @@ def test_bad_tune_combinations_are_refused(kw, match):
     _, Y = _noisy()
     with pytest.raises(InvalidParameterError, match=match):
         dsg.tensor_rpca(Y, RANKS, scheduler="sync", **kw)
+
+
+@pytest.mark.filterwarnings("ignore::dscaledgd.ConvergenceWarning")
+def test_adaptive_search_chooses_c_and_step():
+    _, Y = _noisy(seed=7)
+    res = dsg.tensor_rpca(Y, RANKS, sparsifier="adaptive", tune="self-supervised",
+                          scheduler="threads", random_state=0, progress=False)  # fmt: skip
+    info = res.info["tuning"]
+    assert info["grid"] == {"step_size": [0.35, 0.5], "c": [2.5, 3.0, 4.0, 5.0]}
+    assert set(info["chosen"]) == {"step_size", "z0", "z1", "c"}
+    assert res.info["threshold"]["c"] == info["chosen"]["c"]

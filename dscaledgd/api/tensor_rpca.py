@@ -23,6 +23,8 @@ __all__ = ["tensor_rpca"]
 
 #: the names ``tune`` accepts
 TUNE = ("self-supervised", "validation")
+#: the sparsifiers: the soft threshold's schedule (§8), or the fit-following one
+SPARSIFIERS = ("schedule", "adaptive")
 #: chunks read on the client for the robust scale (evenly spread over the grid)
 SCALE_SAMPLE_CHUNKS = 8
 #: an entry is unexplained by the fit when ``|Y − X|`` exceeds this fraction of the robust
@@ -31,26 +33,26 @@ UNEXPLAINED_LEVEL = 0.5
 DENSE_FRACTION = 0.5
 
 
-def _check_threshold(func: str, threshold) -> tuple[float, float, float]:
-    """``threshold`` as ``(z0, z1, decay)``: None, a dict with some of those keys, or a
-    3-sequence."""
-    z = {"z0": trp.Z0, "z1": trp.Z1, "decay": trp.DECAY}
+def _check_threshold(func: str, threshold) -> dict:
+    """``threshold`` as ``{z0, z1, decay, c}``: None, a dict with some of those keys, or a
+    sequence ``(z0, z1, decay)``."""
+    z = {"z0": trp.Z0, "z1": trp.Z1, "decay": trp.DECAY, "c": trp.C}
     if isinstance(threshold, dict):
         extra = set(threshold) - set(z)
         if extra:
             raise InvalidParameterError(
-                f"The 'threshold' parameter of {func} takes the keys 'z0', 'z1' and 'decay'. "
-                f"Got unknown keys {sorted(extra)}."
+                f"The 'threshold' parameter of {func} takes the keys 'z0', 'z1', 'decay' and "
+                f"'c'. Got unknown keys {sorted(extra)}."
             )
         z.update(threshold)
     elif isinstance(threshold, tuple | list) and len(threshold) == 3:
-        z = dict(zip(z, threshold))
+        z.update(zip(("z0", "z1", "decay"), threshold))
     elif threshold is not None:
         raise InvalidParameterError(
             f"The 'threshold' parameter of {func} must be None, a dict with keys among 'z0', "
-            f"'z1', 'decay', or a sequence (z0, z1, decay). Got {threshold!r}."
+            f"'z1', 'decay', 'c', or a sequence (z0, z1, decay). Got {threshold!r}."
         )
-    for name in ("z0", "z1", "decay"):
+    for name in z:
         v = z[name]
         ok = isinstance(v, int | float | np.floating | np.integer) and not isinstance(v, bool)
         ok = ok and math.isfinite(float(v)) and float(v) > 0
@@ -62,7 +64,7 @@ def _check_threshold(func: str, threshold) -> tuple[float, float, float]:
                 f"The 'threshold' parameter of {func} must have {name} {want} (z0 and z1 are in "
                 f"units of the data's robust scale, the median of |Y|). Got {name}={v!r}."
             )
-    return float(z["z0"]), float(z["z1"]), float(z["decay"])
+    return {k: float(v) for k, v in z.items()}
 
 
 def _check_positive(func: str, name: str, value, upper: float | None = None):
@@ -131,6 +133,7 @@ def tensor_rpca(
     step_size: float | None = None,
     threshold=None,
     threshold_scale: float | None = None,
+    sparsifier: str = "schedule",
     init="spectral",
     validation=None,
     max_iter: int = 200,
@@ -175,6 +178,14 @@ def tensor_rpca(
         ``z0`` (the initialisation's threshold), ``z1`` and ``decay`` of the
         schedule; ``z0``, ``z1`` in units of ``threshold_scale``. Defaults
         30, 20 and 0.855 (the paper's tuned values carried to these units).
+        ``c`` (default 3): the fit-following sparsifier's multiple.
+    sparsifier : {"schedule", "adaptive"}
+        ``"schedule"``: ``ζ_t = z1 · decay^t`` (§8). ``"adaptive"``: the
+        threshold follows the fit, ``ζ_{t+1} = c · σ̂_t`` with ``σ̂_t`` the
+        robust standard deviation (median ``|Y − X_t|`` / 0.6745, from a
+        sample of 512 entries per chunk) of the residual; ``ζ_0 = z1``. On
+        noisy data it keeps the noise out of the sparse part, where the
+        schedule's ``ζ_t → 0`` lets it in (``docs/tensor-rpca.md``).
     threshold_scale : float, optional
         The unit of ``z0`` and ``z1``. Default: the median of ``|Y|`` over
         the observed entries of up to 8 chunks spread over the grid (the root
@@ -243,7 +254,14 @@ def tensor_rpca(
     check_choice(func, "cache", cache, CACHES)
     if tune is not None:
         check_choice(func, "tune", tune, TUNE)
-    z0, z1, decay = _check_threshold(func, threshold)
+    th = _check_threshold(func, threshold)
+    check_choice(func, "sparsifier", sparsifier, SPARSIFIERS)
+    if sparsifier == "adaptive" and checkpoint is not None:
+        raise InvalidParameterError(
+            f"The 'checkpoint' parameter of {func} must be None with sparsifier='adaptive' "
+            "(its threshold depends on the previous pass, which a checkpoint does not keep). "
+            "Use the default sparsifier='schedule', or run without checkpoints."
+        )
     step_size = _check_positive(func, "step_size", step_size, upper=1.0)
     threshold_scale = _check_positive(func, "threshold_scale", threshold_scale)
     if isinstance(init, str) and init != "spectral":
@@ -264,9 +282,10 @@ def tensor_rpca(
     params["init"] = init if isinstance(init, str) else "warm-start"
     params["ranks"] = list(ranks)
     scale = threshold_scale if threshold_scale is not None else _robust_scale(T)
-    params["threshold"] = {"z0": z0, "z1": z1, "decay": decay, "scale": scale}
+    params["threshold"] = {**th, "scale": scale}
+    params["sparsifier"] = sparsifier
     params["_given"] = {"step_size": step_size is not None, "threshold": threshold}
-    params["_loop"] = loop_params(z1, decay, tol, validation is not None)
+    params["_loop"] = loop_params(params, validation is not None)
     _warn_empty_slices(T, func)
     if tune is not None:
         from .tensor_rpca_tune import tune_tensor_rpca
@@ -275,7 +294,7 @@ def tensor_rpca(
         return tune_tensor_rpca(T, ranks, init, validation, params, tune, where, cache=cache)
     rng = resolve_rng(random_state)
     with executor_for(client, address=address, scheduler=scheduler) as ex:
-        engine = TensorRPCAEngine(T, ex, schedule=None, tau=UNEXPLAINED_LEVEL * scale, cache=cache)
+        engine = make_engine(T, ex, params, cache)
         try:
             if validation is not None:
                 engine.set_validation(validation)
@@ -284,14 +303,26 @@ def tensor_rpca(
             engine.close()
 
 
-def loop_params(z1: float, decay: float, tol: float, validation: bool) -> dict:
-    """The driver's settings of a run: the monitored value and when its patience starts."""
+def make_engine(T, ex, params: dict, cache: str) -> TensorRPCAEngine:
+    """The engine of a run (its schedule is set by :func:`fit_on`)."""
+    th = params["threshold"]
+    adaptive = th["c"] if params["sparsifier"] == "adaptive" else None
+    return TensorRPCAEngine(T, ex, schedule=None, tau=UNEXPLAINED_LEVEL * th["scale"],
+                            scale=th["scale"], adaptive=adaptive, cache=cache)  # fmt: skip
+
+
+def loop_params(params: dict, validation: bool) -> dict:
+    """The driver's settings of a run: the monitored value and when its patience starts
+    (the fit-following threshold acts from the first step; the schedule once it has come
+    down to the data's scale)."""
+    th = params["threshold"]
+    start = 1 if params["sparsifier"] == "adaptive" else _warm_up(th["z1"], th["decay"])
     monitor = ("validation", "validation MAE") if validation else (
         "l1", "criterion |Y - X|_1/|Y|_1"
     )  # fmt: skip
     return {
-        "tol": 0.0, "monitor": monitor[0], "monitor_label": monitor[1], "monitor_tol": tol,
-        "return_best": True, "monitor_from": _warm_up(z1, decay),
+        "tol": 0.0, "monitor": monitor[0], "monitor_label": monitor[1],
+        "monitor_tol": params["tol"], "return_best": True, "monitor_from": start,
     }  # fmt: skip
 
 
@@ -299,7 +330,7 @@ def fit_on(engine: TensorRPCAEngine, T, ranks, init, params: dict, rng, func="te
     """One run on a built engine (its schedule set from ``params["threshold"]``): the
     result with its sparse part, after the dense-corruption check."""
     th = params["threshold"]
-    engine.schedule = schedule = trp.Schedule(th["z1"] * th["scale"], th["decay"])
+    engine.schedule = trp.Schedule(th["z1"] * th["scale"], th["decay"])
     z0 = th["z0"] * th["scale"]
     n_power = params["init_power_iter"]
     res = solve(
@@ -308,7 +339,7 @@ def fit_on(engine: TensorRPCAEngine, T, ranks, init, params: dict, rng, func="te
         make_model=lambda factors, p: _model(factors, p, T),
     )  # fmt: skip
     k = int(res.info["best_iteration"])
-    zeta = schedule(k)
+    zeta = float(res.history["zeta"][k])
     res.info["threshold"] = {**th, "zeta_returned": zeta}
     for key in ("sparse_fraction", "unexplained_fraction"):
         res.info[key] = float(res.history[key][k])

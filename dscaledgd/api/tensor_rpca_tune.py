@@ -33,17 +33,18 @@ import numpy as np
 
 from .._validation import resolve_rng
 from ..engine.cluster import executor_for
-from ..engine.tensor_rpca import TensorRPCAEngine
 from ..exceptions import InvalidParameterError
 from ..model_selection import Trial, grid, successive_halving
 from ..problems import tensor_rpca as trp
 from .selection import _seeds, _Snapshots, reissue
-from .tensor_rpca import UNEXPLAINED_LEVEL, fit_on, loop_params, warn_unexplained
+from .tensor_rpca import fit_on, loop_params, make_engine, warn_unexplained
 
 __all__ = ["GRID", "Z0_PER_Z1", "MIN_BUDGET", "VALIDATION_FRACTION", "tune_tensor_rpca"]
 
 #: the values tried (``z1`` in units of the robust scale); 12 candidates
 GRID = {"step_size": (0.35, 0.5), "z1": (10.0, 30.0), "decay": (0.75, 0.855, 0.92)}
+#: with ``sparsifier="adaptive"``: its multiple ``c`` (the matrix RPCA's grid); 8 candidates
+GRID_ADAPTIVE = {"step_size": (0.35, 0.5), "c": (2.5, 3.0, 4.0, 5.0)}
 #: ``z0 = Z0_PER_Z1 · z1`` unless ``z0`` is given (the paper's 0.03 / 0.02)
 Z0_PER_Z1 = 1.5
 #: the first round's iteration budget (doubled each round): past the warm-up of every
@@ -65,12 +66,13 @@ def _axes(params: dict) -> dict:
         fixed = set(th)
     elif th is not None:
         fixed = {"z0", "z1", "decay"}
+    grid = GRID_ADAPTIVE if params["sparsifier"] == "adaptive" else GRID
     axes = {}
     if not given["step_size"]:
-        axes["step_size"] = GRID["step_size"]
-    for name in ("z1", "decay"):
-        if name not in fixed:
-            axes[name] = GRID[name]
+        axes["step_size"] = grid["step_size"]
+    for name in grid:
+        if name != "step_size" and name not in fixed:
+            axes[name] = grid[name]
     return axes
 
 
@@ -107,17 +109,16 @@ class _CandidateFit:
         if warm is None:
             with self.lock:  # the copy shares the placed chunks (and held-out chunks)
                 engine = copy.copy(self.base)
+                engine.zetas = {}  # its own fit-following thresholds
             th = dict(self.params["threshold"])
-            th.update({k: float(cand[k]) for k in ("z1", "decay") if k in cand})
+            th.update({k: float(cand[k]) for k in ("z1", "decay", "c") if k in cand})
             if not self.z0_given:
                 th["z0"] = Z0_PER_Z1 * th["z1"]
             params = {
                 **self.params,
                 "step_size": cand.get("step_size", self.params["step_size"]),
                 "threshold": th,
-                "_loop": loop_params(
-                    th["z1"], th["decay"], self.params["tol"], engine._vchunks is not None
-                ),
+                "_loop": loop_params({**self.params, "threshold": th}, engine._vchunks is not None),
                 "max_iter": int(budget),
                 "callback": None,
                 "progress": False,
@@ -177,9 +178,8 @@ def tune_tensor_rpca(T, ranks, init, validation, params: dict, tune: str, where:
     cands = grid(**axes)
     score_by = "validation" if tune == "validation" else "l1"
     max_iter = params["max_iter"]
-    scale = params["threshold"]["scale"]
     with executor_for(**where) as ex:
-        base = TensorRPCAEngine(T, ex, schedule=None, tau=UNEXPLAINED_LEVEL * scale, cache=cache)
+        base = make_engine(T, ex, params, cache)
         try:
             if validation is not None:
                 base.set_validation(validation)
@@ -194,6 +194,7 @@ def tune_tensor_rpca(T, ranks, init, validation, params: dict, tune: str, where:
         finally:
             base.close()
     res = sel.result
+    adaptive = params["sparsifier"] == "adaptive"
     reissue(caught, res, func, winner_only=("unexplained",))
     warn_unexplained(res, ranks, func, stacklevel=4)
     th = res.info["threshold"]
@@ -203,7 +204,7 @@ def tune_tensor_rpca(T, ranks, init, validation, params: dict, tune: str, where:
         "score": "criterion |Y - X|_1/|Y|_1" if score_by == "l1" else "validation MAE",
         "chosen": {
             "step_size": res.params["step_size"] or trp.ETA,
-            **{k: th[k] for k in ("z0", "z1", "decay")},
+            **{k: th[k] for k in ("z0", "z1", "c" if adaptive else "decay")},
         },  # fmt: skip
         "grid": {k: list(v) for k, v in axes.items()},
         "validation": held,

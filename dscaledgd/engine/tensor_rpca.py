@@ -16,8 +16,11 @@ The Tucker completion engine (:mod:`.tucker`) with two differences
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..problems import tensor_rpca as trp
 from ..problems import tucker as tk
+from ..problems.sparsify import MAD_NORMAL
 from .tucker import TuckerEngine, _data, _rows
 
 __all__ = ["TensorRPCAEngine"]
@@ -29,6 +32,14 @@ def _clipped(chunk, zeta):
 
 def _abs_sum(chunk) -> float:
     return tk.chunk_abs_sum(_data(chunk))
+
+
+def _rpca_pass(chunk, U, rows, core, scale, zeta, tau, edges):
+    """The Tucker pass with the clip level, plus the histogram of a sample of ``|Y − X|``
+    (appended to the sums)."""
+    samp = np.full(trp.SAMPLE_PER_CHUNK, np.nan)
+    G, core_grad, sums = tk.chunk_pass(_data(chunk), _rows(U, rows), core, scale, zeta, tau, samp)
+    return (*G, core_grad, np.concatenate([sums, trp.residual_histogram(samp, edges)]))
 
 
 def _abs_residual(chunk, U, rows, core):
@@ -47,6 +58,12 @@ class TensorRPCAEngine(TuckerEngine):
     tau : float
         Entries with ``|Y − X| > τ`` are counted as unexplained
         (``extra["unexplained_fraction"]``).
+    scale : float
+        The data's robust scale (the residual histogram's unit).
+    adaptive : float, optional
+        The fit-following threshold: ``ζ_{t+1} = adaptive · σ̂_t``, ``σ̂_t`` the
+        robust standard deviation of ``Y − X_t`` from the pass's sample (the
+        schedule then gives ``ζ_0`` only).
     cache : {"auto", "memory", "stream"}
     """
 
@@ -55,9 +72,14 @@ class TensorRPCAEngine(TuckerEngine):
     #: corrupted entries too, and their squares would dominate an RMSE
     val_kernel = staticmethod(_abs_residual)
 
-    def __init__(self, T, ex, *, schedule, tau: float, cache: str = "auto"):
+    pass_fn = staticmethod(_rpca_pass)
+
+    def __init__(self, T, ex, *, schedule, tau: float, scale: float, adaptive=None,
+                 cache: str = "auto"):  # fmt: skip
         super().__init__(T, ex, cache=cache)
-        self.schedule, self.tau = schedule, float(tau)
+        self.schedule, self.tau, self.adaptive = schedule, float(tau), adaptive
+        self.edges = trp.hist_edges(scale)
+        self.zetas: dict = {}  # iteration -> ζ of the fit-following threshold
         parts = [ex.submit(_abs_sum, c, name="stats") for c in self._chunks]
         self.abs_norm = float(sum(ex.gather(parts)))
         self.nnz = int(T.nnz)
@@ -66,13 +88,24 @@ class TensorRPCAEngine(TuckerEngine):
         return float(total / self._vnnz)
 
     def clip(self, it: int) -> float:
+        if self.adaptive is not None and it > 0:
+            return self.zetas[it]
         return self.schedule(it)
 
-    def pass_extra(self, sums) -> dict:
+    def pass_shared(self, core, it: int) -> tuple:
+        return (*super().pass_shared(core, it), self.edges)
+
+    def pass_extra(self, sums, it: int = 0) -> dict:
+        hist = sums[5:]
+        med = trp.hist_median(hist, self.edges)
+        if self.adaptive is not None:  # the next pass's clip level
+            self.zetas[it + 1] = trp.adaptive_zeta(hist, self.edges, self.adaptive)
         return {
             "l1": float(sums[2]) / max(self.abs_norm, 1e-300),
             "sparse_fraction": float(sums[3]) / max(self.nnz, 1),
             "unexplained_fraction": float(sums[4]) / max(self.nnz, 1),
+            "zeta": self.clip(it),
+            "residual_sigma": med / MAD_NORMAL,
         }
 
     def clipped_init(self, ranks, z0: float, *, seed: int, n_power: int):

@@ -132,6 +132,8 @@ class TuckerPass:
     #: and the iterate it was made at
     groups: tuple = ()
     state: object = None
+    #: the iteration the pass was made for
+    it: int = 0
 
 
 class _ModeGram:
@@ -306,16 +308,23 @@ class TuckerEngine(FactorEngine):
         """The residual's clip level at iteration ``it`` (none for completion)."""
         return tk.NO_CLIP
 
-    def pass_extra(self, sums) -> dict:
+    pass_fn = staticmethod(_pass)
+
+    def pass_shared(self, core, it: int) -> tuple:
+        """The arguments every chunk task of the pass at iteration ``it`` shares."""
+        return (core, self.grad_scale, self.clip(it), self.tau)
+
+    def pass_extra(self, sums, it: int = 0) -> dict:
         """Entries of ``PassStats.extra`` from the summed chunk ``sums`` of
         :func:`~dscaledgd.problems.tucker.chunk_pass`."""
         return {}
 
     def pass_(self, state, it: int = 0) -> TuckerPass:
         ex, core = self.ex, state.params["core"]
-        shared = (core, self.grad_scale, self.clip(it), self.tau)
+        shared = self.pass_shared(core, it)
         outputs = [*((f"G{k}", "block") for k in range(self.d)), ("core", "all"), ("v", "all")]
-        args = (_pass, self._call(self._chunks, state), lambda t: (*self.place[t], None, None))
+        args = (self.pass_fn, self._call(self._chunks, state),
+                lambda t: (*self.place[t], None, None))  # fmt: skip
         val = None
         if self._vchunks is not None:
             val = (self.val_kernel, self._call(self._vchunks, state), lambda t: (None,))
@@ -326,7 +335,7 @@ class TuckerEngine(FactorEngine):
             if val is not None:
                 vgp = map_groups(ex, self.groups, *val, [("r", "all")], shared=(core,),
                                  slots=self.slots, task_name="val")  # fmt: skip
-            return TuckerPass(None, core, [], groups=(gp, vgp), state=state)
+            return TuckerPass(None, core, [], groups=(gp, vgp), state=state, it=it)
         out = self.grouped(*args, outputs, shared=shared, task_name="grad")
         G = [
             Blocked(ex, Fb, state[k].ncols, out[f"G{k}"]) for k, Fb in enumerate(self.factor_bounds)
@@ -334,7 +343,7 @@ class TuckerEngine(FactorEngine):
         vres = []
         if val is not None:
             vres = [self.grouped(*val, [("r", "all")], shared=(core,), task_name="val")["r"]]
-        return TuckerPass(G, core, [self.stats_parts(state, G), out["v"], out["core"], vres])
+        return TuckerPass(G, core, [self.stats_parts(state, G), out["v"], out["core"], vres], it=it)
 
     def _reduce_here(self, pas: TuckerPass) -> list:
         """Client-held factors: gather the group results, add them up here (the order of
@@ -357,7 +366,7 @@ class TuckerEngine(FactorEngine):
         else:
             stats, values, core_grad, vres = self.ex.gather(pas.small)
         sumsq = float(values[0])
-        extra = self.pass_extra(np.asarray(values, dtype=np.float64))
+        extra = self.pass_extra(np.asarray(values, dtype=np.float64), pas.it)
         if vres:
             extra["validation"] = self.validation_value(sum(vres))
         FF = [sum_small([s[0] for s in per]) for per in stats]

@@ -76,7 +76,7 @@ def _forward(index, e, lo, ucat, uoff, ranks, Q, off, F):  # pragma: no cover - 
 
 
 @njit(nogil=True, cache=True, fastmath=True)
-def _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project, zeta, tau):  # noqa: E501  # pragma: no cover
+def _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project, zeta, tau, samp):  # noqa: E501  # pragma: no cover
     """One sweep: residuals, factor gradients (into ``gcat``) and core gradient.
 
     Reverse-mode through the prefix contraction, grouped by index prefix: the
@@ -87,7 +87,9 @@ def _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project, zeta
     runs long. With ``project`` the adjoint of an entry is ``y`` (not
     ``x − y``), nothing is contracted forward and ``gcat`` is not touched.
     Otherwise the adjoint is ``clip(x − y, −ζ, ζ)``. Returns
-    ``(Σ adjoint², Σ y², Σ |x − y|, #{|x − y| > ζ}, #{|x − y| > τ})``.
+    ``(Σ adjoint², Σ y², Σ |x − y|, #{|x − y| > ζ}, #{|x − y| > τ})``; with a
+    non-empty ``samp`` of length ``s``, ``samp[e // k] = |x − y|`` for every
+    ``k``-th entry ``e`` (``k = ⌈m / s⌉``), the rest left as they are.
     """
     m, d = index.shape
     Q, off = _levels(ranks)
@@ -100,6 +102,7 @@ def _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project, zeta
     sa = 0.0
     ns = 0
     nt = 0
+    ks = (m + samp.shape[0] - 1) // samp.shape[0] if samp.shape[0] > 0 else 0
     for e in range(m + 1):
         if e == 0 or e == m:
             lvl = 0
@@ -135,6 +138,8 @@ def _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project, zeta
         z = x - y
         a = abs(z)
         sa += a
+        if ks > 0 and e % ks == 0:
+            samp[e // ks] = a
         if a > tau:
             nt += 1
         if a > zeta:
@@ -165,22 +170,29 @@ def _coo_values(index, ucat, uoff, ranks, core, out):  # pragma: no cover - jitt
 
 
 @njit(nogil=True, cache=True)
-def _dense_residual(X, Y, zeta, tau):  # pragma: no cover - jitted (no fastmath: NaN tests)
+def _dense_residual(X, Y, zeta, tau, samp):  # pragma: no cover - jitted (no fastmath: NaN)
     """``X ← P_Ω(clip(X − Y, −ζ, ζ))`` in place on flat arrays (Ω: ``Y`` not NaN);
-    ``(Σ z², Σ_obs y², Σ_obs |x − y|, #{|x − y| > ζ}, #{|x − y| > τ})``."""
+    ``(Σ z², Σ_obs y², Σ_obs |x − y|, #{|x − y| > ζ}, #{|x − y| > τ})``; a non-empty
+    ``samp`` gets ``|x − y|`` of every ``k``-th cell (NaN where missing), as for coo."""
     sz = 0.0
     sy = 0.0
     sa = 0.0
     ns = 0
     nt = 0
-    for i in range(X.shape[0]):
+    m = X.shape[0]
+    ks = (m + samp.shape[0] - 1) // samp.shape[0] if samp.shape[0] > 0 else 0
+    for i in range(m):
         y = Y[i]
         if np.isnan(y):
             X[i] = 0.0
+            if ks > 0 and i % ks == 0:
+                samp[i // ks] = np.nan
         else:
             z = X[i] - y
             a = abs(z)
             sa += a
+            if ks > 0 and i % ks == 0:
+                samp[i // ks] = a
             if a > tau:
                 nt += 1
             if a > zeta:

@@ -52,8 +52,9 @@ from .spec import ProblemSpec
 from .tucker import reference_spectral
 
 __all__ = [
-    "SPEC", "ETA", "Z0", "Z1", "DECAY", "EPS", "Schedule", "soft_threshold", "clip_chunk",
-    "robust_scale", "reference_init", "reference_run",
+    "SPEC", "ETA", "Z0", "Z1", "DECAY", "EPS", "C", "Schedule", "soft_threshold", "clip_chunk",
+    "robust_scale", "hist_edges", "residual_histogram", "hist_median", "adaptive_zeta",
+    "reference_init", "reference_run",
 ]  # fmt: skip
 
 #: the default step η (the paper's tuned value)
@@ -64,6 +65,13 @@ Z0, Z1 = 30.0, 20.0
 DECAY = 0.855
 #: the relative ridge of the preconditioners
 EPS = 1e-7
+#: the fit-following threshold: ``ζ_{t+1} = C · median|Y − X_t| / Φ⁻¹(3/4)``, C robust
+#: standard deviations of the residual (the matrix RPCA's adaptive rule's default)
+C = 3.0
+#: residual magnitudes sampled per chunk and pass for that median, and its histogram:
+#: log-spaced bins from 1e-13 to 1e4 times the robust scale, 4% wide
+SAMPLE_PER_CHUNK = 512
+HIST_BINS, HIST_LO, HIST_HI = 1000, 1e-13, 1e4
 
 #: the constants of tensor RPCA: the Tucker loss ``(1/2p)‖P_Ω(X + S − Y)‖²`` (gradient scale
 #: ``1/p``), the paper's fixed η, the relative ε ridge; the init is a spectral (HOSVD) fit of
@@ -120,6 +128,38 @@ def robust_scale(samples: Sequence) -> float:
         return 0.0
     med = float(np.median(v))
     return med if med > 0 else float(np.sqrt(np.mean(v * v)))
+
+
+# ------------------------------------------------------------------ fit-following threshold
+def hist_edges(scale: float) -> np.ndarray:
+    """The :data:`HIST_BINS` + 1 log-spaced bin edges, in data units."""
+    return scale * np.logspace(np.log10(HIST_LO), np.log10(HIST_HI), HIST_BINS + 1)
+
+
+def residual_histogram(samp: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Counts of the finite ``samp`` values per bin (below the first edge: bin 0; above the
+    last: the last bin)."""
+    v = np.asarray(samp, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    k = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+    return np.bincount(k, minlength=len(edges) - 1).astype(np.float64)
+
+
+def hist_median(counts: np.ndarray, edges: np.ndarray) -> float:
+    """The median of the histogrammed values (the geometric centre of its bin); NaN when
+    the histogram is empty."""
+    total = float(np.sum(counts))
+    if total <= 0:
+        return float("nan")
+    b = int(np.searchsorted(np.cumsum(counts), 0.5 * total))
+    return float(np.sqrt(edges[b] * edges[b + 1]))
+
+
+def adaptive_zeta(counts: np.ndarray, edges: np.ndarray, c: float) -> float:
+    """``c · median|Y − X| / Φ⁻¹(3/4)``: ``c`` robust standard deviations of the residual."""
+    from .sparsify import MAD_NORMAL
+
+    return c * hist_median(counts, edges) / MAD_NORMAL
 
 
 # ------------------------------------------------------------------ the oracle

@@ -147,16 +147,19 @@ def _flat_factors(U):
     return ucat, uoff, ranks
 
 
-def _residual_chunk(chunk, U, core, zeta=NO_CLIP, tau=NO_CLIP):
+_NO_SAMPLE = np.empty(0)
+
+
+def _residual_chunk(chunk, U, core, zeta=NO_CLIP, tau=NO_CLIP, samp=_NO_SAMPLE):
     """``(Z, sums)`` of a dense chunk, ``Z = P_Ω(clip(X_c − Y_c, ±ζ))``: one fused sweep;
     ``sums = [Σ Z², Σ_obs Y², Σ_obs |X − Y|, #{|X − Y| > ζ}, #{|X − Y| > τ}]``."""
     Y = np.ascontiguousarray(chunk, dtype=np.float64)
     Z = np.ascontiguousarray(multi_mode_product(core, U))
-    sums = _dense_residual(Z.reshape(-1), Y.reshape(-1), float(zeta), float(tau))
+    sums = _dense_residual(Z.reshape(-1), Y.reshape(-1), float(zeta), float(tau), samp)
     return Z, np.array(sums, dtype=np.float64)
 
 
-def _coo_run(index, values, U, core, project: bool, zeta=NO_CLIP, tau=NO_CLIP):
+def _coo_run(index, values, U, core, project: bool, zeta=NO_CLIP, tau=NO_CLIP, samp=_NO_SAMPLE):
     ucat, uoff, ranks = _flat_factors(U)
     gcat = np.zeros_like(ucat)
     cgrad = np.zeros(int(np.prod(ranks)))
@@ -164,7 +167,18 @@ def _coo_run(index, values, U, core, project: bool, zeta=NO_CLIP, tau=NO_CLIP):
         core = np.zeros(len(cgrad))
     core = np.ascontiguousarray(core, dtype=np.float64).ravel()
     sums = _coo_pass(
-        index, values, ucat, uoff, ranks, core, gcat, cgrad, project, float(zeta), float(tau)
+        index,
+        values,
+        ucat,
+        uoff,
+        ranks,
+        core,
+        gcat,
+        cgrad,
+        project,
+        float(zeta),
+        float(tau),
+        samp,
     )
     G = [gcat[o : o + u.size].reshape(u.shape) for o, u in zip(uoff, U)]
     return G, cgrad.reshape(tuple(ranks)), np.array(sums, dtype=np.float64)
@@ -200,8 +214,9 @@ def _leave_one_out(T, U, modes) -> dict:
 
 # ------------------------------------------------------------------ chunk kernels
 def chunk_pass(
-    chunk, U: Sequence[np.ndarray], core: np.ndarray, scale: float, zeta=NO_CLIP, tau=NO_CLIP
-):
+    chunk, U: Sequence[np.ndarray], core: np.ndarray, scale: float, zeta=NO_CLIP, tau=NO_CLIP,
+    samp=None,
+):  # fmt: skip
     """Residual, partial factor gradients and partial core gradient of one chunk.
 
     With ``Z = P_Ω(clip(X_c − Y_c, −ζ, ζ))`` on the chunk (``X_c = S ×_k U_k``, ``U_k`` the
@@ -226,6 +241,11 @@ def chunk_pass(
         (:mod:`dscaledgd.problems.tensor_rpca`); default no clip (completion).
     tau : float, optional
         A level whose exceedances ``|X − Y| > τ`` are counted (``sums[4]``).
+    samp : ndarray of float64, optional
+        Filled with ``|X − Y|`` of every ``k``-th entry (coo) or cell (dense,
+        NaN where missing), ``k = ⌈m / len(samp)⌉``: a sample of the unclipped
+        residual (tensor RPCA's fit-following threshold); entries past the
+        last sampled one are left as they are.
 
     Returns
     -------
@@ -241,9 +261,10 @@ def chunk_pass(
     _check_factors(U, core, shape)
     if coo is not None:
         index, values, _ = coo
-        G, cgrad, sums = _coo_run(index, values, U, core, project=False, zeta=zeta, tau=tau)
+        samp = _NO_SAMPLE if samp is None else samp
+        G, cgrad, sums = _coo_run(index, values, U, core, False, zeta, tau, samp)
         return [scale * g for g in G], scale * cgrad, sums
-    Z, sums = _residual_chunk(chunk, U, core, zeta, tau)
+    Z, sums = _residual_chunk(chunk, U, core, zeta, tau, _NO_SAMPLE if samp is None else samp)
     d = len(shape)
     A = _leave_one_out(Z, U, tuple(range(d)))
     G = [scale * (unfold(A[k], k) @ unfold(core, k).T) for k in range(d)]
