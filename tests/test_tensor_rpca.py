@@ -159,7 +159,7 @@ def test_distributed_init_is_the_hosvd_of_the_clipped_data():
     T = dsg.TensorObservations.from_array(Y, chunks=(7, 9, 8))
     res = dsg.tensor_rpca(
         T, RANKS, max_iter=1, scheduler="sync", init_power_iter=30, threshold_scale=scale,
-        progress=False, random_state=0,
+        progress=False, random_state=0, init_sweeps=0,
     )  # fmt: skip
     # the engine's start is history entry 0: its loss (1/2)‖clip(X_0 − Y, ±ζ_0)‖² against
     # the oracle's exact HOSVD start
@@ -167,6 +167,32 @@ def test_distributed_init_is_the_hosvd_of_the_clipped_data():
     Z = np.clip(X0 - Y, -20 * scale, 20 * scale)
     assert res.info["init_passes"] > 0
     assert res.history["loss"][0] == pytest.approx(0.5 * float(np.sum(Z * Z)), rel=1e-8)
+
+
+@pytest.mark.filterwarnings("ignore::dscaledgd.ConvergenceWarning")
+@pytest.mark.filterwarnings("ignore::dscaledgd.DataWarning")
+def test_hooi_sweeps_match_a_numpy_reference():
+    """Two Jacobi HOOI sweeps from the exact HOSVD: U_k ← top r_k left singular vectors of
+    M_k(Y' ×_{j≠k} U_jᵀ), every mode from the previous sweep's factors."""
+    from dscaledgd.linalg import multi_mode_product, unfold
+
+    X, Y, _ = _instance(seed=11)
+    scale = trp.robust_scale([Y])
+    Yc = np.clip(Y, -30 * scale, 30 * scale)
+    _, U = trp.reference_init(Y, RANKS, 30 * scale)
+    for _ in range(2):
+        U = [np.linalg.svd(unfold(multi_mode_product(Yc, [u.T for u in U], skip=k), k),
+                           full_matrices=False)[0][:, :r] for k, r in enumerate(RANKS)]  # fmt: skip
+    core = multi_mode_product(Yc, [u.T for u in U])
+    Z = np.clip(tk._full(core, U) - Y, -20 * scale, 20 * scale)
+    res = dsg.tensor_rpca(
+        dsg.TensorObservations.from_array(Y, chunks=(7, 9, 8)), RANKS, max_iter=1,
+        scheduler="threads", init_power_iter=30, threshold_scale=scale, progress=False,
+        random_state=0, init_sweeps=2,
+    )  # fmt: skip
+    assert res.history["loss"][0] == pytest.approx(0.5 * float(np.sum(Z * Z)), rel=1e-8)
+    with pytest.raises(InvalidParameterError, match="'init_sweeps'"):
+        dsg.tensor_rpca(Y, RANKS, init_sweeps=-1, scheduler="sync")
 
 
 # ------------------------------------------------------------------ recovery

@@ -451,7 +451,10 @@ def _bad_calls(X, Y):
     nan_in_mask = X.copy()
     nan_in_mask[1, 2, 3] = np.nan
     init_msg = r"The 'init' parameter of tucker_complete must be one of \{'spectral', 'random'\}"
-    warm = init_msg + r" or a warm start \(core, factors\): a finite core of shape \(2, 2, 2\)"
+    warm = init_msg + (
+        r" or a warm start \(a \(core, factors\) pair, a Tucker model or a TensorLy "
+        r"TuckerTensor\): a finite core of shape \(2, 2, 2\)"
+    )
     return {
         "mask of another shape": (
             InputDataError,

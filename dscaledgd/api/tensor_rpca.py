@@ -146,6 +146,7 @@ def tensor_rpca(
     scheduler: str | None = None,
     cache: str = "auto",
     init_power_iter: int = 4,
+    init_sweeps: int = 2,
     callback=None,
     progress: bool | None = None,
     checkpoint=None,
@@ -214,6 +215,8 @@ def tensor_rpca(
         held-out entries (``validation``, or 10% of the observed entries split
         off). The candidates run concurrently on the same executor; the table
         is in ``res.info["tuning"]``.
+    init_sweeps : int, default 2
+        HOOI sweeps after the HOSVD start (one pass each, every mode at once).
     random_state, client, address, scheduler, cache, init_power_iter, callback, progress,
     checkpoint, checkpoint_interval, resume
         As for :func:`tucker_complete`.
@@ -263,6 +266,11 @@ def tensor_rpca(
             "Use the default sparsifier='schedule', or run without checkpoints."
         )
     step_size = _check_positive(func, "step_size", step_size, upper=1.0)
+    ok = isinstance(init_sweeps, int | np.integer) and not isinstance(init_sweeps, bool)
+    if not ok or not 0 <= init_sweeps <= 20:
+        raise InvalidParameterError(
+            f"The 'init_sweeps' parameter of {func} must be an int in [0, 20]. Got {init_sweeps!r}."
+        )
     threshold_scale = _check_positive(func, "threshold_scale", threshold_scale)
     if isinstance(init, str) and init != "spectral":
         check_choice(func, "init", init, ("spectral",))
@@ -284,6 +292,7 @@ def tensor_rpca(
     scale = threshold_scale if threshold_scale is not None else _robust_scale(T)
     params["threshold"] = {**th, "scale": scale}
     params["sparsifier"] = sparsifier
+    params["init_sweeps"] = int(init_sweeps)
     params["_given"] = {"step_size": step_size is not None, "threshold": threshold}
     params["_loop"] = loop_params(params, validation is not None)
     _warn_empty_slices(T, func)
@@ -335,7 +344,8 @@ def fit_on(engine: TensorRPCAEngine, T, ranks, init, params: dict, rng, func="te
     n_power = params["init_power_iter"]
     res = solve(
         engine, int(max(ranks)), rng, params, desc=func,
-        initial=lambda eng, seed: _initial(eng, ranks, init, z0, seed, n_power),
+        initial=lambda eng, seed: _initial(eng, ranks, init, z0, seed, n_power,
+                                           params["init_sweeps"]),
         make_model=lambda factors, p: _model(factors, p, T),
     )  # fmt: skip
     k = int(res.info["best_iteration"])
@@ -369,15 +379,16 @@ def _warm_up(z1: float, decay: float) -> int:
     return int(math.ceil(math.log(z1) / -math.log(decay)))
 
 
-def _initial(engine: TensorRPCAEngine, ranks, init, z0: float, seed: int, n_power: int):
+def _initial(engine: TensorRPCAEngine, ranks, init, z0: float, seed: int, n_power: int,
+             sweeps: int):  # fmt: skip
     passes = 0
     if isinstance(init, tuple):
         core, factors = init
         state = engine.from_numpy(factors, {"core": core})
     else:
-        factors, core = engine.clipped_init(ranks, z0, seed=seed, n_power=n_power)
+        factors, core = engine.clipped_init(ranks, z0, seed=seed, n_power=n_power, sweeps=sweeps)
         state = State(factors, {"core": core})
-        passes = engine.spec.spectral_passes(n_power)
+        passes = engine.spec.spectral_passes(n_power) + sweeps
     return state, _initial_values(engine, state), passes
 
 

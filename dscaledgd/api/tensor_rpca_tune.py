@@ -100,7 +100,7 @@ class _CandidateFit:
                 th = self.params["threshold"]
                 factors, core = self.base.clipped_init(
                     self.ranks, z0 * th["scale"], seed=self.seed,
-                    n_power=self.params["init_power_iter"],
+                    n_power=self.params["init_power_iter"], sweeps=self.params["init_sweeps"],
                 )  # fmt: skip
                 box.append((np.asarray(core), [np.asarray(U.gather()) for U in factors]))
             return box[0]

@@ -21,6 +21,7 @@ import numpy as np
 from ..problems import tensor_rpca as trp
 from ..problems import tucker as tk
 from ..problems.sparsify import MAD_NORMAL
+from ..storage.tensor_store import coo_to_dense
 from .tucker import TuckerEngine, _data, _rows
 
 __all__ = ["TensorRPCAEngine"]
@@ -40,6 +41,17 @@ def _rpca_pass(chunk, U, rows, core, scale, zeta, tau, edges):
     samp = np.full(trp.SAMPLE_PER_CHUNK, np.nan)
     G, core_grad, sums = tk.chunk_pass(_data(chunk), _rows(U, rows), core, scale, zeta, tau, samp)
     return (*G, core_grad, np.concatenate([sums, trp.residual_histogram(samp, edges)]))
+
+
+def _leave_one_out(chunk, U, rows):
+    Y = _data(chunk)
+    Y = coo_to_dense(Y) if isinstance(Y, tuple) else np.asarray(Y, dtype=np.float64)
+    return tuple(tk.chunk_leave_one_out(np.where(np.isnan(Y), 0.0, Y), _rows(U, rows)))
+
+
+#: a HOOI sweep gathers ``M_k(Y ×_{j≠k} U_jᵀ)`` (``n_k × Π_{j≠k} r_j``) to the client; modes
+#: whose matrix is larger than this many bytes keep their HOSVD factor
+HOOI_MAX_BYTES = 1 << 28
 
 
 def _abs_residual(chunk, U, rows, core):
@@ -108,9 +120,31 @@ class TensorRPCAEngine(TuckerEngine):
             "residual_sigma": med / MAD_NORMAL,
         }
 
-    def clipped_init(self, ranks, z0: float, *, seed: int, n_power: int):
+    def hooi(self, ranks, factors, chunks, sweeps: int) -> tuple[list, int]:
+        """``sweeps`` HOOI sweeps on ``chunks`` from ``factors``: per sweep one pass for every
+        mode at once (each ``U_k`` from the previous sweep's others, Jacobi order), ``U_k``
+        the top ``r_k`` left singular vectors of ``M_k(Y ×_{j≠k} U_jᵀ)``. Returns the factors
+        and the number of modes updated per sweep."""
+        ranks = [int(r) for r in ranks]
+        others = [int(np.prod(ranks)) // r for r in ranks]
+        modes = [k for k in range(self.d) if 8 * self.shape[k] * others[k] <= HOOI_MAX_BYTES]
+        for _ in range(sweeps if modes else 0):
+            out = self.grouped(
+                _leave_one_out, self._call(chunks, factors), lambda t: tuple(self.place[t]),
+                [(f"W{k}", "block") for k in range(self.d)], task_name="hooi",
+            )  # fmt: skip
+            new = [F.gather() for F in factors]
+            for k in modes:
+                W = np.vstack(self.ex.gather(out[f"W{k}"]))
+                new[k] = np.linalg.svd(W, full_matrices=False)[0][:, : ranks[k]]
+            self.ex.release(*[h for k in range(self.d) for h in out[f"W{k}"]])
+            factors = list(self.from_numpy(new).factors)
+        return factors, len(modes)
+
+    def clipped_init(self, ranks, z0: float, *, seed: int, n_power: int, sweeps: int = 0):
         """``(factors, core)``: the spectral fit of ``clip(Y, ±z0)`` (HOSVD when fully
-        observed; the ``(p − 1) diag`` correction of §7 otherwise)."""
+        observed; the ``(p − 1) diag`` correction of §7 otherwise), then ``sweeps`` HOOI
+        sweeps (:meth:`hooi`)."""
         slots = self._chunk_slots()
         copies = [
             self.ex.submit_on(slots[t], _clipped, c, z0, name="clip")
@@ -119,6 +153,7 @@ class TensorRPCAEngine(TuckerEngine):
         try:
             diag = self.mode_diag(self.stats_pass(copies))
             factors, _ = self.spectral(ranks, seed=seed, n_power=n_power, chunks=copies, diag=diag)
+            factors, _ = self.hooi(ranks, factors, copies, sweeps)
             core = self.project(factors, chunks=copies)
         finally:
             self.ex.release(*copies)

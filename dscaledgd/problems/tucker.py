@@ -60,6 +60,7 @@ from .spec import ProblemSpec
 
 __all__ = [
     "SPEC", "chunk_pass", "chunk_residual_sumsq", "chunk_abs_residual", "chunk_stats",
+    "chunk_leave_one_out",
     "chunk_abs_sum", "mode_rmatvec",
     "mode_matvec", "chunk_project", "predict", "breve_gram", "x_norm2", "reference_pass",
     "reference_spectral",
@@ -294,6 +295,15 @@ def chunk_abs_residual(chunk, U: Sequence[np.ndarray], core: np.ndarray) -> floa
         index, values, _ = coo
         return float(np.abs(_values(index, U, core) - values).sum())
     return float(_residual_chunk(chunk, U, core)[1][2])
+
+
+def chunk_leave_one_out(Y0: np.ndarray, U: Sequence[np.ndarray]) -> list:
+    """Per mode ``k``, ``M_k(Y0 ×_{j≠k} U_jᵀ)`` of a dense chunk (missing entries as 0),
+    shape ``(n_k,c, Π_{j≠k} r_j)``: one HOOI sweep's partial products."""
+    Y0 = np.asarray(Y0, dtype=np.float64)
+    _check_factors(U, None, Y0.shape)
+    A = _leave_one_out(Y0, U, tuple(range(Y0.ndim)))
+    return [unfold(A[k], k) for k in range(Y0.ndim)]
 
 
 def chunk_stats(chunk):
