@@ -306,6 +306,15 @@ class LowRank(_Factored):
         }
 
 
+def _check_sparse(model) -> None:
+    """A robust model's ``sparse`` is an array of the model's shape."""
+    if model.sparse is None or tuple(model.sparse.shape) != model.shape:
+        raise InvalidParameterError(
+            f"The 'sparse' parameter of {type(model).__name__} must be an array of shape "
+            f"{model.shape}. Got {getattr(model.sparse, 'shape', model.sparse)!r}."
+        )
+
+
 @dataclass(frozen=True)
 class RobustLowRank(LowRank):
     """A :class:`LowRank` model plus the sparse component ``S`` of robust PCA: ``Y ≈ L Rᵀ + S``.
@@ -324,11 +333,7 @@ class RobustLowRank(LowRank):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.sparse is None or tuple(self.sparse.shape) != self.shape:
-            raise InvalidParameterError(
-                f"The 'sparse' parameter of RobustLowRank must be an array of shape {self.shape}. "
-                f"Got {getattr(self.sparse, 'shape', self.sparse)!r}."
-            )
+        _check_sparse(self)
 
     @property
     def S(self):
@@ -561,11 +566,7 @@ class RobustTucker(Tucker):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.sparse is None or tuple(self.sparse.shape) != self.shape:
-            raise InvalidParameterError(
-                f"The 'sparse' parameter of RobustTucker must be an array of shape {self.shape}. "
-                f"Got {getattr(self.sparse, 'shape', self.sparse)!r}."
-            )
+        _check_sparse(self)
 
     def compute_sparse(self) -> np.ndarray:
         """The sparse part as a NumPy array (uses the run's client)."""

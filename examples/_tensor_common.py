@@ -142,3 +142,34 @@ def save(fig, path: str) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def image_grid(panels, indices, path: str, title: str, *, axis: int = 0, name: str = "frame",
+               rotate: bool = False) -> str:  # fmt: skip
+    """One row per ``(label, volume)`` of ``panels``, one column per index along ``axis``
+    (titled ``name i``), gray in [0, 1] (NaN black); ``rotate``: ``np.rot90`` each image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    first = np.take(panels[0][1], indices[0], axis=axis)
+    H, W = np.rot90(first).shape if rotate else first.shape
+    w = 1.6 * W / max(H, W) + 0.2
+    fig, axes = plt.subplots(len(panels), len(indices), squeeze=False,
+                             figsize=(w * len(indices) + 0.8, 1.6 * len(panels)))  # fmt: skip
+    for i, (label, V) in enumerate(panels):
+        for j, k in enumerate(indices):
+            img = np.take(V, k, axis=axis)
+            img = np.nan_to_num(np.clip(np.rot90(img) if rotate else img, 0, 1), nan=0.0)
+            ax = axes[i, j]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"{name} {k}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)

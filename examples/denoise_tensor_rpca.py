@@ -87,29 +87,6 @@ def load(dataset, path, quick, downsample):
     return (X - lo) / ((hi - lo) or 1.0)
 
 
-def plot(panels, path, title, axis, what):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    X = panels[0][1]
-    idx = np.linspace(0.25, 0.75, 3) * (X.shape[axis] - 1)
-    fig, axes = plt.subplots(len(panels), 3, figsize=(6.6, 1.9 * len(panels)), squeeze=False)
-    for i, (label, V) in enumerate(panels):
-        for j, k in enumerate(idx.round().astype(int)):
-            ax = axes[i, j]
-            ax.imshow(np.rot90(np.take(V, k, axis=axis)), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"{what} {k}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(label, fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    return common.save(fig, path)
-
-
 def main(argv=None) -> dict:
     ap = common.new_parser(__doc__)
     ap.add_argument("--dataset", choices=["hsi", "brain"], default="hsi")
@@ -162,9 +139,11 @@ def main(argv=None) -> dict:
         print(f"written with the template's affine and header: {nifti}")
     title = (f"{args.dataset}: {args.corrupt:.0%} salt and pepper; PSNR noisy "
              f"{psnr(Y, X):.1f}, plain {psnr(Zp, X):.1f}, robust {psnr(Zr, X):.1f} dB")  # fmt: skip
-    png = plot([("noisy", Y), ("plain Tucker", Zp), ("tensor RPCA", Zr), ("clean", X)],
-               os.path.join(out, "bands.png" if args.dataset == "hsi" else "slices.png"),
-               title, axis=2, what="band" if args.dataset == "hsi" else "axial slice")  # fmt: skip
+    panels = [("noisy", Y), ("plain Tucker", Zp), ("tensor RPCA", Zr), ("clean", X)]
+    idx = list((np.linspace(0.25, 0.75, 3) * (X.shape[2] - 1)).round().astype(int))
+    name = "bands.png" if args.dataset == "hsi" else "slices.png"
+    png = common.image_grid(panels, idx, os.path.join(out, name), title, axis=2, rotate=True,
+                            name="band" if args.dataset == "hsi" else "axial slice")  # fmt: skip
     print(f"figure: {png}")
     return dict(X=X, Y=Y, plain=Zp, robust=Zr, result=res, caught=caught, false=false,
                 psnr={n: psnr(Z, X) for n, Z, _, _ in rows}, png=png, nifti=nifti)  # fmt: skip

@@ -125,29 +125,7 @@ def run_tensorly(X, mask, ranks, *, seed: int, n_iter_max: int = 100):
 
 def plot_frames(rows, shown, path: str, title: str) -> str:
     """One row per (label, tensor), one column per shown frame; NaN drawn black."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    H, W = rows[0][1].shape[1:]
-    w = 1.6 * W / max(H, W) + 0.2
-    fig, axes = plt.subplots(
-        len(rows), len(shown), figsize=(w * len(shown) + 0.6, 1.7 * len(rows)), squeeze=False
-    )
-    for i, (label, V) in enumerate(rows):
-        for j, k in enumerate(shown):
-            ax = axes[i, j]
-            img = np.nan_to_num(np.clip(V[k], 0, 1), nan=0.0)
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"frame {k}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(label, fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    return common.save(fig, path)
+    return common.image_grid(rows, list(shown), path, title)
 
 
 def plot_psnr(curves: dict, path: str) -> str:

@@ -102,30 +102,10 @@ def run_tensorly(X, n_iter):
 
 
 def plot(X, rows, shown, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("frame", X)]
     for name, (L, S) in rows.items():
         panels += [(f"{name}\nbackground", L), (f"{name}\n|foreground|", np.abs(S))]
-    H, W = X.shape[1:]
-    w = 1.6 * W / max(H, W) + 0.2
-    fig, axes = plt.subplots(len(panels), len(shown), squeeze=False,
-                             figsize=(w * len(shown) + 0.8, 1.55 * len(panels)))  # fmt: skip
-    for i, (label, V) in enumerate(panels):
-        for j, k in enumerate(shown):
-            ax = axes[i, j]
-            ax.imshow(np.clip(V[k], 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"frame {k}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(label, fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    return common.save(fig, path)
+    return common.image_grid(panels, list(shown), path, title)
 
 
 def main(argv=None) -> dict:

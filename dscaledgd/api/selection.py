@@ -32,7 +32,9 @@ from ..exceptions import ConvergenceWarning, InvalidParameterError
 from ..model_selection import Trial, grid, successive_halving
 from .completion import fit_on, make_engine, reference_copy
 
-__all__ = ["RANK_GRID", "REG_GRID", "VALIDATION_FRACTION", "check_auto", "complete_auto"]
+__all__ = [
+    "RANK_GRID", "REG_GRID", "VALIDATION_FRACTION", "check_auto", "complete_auto", "hold_out",
+]  # fmt: skip
 
 #: the ranks tried by ``rank="auto"`` (those below ``min(n1, n2)``)
 RANK_GRID = (5, 10, 20, 40)
@@ -87,6 +89,22 @@ def _seeds(random_state) -> tuple[int, int]:
         return int(random_state), int(random_state) + 1
     a, b = resolve_rng(random_state).integers(2**62, size=2)
     return int(a), int(b)
+
+
+def hold_out(data, validation, seed: int, why: str, what: str):
+    """``(train, validation, how)``: the given ``validation``, or :data:`VALIDATION_FRACTION`
+    of ``data``'s observed entries split off with ``seed`` (``why`` and ``what`` word the
+    error when that leaves none on one side)."""
+    if validation is not None:
+        return data, validation, {"source": "validation"}
+    n_held = int(round(VALIDATION_FRACTION * data.nnz))
+    if n_held < 1 or n_held >= data.nnz:
+        raise InvalidParameterError(
+            f"{why} holds out {VALIDATION_FRACTION:g} of the {data.nnz} {what}, which leaves "
+            "none to score on. Pass validation=..."
+        )
+    train, held = data.split(VALIDATION_FRACTION, random_state=seed)
+    return train, held, {"source": "split", "fraction": VALIDATION_FRACTION, "random_state": seed}
 
 
 class _Snapshots:
@@ -175,17 +193,8 @@ def complete_auto(obs, validation, params: dict, auto: tuple, where: dict, *, ca
     (validated parameters; ``params`` holds the first candidate of each "auto" one)."""
     t0 = time.perf_counter()
     fit_seed, split_seed = _seeds(params["random_state"])
-    if validation is None:
-        n_held = int(round(VALIDATION_FRACTION * obs.nnz))
-        if n_held < 1 or n_held >= obs.nnz:
-            raise InvalidParameterError(
-                f"complete: {'/'.join(auto)}='auto' holds out {VALIDATION_FRACTION:g} of the "
-                f"{obs.nnz} observations, which leaves none to score on. Pass validation=..."
-            )
-        obs, validation = obs.split(VALIDATION_FRACTION, random_state=split_seed)
-        held = {"source": "split", "fraction": VALIDATION_FRACTION, "random_state": split_seed}
-    else:
-        held = {"source": "validation"}
+    why = f"complete: {'/'.join(auto)}='auto'"
+    obs, validation, held = hold_out(obs, validation, split_seed, why, "observations")
     held.update(nnz=int(validation.nnz), train_nnz=int(obs.nnz))
     if oracle:
         obs, validation = reference_copy(obs), reference_copy(validation)

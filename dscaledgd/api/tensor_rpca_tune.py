@@ -36,7 +36,7 @@ from ..engine.cluster import executor_for
 from ..exceptions import InvalidParameterError
 from ..model_selection import Trial, grid, successive_halving
 from ..problems import tensor_rpca as trp
-from .selection import _seeds, _Snapshots, reissue
+from .selection import VALIDATION_FRACTION, _seeds, _Snapshots, hold_out, reissue
 from .tensor_rpca import fit_on, loop_params, make_engine, warn_unexplained
 
 __all__ = ["GRID", "Z0_PER_Z1", "MIN_BUDGET", "VALIDATION_FRACTION", "tune_tensor_rpca"]
@@ -51,8 +51,6 @@ Z0_PER_Z1 = 1.5
 #: schedule of the grid (at most 24 iterations, z1 = 30 and decay 0.855), so the candidates
 #: are compared once their thresholds act
 MIN_BUDGET = 30
-#: the fraction of the observed entries held out by ``tune="validation"`` without a set
-VALIDATION_FRACTION = 0.1
 #: the most candidate fits run at once (``None``: ``max(2, executor threads)``, at most 8)
 CONCURRENT_FITS: int | None = None
 
@@ -158,17 +156,9 @@ def tune_tensor_rpca(T, ranks, init, validation, params: dict, tune: str, where:
     t0 = time.perf_counter()
     fit_seed, split_seed = _seeds(params["random_state"])
     held = None
-    if tune == "validation" and validation is None:
-        n_held = int(round(VALIDATION_FRACTION * T.nnz))
-        if n_held < 1 or n_held >= T.nnz:
-            raise InvalidParameterError(
-                f"{func}: tune='validation' holds out {VALIDATION_FRACTION:g} of the "
-                f"{T.nnz} observed entries, which leaves none to score on. Pass validation=..."
-            )
-        T, validation = T.split(VALIDATION_FRACTION, random_state=split_seed)
-        held = {"source": "split", "fraction": VALIDATION_FRACTION, "random_state": split_seed}
-    elif validation is not None:
-        held = {"source": "validation"}
+    if tune == "validation" or validation is not None:
+        why = f"{func}: tune='validation'"
+        T, validation, held = hold_out(T, validation, split_seed, why, "observed entries")
     axes = _axes(params)
     if not axes:
         raise InvalidParameterError(

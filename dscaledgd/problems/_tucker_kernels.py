@@ -75,6 +75,15 @@ def _forward(index, e, lo, ucat, uoff, ranks, Q, off, F):  # pragma: no cover - 
     return F[off[d]]
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _clip(z, zeta, tau):  # pragma: no cover - jitted
+    """``(clip(z, ±ζ), |z|, |z| > ζ, |z| > τ)`` of one residual."""
+    a = abs(z)
+    if a > zeta:
+        return (zeta if z > 0 else -zeta), a, 1, 1 if a > tau else 0
+    return z, a, 0, 1 if a > tau else 0
+
+
 @njit(nogil=True, cache=True, fastmath=True)
 def _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project, zeta, tau, samp):  # noqa: E501  # pragma: no cover
     """One sweep: residuals, factor gradients (into ``gcat``) and core gradient.
@@ -135,16 +144,12 @@ def _coo_pass(index, values, ucat, uoff, ranks, core, gcat, cgrad, project, zeta
             B[off[d]] += y
             continue
         x = _forward(index, e, lvl, ucat, uoff, ranks, Q, off, F)
-        z = x - y
-        a = abs(z)
+        z, a, over, out = _clip(x - y, zeta, tau)
         sa += a
+        ns += over
+        nt += out
         if ks > 0 and e % ks == 0:
             samp[e // ks] = a
-        if a > tau:
-            nt += 1
-        if a > zeta:
-            ns += 1
-            z = zeta if z > 0 else -zeta
         sz += z * z
         B[off[d]] += z
     for t in range(Q[0]):
@@ -188,16 +193,12 @@ def _dense_residual(X, Y, zeta, tau, samp):  # pragma: no cover - jitted (no fas
             if ks > 0 and i % ks == 0:
                 samp[i // ks] = np.nan
         else:
-            z = X[i] - y
-            a = abs(z)
+            z, a, over, out = _clip(X[i] - y, zeta, tau)
             sa += a
+            ns += over
+            nt += out
             if ks > 0 and i % ks == 0:
                 samp[i // ks] = a
-            if a > tau:
-                nt += 1
-            if a > zeta:
-                ns += 1
-                z = zeta if z > 0 else -zeta
             X[i] = z
             sz += z * z
             sy += y * y

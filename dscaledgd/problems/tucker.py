@@ -273,28 +273,26 @@ def chunk_pass(
     return G, cgrad, sums
 
 
-def chunk_residual_sumsq(chunk, U: Sequence[np.ndarray], core: np.ndarray) -> float:
-    """``Σ_obs (X − Y)²`` over the chunk (a validation error)."""
+def _residual_stat(chunk, U, core, absolute: bool) -> float:
+    """``Σ_obs |X − Y|`` (``absolute``) or ``Σ_obs (X − Y)²`` over the chunk."""
     coo, shape = _parse(chunk)
     core = np.asarray(core, dtype=np.float64)
     _check_factors(U, core, shape)
-    if coo is not None:
-        index, values, _ = coo
-        z = _values(index, U, core) - values
-    else:
-        return float(_residual_chunk(chunk, U, core)[1][0])
-    return float(z @ z)
+    if coo is None:
+        return float(_residual_chunk(chunk, U, core)[1][2 if absolute else 0])
+    index, values, _ = coo
+    z = _values(index, U, core) - values
+    return float(np.abs(z).sum()) if absolute else float(z @ z)
+
+
+def chunk_residual_sumsq(chunk, U: Sequence[np.ndarray], core: np.ndarray) -> float:
+    """``Σ_obs (X − Y)²`` over the chunk (a validation error)."""
+    return _residual_stat(chunk, U, core, absolute=False)
 
 
 def chunk_abs_residual(chunk, U: Sequence[np.ndarray], core: np.ndarray) -> float:
     """``Σ_obs |X − Y|`` over the chunk (a robust validation error)."""
-    coo, shape = _parse(chunk)
-    core = np.asarray(core, dtype=np.float64)
-    _check_factors(U, core, shape)
-    if coo is not None:
-        index, values, _ = coo
-        return float(np.abs(_values(index, U, core) - values).sum())
-    return float(_residual_chunk(chunk, U, core)[1][2])
+    return _residual_stat(chunk, U, core, absolute=True)
 
 
 def chunk_leave_one_out(Y0: np.ndarray, U: Sequence[np.ndarray]) -> list:
