@@ -381,3 +381,17 @@ def test_adaptive_refuses_checkpoints(tmp_path):
                         scheduler="sync")  # fmt: skip
     with pytest.raises(InvalidParameterError, match="'sparsifier'"):
         dsg.tensor_rpca(Y, RANKS, sparsifier="fraction", scheduler="sync")
+
+
+def test_a_local_cluster_gives_the_threads_answer(client):
+    """Up to the rounding of another process (tests/test_determinism.py: 1e-12)."""
+    X, Y, _ = _instance(seed=12)
+    T = dsg.TensorObservations.from_array(Y, chunks=(7, 9, 8))
+    kw = {"random_state": 0, "progress": False, "init_power_iter": 10}
+    a = dsg.tensor_rpca(T, RANKS, scheduler="threads", **kw)
+    b = dsg.tensor_rpca(T, RANKS, client=client, **kw)
+    assert a.n_iter == b.n_iter and a.info["best_iteration"] == b.info["best_iteration"]
+    np.testing.assert_allclose(b.history["l1"], a.history["l1"], rtol=1e-12)
+    A, B = a.to_tensor().compute(), b.to_tensor().compute()
+    assert np.linalg.norm(A - B) <= 1e-12 * np.linalg.norm(A)
+    np.testing.assert_array_equal(a.sparse.compute() != 0, b.sparse.compute() != 0)
