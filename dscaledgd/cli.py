@@ -280,7 +280,7 @@ def _describe_store(path: str) -> tuple[str, dict]:
 def _result_facts(res) -> dict:
     """What a result store holds, from its metadata only (the factors are not read)."""
     model = res.model
-    rank = {"ranks": list(model.ranks)} if model.kind == "tucker" else {"rank": model.rank}
+    rank = {"ranks": list(model.ranks)} if hasattr(model, "ranks") else {"rank": model.rank}
     return {
         "model": model.kind,
         "shape": [int(n) for n in model.shape],

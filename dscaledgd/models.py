@@ -572,11 +572,10 @@ class RobustTucker(Tucker):
         """The sparse part as a NumPy array (uses the run's client)."""
         return _compute((self.sparse,), self._client)[0]
 
+    kind = "robust_tucker"
+
     def _parts(self) -> dict:
-        raise NotImplementedError(
-            "Saving a tensor RPCA result is not supported yet. Save the low-rank part with "
-            "Tucker(res.core, res.factors) and the sparse part with res.sparse.to_zarr(path)."
-        )
+        return {**super()._parts(), "sparse": _storable(self.sparse, self._client)}
 
 
 # -------------------------------------------------------------------- store
@@ -585,6 +584,8 @@ def model_from_parts(kind: str, factors, *, core=None, dims=None, sparse=None, *
 
     ``kw`` holds ``offsets``, ``ids`` and ``_client`` for a matrix model.
     """
+    if kind == "robust_tucker":
+        return RobustTucker(core, factors, dims, sparse=sparse, _client=kw.get("_client"))
     if kind == "tucker":
         return Tucker(core, factors, dims, _client=kw.get("_client"))
     model = LowRank(factors, kw.get("offsets"), kw.get("ids"), _client=kw.get("_client"))

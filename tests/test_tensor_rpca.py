@@ -395,3 +395,16 @@ def test_a_local_cluster_gives_the_threads_answer(client):
     A, B = a.to_tensor().compute(), b.to_tensor().compute()
     assert np.linalg.norm(A - B) <= 1e-12 * np.linalg.norm(A)
     np.testing.assert_array_equal(a.sparse.compute() != 0, b.sparse.compute() != 0)
+
+
+def test_result_store_round_trip(tmp_path):
+    X, Y, out = _instance(seed=13)
+    res = dsg.tensor_rpca(dsg.TensorObservations.from_array(Y, chunks=(7, 9, 8)), RANKS,
+                          scheduler="sync", random_state=0, progress=False)  # fmt: skip
+    path = res.to_zarr(str(tmp_path / "res.zarr"))
+    back = dsg.load_result(path)
+    assert type(back.model).__name__ == "RobustTucker"
+    np.testing.assert_array_equal(back.core, res.core)
+    np.testing.assert_array_equal(back.sparse.compute(), res.sparse.compute())
+    np.testing.assert_array_equal(back.to_tensor().compute(), res.to_tensor().compute())
+    assert back.info["threshold"] == res.info["threshold"]

@@ -5,15 +5,16 @@ Layout (format version 3; a plain low-rank result is still written as 2)::
     RES.zarr/
       zarr.json          attrs["dscaledgd"] = {"type": "result", "model": ..., "status": ..., ...}
       L, R               float64 (n, rank), chunks of up to 2**18 rows (R absent when symmetric)
-      S                  float64 (n1, n2), chunks of up to 2048 x 1024 (model "robust" only)
-      U0 ... U{d-1}      float64 (n_k, r_k), chunks of up to 2**18 rows (model "tucker",
-                         instead of L and R)
-      core               float64 (r_1, ..., r_d), one chunk (model "tucker" only)
+      S                  float64 (n1, n2), chunks of up to 2048 x 1024 (model "robust"), or
+                         (n_1, ..., n_d) in the data's chunks (model "robust_tucker")
+      U0 ... U{d-1}      float64 (n_k, r_k), chunks of up to 2**18 rows (models "tucker",
+                         "robust_tucker", instead of L and R)
+      core               float64 (r_1, ..., r_d), one chunk (the Tucker models only)
       history/<key>      float64 (n_iter + 1,), one array per history entry
       row_bias, col_bias float64 (n1,), (n2,)  (only with centring)
       row_ids, col_ids   (n1,), (n2,)          (only for an imported table)
 
-The ``model`` attr is ``"lowrank"``, ``"robust"`` or ``"tucker"``
+The ``model`` attr is ``"lowrank"``, ``"robust"``, ``"tucker"`` or ``"robust_tucker"``
 (:data:`MODEL_KINDS`); a store without it (written before format 3) holds a
 low-rank model. A Tucker store's attrs also hold ``dims`` (mode names, or
 null).
@@ -54,7 +55,9 @@ __all__ = ["MODEL_KINDS", "RESULT_FORMAT", "corrupt", "read_result", "write_resu
 RESULT_FORMAT = 3
 
 #: what a result store's ``model`` attr may say (:mod:`dscaledgd.models`)
-MODEL_KINDS = ("lowrank", "robust", "tucker")
+MODEL_KINDS = ("lowrank", "robust", "tucker", "robust_tucker")
+#: the kinds with a Tucker core and factors ``U0 … U{d-1}``
+TUCKER_KINDS = ("tucker", "robust_tucker")
 
 #: chunk shape (at most) of the sparse component ``S`` of a robust fit: 16 MiB
 SPARSE_CHUNKS = (2048, 1024)
@@ -107,12 +110,13 @@ def write_result(
         if core is not None:
             core = np.asarray(core, dtype=np.float64)
             layout.create_checked_array(g, "core", data=core, chunks=core.shape)
-        if sparse is not None:
+        if sparse is not None:  # a tensor's S keeps its (data's) chunks
+            sizes = SPARSE_CHUNKS if sparse.ndim == 2 else sparse.chunksize
             arr = layout.create_checked_array(
                 g,
                 "S",
                 shape=sparse.shape,
-                chunks=tuple(max(1, min(n, c)) for n, c in zip(sparse.shape, SPARSE_CHUNKS)),
+                chunks=tuple(max(1, min(n, c)) for n, c in zip(sparse.shape, sizes)),
                 dtype="float64",
             )
             da.store(sparse.rechunk(arr.chunks), arr, lock=False)
@@ -145,7 +149,7 @@ def write_result(
             "factors": list(factors),
             "history": list(history),
             "mean": float(meta["mean"]),
-            **({"dims": dims} if kind == "tucker" else {}),
+            **({"dims": dims} if kind in TUCKER_KINDS else {}),
         }
     return path
 
@@ -196,12 +200,12 @@ def _meta(path: str, g, statuses) -> dict:
         raise corrupt(path, f"its attrs' 'model' is {kind!r}, not one of {list(MODEL_KINDS)}")
     names = meta.get("factors")
     present = set(g.array_keys())
-    if not isinstance(names, list) or not names or (kind != "tucker" and len(names) > 2):
+    if not isinstance(names, list) or not names or (kind not in TUCKER_KINDS and len(names) > 2):
         raise corrupt(path, f"its attrs' 'factors' is {names!r}")
     for name in names:
         if name not in present:
             raise corrupt(path, f"its attrs' 'factors' name the array {name!r} but it is missing")
-    if kind == "tucker":
+    if kind in TUCKER_KINDS:
         want = [f"U{k}" for k in range(len(names))]
         if names != want:
             raise corrupt(path, f"its attrs' 'factors' is {names!r}, not {want!r}")
@@ -214,7 +218,7 @@ def _meta(path: str, g, statuses) -> dict:
             raise corrupt(path, f"its attrs' 'dims' is {dims!r}, not null or {len(names)} names")
     elif names not in (["L"], ["L", "R"]):
         raise corrupt(path, f"its attrs' 'factors' is {names!r}, not ['L', 'R'] or ['L']")
-    for name in {"tucker": ["core"], "robust": ["S"]}.get(kind, []):
+    for name in {"tucker": ["core"], "robust": ["S"], "robust_tucker": ["core", "S"]}.get(kind, []):
         if name not in present:
             raise corrupt(path, f"its attrs say model={kind!r} but the array {name!r} is missing")
     return meta
@@ -259,7 +263,7 @@ def read_result(path: str, statuses) -> dict:
         chunks.check_chunks(arr, name, error, path=path)  # factors were always written in full
     kind = meta.get("model", "lowrank")
     ranks = [int(arr.shape[1]) for arr in factors.values()]
-    if kind != "tucker" and len(set(ranks)) != 1:
+    if kind not in TUCKER_KINDS and len(set(ranks)) != 1:
         raise error(f"the factors have different ranks {sorted(set(ranks))}")
     if "history" not in set(g.group_keys()):
         raise error("the 'history' group is missing")
@@ -278,7 +282,7 @@ def read_result(path: str, statuses) -> dict:
     if not isinstance(best, int) or not 0 <= best <= meta["n_iter"]:
         raise error(f"its attrs' info.best_iteration is {best!r}")
     lazy = tuple(_lazy(path, arr, name, error) for name, arr in factors.items())
-    if kind == "tucker":
+    if kind in TUCKER_KINDS:
         core = _read_small(path, g["core"], error, True)
         if core.dtype.kind != "f" or core.shape != tuple(ranks):
             raise error(
@@ -286,6 +290,12 @@ def read_result(path: str, statuses) -> dict:
                 f"{tuple(ranks)} (the factors' ranks)"
             )
         model = {"kind": kind, "factors": lazy, "core": core, "dims": meta.get("dims")}
+        if kind == "robust_tucker":
+            S, shape = g["S"], tuple(int(arr.shape[0]) for arr in factors.values())
+            if S.shape != shape or S.dtype.kind != "f":
+                raise error(f"array 'S' has shape {S.shape} and dtype {S.dtype}, not {shape}")
+            chunks.check_chunks(S, "S", error, path=path)
+            model["sparse"] = _lazy(path, S, "S", error)
     else:
         model = {"kind": kind, "factors": lazy, **_matrix_parts(path, g, meta, factors, error)}
     return {
