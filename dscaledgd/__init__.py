@@ -10,11 +10,12 @@ import logging
 
 from . import datasets, exceptions, model_selection
 from ._version import __version__
-from .api import complete, rpca, sense, tensor_rpca, tucker_complete
+from .api import complete, rpca, scaled_sgd, sense, tensor_rpca, tucker_complete
 from .estimators import (
     MatrixCompletion,
     MatrixSensing,
     RobustPCA,
+    ScaledSGD,
     TensorRobustPCA,
     TuckerCompletion,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "rpca",
     "tucker_complete",
     "tensor_rpca",
+    "scaled_sgd",
     "GaussianSensing",
     "QuadraticSensing",
     "MatrixCompletion",
@@ -42,6 +44,7 @@ __all__ = [
     "RobustPCA",
     "TuckerCompletion",
     "TensorRobustPCA",
+    "ScaledSGD",
     "SolveResult",
     "IterationState",
     "load_result",

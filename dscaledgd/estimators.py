@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import inspect
 
-from . import api
-from .exceptions import NotFittedError
+import numpy as np
 
-__all__ = ["MatrixCompletion", "MatrixSensing", "RobustPCA", "TuckerCompletion", "TensorRobustPCA"]
+from . import api
+from .exceptions import InvalidParameterError, NotFittedError
+
+__all__ = [
+    "MatrixCompletion", "MatrixSensing", "RobustPCA", "TuckerCompletion", "TensorRobustPCA",
+    "ScaledSGD",
+]  # fmt: skip
 
 
 def _constructor(cls, func: str, defaults: dict):
@@ -267,3 +272,94 @@ class TensorRobustPCA(_Estimator, func="tensor_rpca", defaults={"ranks": 5}):
         """The low-rank part (lazy dask array)."""
         self._check_fitted()
         return self.result_.to_tensor()
+
+
+class ScaledSGD(_Estimator, func="scaled_sgd", defaults={"rank": 3}):
+    """Online ScaledSGD for ``M ≈ X Xᵀ`` (see :func:`dscaledgd.scaled_sgd`).
+
+    Parameters are those of :func:`dscaledgd.scaled_sgd`. ``fit`` runs the
+    epochs; ``partial_fit`` applies one batch once, in its order, keeping ``X``
+    and ``P`` between calls (the first call starts them as ``fit`` does).
+
+    Attributes
+    ----------
+    X_ : ndarray, shape (d, rank)
+    P_ : ndarray, shape (rank, rank)
+        The carried ``(XᵀX)⁻¹`` (the identity for ``method="sgd"``).
+    history_ : dict
+        Per epoch (``fit``) or per batch (``partial_fit``): ``loss`` (the
+        objective on the samples just used), and ``auc`` for BPR.
+    n_iter_, converged_, result_
+
+    Examples
+    --------
+    >>> import numpy as np, dscaledgd as dsg
+    >>> rng = np.random.default_rng(0)
+    >>> Z = rng.standard_normal((15, 2))
+    >>> i, j = np.indices((15, 15)).reshape(2, -1)
+    >>> pairs = (i, j, (Z @ Z.T)[i, j])
+    >>> est = dsg.ScaledSGD(rank=2, epochs=60, tol=1e-20, random_state=0).fit(pairs)
+    >>> est.X_.shape, bool(est.score(pairs) > -1e-6)
+    ((15, 2), True)
+    """
+
+    def fit(self, samples, y=None):
+        """Run the epochs on ``samples`` (pairs or triplets, see :func:`scaled_sgd`)."""
+        self._fit(samples)
+        self.X_ = np.asarray(self.result_.L)
+        self.P_ = np.asarray(self.result_.info["preconditioner"])
+        self._config = (self.rank, self.loss, self.method)
+        return self
+
+    def partial_fit(self, samples, y=None):
+        """Apply ``samples`` once, in their order, to the current ``X_`` and ``P_``."""
+        from .api.scaled_sgd import _check, check_samples, evaluator, initial_factors
+        from .solvers.online import inverse_gram, run_batch
+
+        func = "ScaledSGD.partial_fit"
+        config = (self.rank, self.loss, self.method)
+        if hasattr(self, "X_") and config != self._config:
+            raise InvalidParameterError(
+                f"{func}: rank, loss and method must stay those of the first call "
+                f"{self._config}; got {config}. Start a new estimator to change them."
+            )
+        n_rows = self.X_.shape[0] if hasattr(self, "X_") else self.n_rows
+        I, J, K, Y, d = check_samples(func, samples, self.loss, n_rows)
+        if not hasattr(self, "X_"):
+            _check(func, self.rank, d, self.loss, self.method, self.step_size,
+                           self.epochs, self.tol, self.reinvert_every)  # fmt: skip
+            self.X_ = initial_factors(d, int(self.rank), _rng(self.random_state))
+            scaled = self.method == "scaledsgd"
+            self.P_ = inverse_gram(self.X_) if scaled else np.eye(int(self.rank))
+            self._config, self.history_, self.n_iter_ = config, {"loss": []}, 0
+        evaluate = evaluator((I, J, K, Y), self.loss)
+        lr = run_batch((I, J, K, Y), self.X_, self.P_, loss=self.loss,
+                       scaled=self.method == "scaledsgd", lr=self.step_size,
+                       evaluate=evaluate)  # fmt: skip
+        f, extra = evaluate(self.X_)
+        self.history_["loss"].append(f)
+        self.history_.setdefault("step_size", []).append(lr)
+        for k, v in extra.items():
+            self.history_.setdefault(k, []).append(v)
+        self.n_iter_ += 1
+        self.converged_ = bool(f <= self.tol)
+        return self
+
+    def score(self, samples) -> float:
+        """AUC on test triplets (BPR); otherwise the negative RMSE of the predicted values
+        (``x_i·x_j``, or the squared distance for EDM) against ``y`` (higher is better)."""
+        from .api.scaled_sgd import check_samples
+        from .problems import pairwise as pw
+
+        self._check_fitted()
+        I, J, K, Y, _ = check_samples("ScaledSGD.score", samples, self.loss, self.X_.shape[0])
+        if self.loss == "bpr":
+            return pw.auc(I, J, K, Y, self.X_)
+        z = pw._z(I, J, K, self.X_, self.loss)
+        return -float(np.sqrt(np.mean((z - Y) ** 2)))
+
+
+def _rng(random_state):
+    from ._validation import resolve_rng
+
+    return resolve_rng(random_state)

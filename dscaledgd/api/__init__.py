@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._core import INITS, LOSSES, METHODS
 from .completion import complete, complete_oracle, reference_copy
 from .rpca import rpca
+from .scaled_sgd import scaled_sgd
 from .sensing import sense
 from .tensor_rpca import tensor_rpca
 from .tucker import tucker_complete
@@ -24,6 +25,7 @@ __all__ = [
     "rpca",
     "tucker_complete",
     "tensor_rpca",
+    "scaled_sgd",
     "METHODS",
     "LOSSES",
     "INITS",

@@ -1,0 +1,278 @@
+"""ScaledSGD (ALGORITHMS.md §9): per-sample losses, the Numba sample kernel, AUC.
+
+The model is symmetric, ``M ≈ X Xᵀ`` with ``X`` of shape ``(d, r)``. A sample is
+a pair ``(i, j, y)`` (losses ``"rmse"``, ``"1bit"``, ``"edm"``) or a triplet
+``(i, j, k, y)`` (``"bpr"``, ``y ∈ {0, 1}``: 1 when item ``j`` should rank above
+``k`` for ``i``). Per sample, with the *old* rows and the cached
+``P = (XᵀX)⁻¹`` (``P = I`` for plain SGD):
+
+=======  ==================================  =============================================
+loss     ``g``                               directions (each row moves by ``−lr · d P``)
+=======  ==================================  =============================================
+rmse     ``x_i·x_j − y``                     ``d_i = g x_j``, ``d_j = g x_i``
+1bit     ``σ(x_i·x_j) − σ(y)``               as rmse
+edm      ``‖x_i‖² + ‖x_j‖² − 2x_i·x_j − y``  ``d_i = g (x_i − x_j)``, ``d_j = −d_i``
+bpr      ``σ(x_i·x_j − x_i·x_k) − y``        ``d_i = g (x_j − x_k)``, ``d_j = g x_i``,
+                                             ``d_k = −g x_i``
+=======  ==================================  =============================================
+
+The per-sample objectives whose gradients these are (up to the factor the
+papers fold into ``lr``): rmse ``½(x_i·x_j − y)²``, 1bit the cross-entropy
+``softplus(z) − σ(y) z`` with ``z = x_i·x_j``, edm ``¼ g²``, bpr
+``softplus(z) − y z``. A row that appears more than once in a sample (``i = j``,
+or a repeated index of a triplet) is moved once, by the sum of its
+directions (the BPR guard of §9).
+
+After each sample ``P`` is kept equal to ``(XᵀX)⁻¹`` by Sherman–Morrison, one
+rank-1 update per changed row added and one per old row removed (4 per pair,
+6 per triplet, ``O(r²)`` each). A removal whose denominator ``1 − uᵀPu`` is
+not safely positive would make ``P`` indefinite: the kernel stops there and
+says where, and the caller re-inverts ``XᵀX`` (:mod:`dscaledgd.solvers.online`).
+
+No dask import here (DESIGN.md §1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._jit import njit
+
+__all__ = [
+    "LOSSES", "PAIR_LOSSES", "LOSS_CODES", "run_samples", "objective", "gradient", "auc",
+    "reference_samples", "sherman_morrison_add", "sherman_morrison_remove",
+]  # fmt: skip
+
+LOSSES = ("rmse", "1bit", "edm", "bpr")
+PAIR_LOSSES = ("rmse", "1bit", "edm")
+LOSS_CODES = {name: k for k, name in enumerate(LOSSES)}
+#: a Sherman–Morrison removal with ``1 − uᵀPu`` below this is refused (P would lose
+#: positive definiteness, or the update would amplify rounding by more than 1e8)
+SM_MIN_DENOM = 1e-8
+
+
+# ------------------------------------------------------------------ kernel
+@njit(nogil=True, cache=True)
+def _sig(z):  # pragma: no cover - jitted
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(nogil=True, cache=True)
+def _sm(P, u, Pu, sign):  # pragma: no cover - jitted
+    """``P ← P − sign (Pu)(Pu)ᵀ/(1 + sign uᵀPu)``; False when the denominator is unsafe."""
+    r = P.shape[0]
+    p = 0.0
+    for a in range(r):
+        s = 0.0
+        for b in range(r):
+            s += P[a, b] * u[b]
+        Pu[a] = s
+        p += u[a] * s
+    den = 1.0 + sign * p
+    if not den > SM_MIN_DENOM:
+        return False
+    c = sign / den
+    for a in range(r):
+        for b in range(r):
+            P[a, b] -= c * Pu[a] * Pu[b]
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _samples(I, J, K, Y, order, start, X, P, lr, loss, scaled):  # pragma: no cover - jitted
+    """Samples ``order[start:]`` in turn; returns ``-1``, or the position of a sample whose
+    Sherman–Morrison removal was refused (that sample is fully applied to ``X``; ``P``
+    must be re-inverted before going on)."""
+    r = X.shape[1]
+    rows = np.empty(3, np.int64)
+    old = np.empty((3, r))
+    dirs = np.zeros((3, r))
+    Pu = np.empty(r)
+    new = np.empty((3, r))
+    first = np.empty(3, np.bool_)
+    for pos in range(start, order.shape[0]):
+        s = order[pos]
+        i, j = I[s], J[s]
+        y = Y[s]
+        n = 3 if loss == 3 else 2
+        k = K[s] if loss == 3 else j
+        rows[0], rows[1], rows[2] = i, j, k
+        for a in range(r):
+            old[0, a] = X[i, a]
+            old[1, a] = X[j, a]
+            old[2, a] = X[k, a]
+        dot = 0.0
+        for a in range(r):
+            dot += old[0, a] * old[1, a]
+        if loss == 0:
+            g = dot - y
+        elif loss == 1:
+            g = _sig(dot) - _sig(y)
+        elif loss == 2:
+            g = -2.0 * dot - y
+            for a in range(r):
+                g += old[0, a] * old[0, a] + old[1, a] * old[1, a]
+        else:
+            z = dot
+            for a in range(r):
+                z -= old[0, a] * old[2, a]
+            g = _sig(z) - y
+        for a in range(r):
+            if loss == 2:
+                dirs[0, a] = g * (old[0, a] - old[1, a])
+                dirs[1, a] = -dirs[0, a]
+            elif loss == 3:
+                dirs[0, a] = g * (old[1, a] - old[2, a])
+                dirs[1, a] = g * old[0, a]
+                dirs[2, a] = -g * old[0, a]
+            else:
+                dirs[0, a] = g * old[1, a]
+                dirs[1, a] = g * old[0, a]
+        for t in range(n):  # each distinct row once, by the sum of its directions
+            first[t] = True
+            for q in range(t):
+                if rows[q] == rows[t]:
+                    first[t] = False
+            if not first[t]:
+                continue
+            for q in range(t + 1, n):
+                if rows[q] == rows[t]:
+                    for a in range(r):
+                        dirs[t, a] += dirs[q, a]
+            for a in range(r):  # every move with the sample's P
+                s2 = 0.0
+                for b in range(r):
+                    s2 += dirs[t, b] * P[b, a]
+                new[t, a] = old[t, a] - lr * s2
+        ok = True
+        for t in range(n):
+            if not first[t]:
+                continue
+            for a in range(r):
+                X[rows[t], a] = new[t, a]
+            if scaled and ok:  # add the new row, remove the old one
+                ok = _sm(P, new[t], Pu, 1.0)
+                if ok:
+                    ok = _sm(P, old[t], Pu, -1.0)
+        if not ok:
+            return pos
+    return -1
+
+
+def run_samples(I, J, K, Y, order, X, P, lr: float, loss: str, scaled: bool, start: int = 0):
+    """Apply the samples ``order[start:]`` (indices into ``I, J, K, Y``) to ``X`` and ``P``
+    in place; ``-1`` or the position after which ``P`` must be re-inverted."""
+    return int(_samples(I, J, K, Y, order, int(start), X, P, float(lr), LOSS_CODES[loss],
+                        bool(scaled)))  # fmt: skip
+
+
+# ------------------------------------------------------------------ objectives
+def _z(I, J, K, X, loss):
+    dot = np.einsum("ij,ij->i", X[I], X[J])
+    if loss == "bpr":
+        return dot - np.einsum("ij,ij->i", X[I], X[K])
+    if loss == "edm":
+        return np.einsum("ij,ij->i", X[I], X[I]) + np.einsum("ij,ij->i", X[J], X[J]) - 2 * dot
+    return dot
+
+
+def _softplus(z):
+    return np.logaddexp(0.0, z)
+
+
+def _sigmoid(z):
+    return np.exp(-_softplus(-z))
+
+
+def objective(I, J, K, Y, X, loss: str) -> float:
+    """The mean per-sample objective (module docstring), computed stably."""
+    z = _z(I, J, K, X, loss)
+    Y = np.asarray(Y, dtype=np.float64)
+    if loss == "rmse":
+        return float(np.mean(0.5 * (z - Y) ** 2))
+    if loss == "edm":
+        return float(np.mean(0.25 * (z - Y) ** 2))
+    target = _sigmoid(Y) if loss == "1bit" else Y
+    return float(np.mean(_softplus(z) - target * z))
+
+
+def gradient(I, J, K, Y, X, loss: str) -> np.ndarray:
+    """``∇_X`` of :func:`objective` (the sum of the per-sample directions ``d``, / m)."""
+    z = _z(I, J, K, X, loss)
+    Y = np.asarray(Y, dtype=np.float64)
+    m = len(Y)
+    G = np.zeros_like(X)
+    if loss == "rmse" or loss == "1bit":
+        g = (z - Y) if loss == "rmse" else _sigmoid(z) - _sigmoid(Y)
+        np.add.at(G, I, g[:, None] * X[J])
+        np.add.at(G, J, g[:, None] * X[I])
+    elif loss == "edm":
+        g = (z - Y)[:, None] * (X[I] - X[J])
+        np.add.at(G, I, g)
+        np.add.at(G, J, -g)
+    else:
+        g = (_sigmoid(z) - Y)[:, None]
+        np.add.at(G, I, g * (X[J] - X[K]))
+        np.add.at(G, J, g * X[I])
+        np.add.at(G, K, -g * X[I])
+    return G / m
+
+
+def auc(I, J, K, Y, X) -> float:
+    """The fraction of triplets ordered correctly: ``x_i·x_j > x_i·x_k`` exactly when ``y = 1``
+    (ties count one half)."""
+    z = _z(I, J, K, X, "bpr")
+    Y = np.asarray(Y) > 0.5
+    right = np.where(Y, z > 0, z < 0) + 0.5 * (z == 0)
+    return float(np.mean(right))
+
+
+# ------------------------------------------------------------------ references
+def sherman_morrison_add(P, u):
+    """``(A + u uᵀ)⁻¹`` from ``P = A⁻¹``."""
+    Pu = P @ u
+    return P - np.outer(Pu, Pu) / (1.0 + u @ Pu)
+
+
+def sherman_morrison_remove(P, u):
+    """``(A − u uᵀ)⁻¹`` from ``P = A⁻¹``."""
+    Pu = P @ u
+    return P + np.outer(Pu, Pu) / (1.0 - u @ Pu)
+
+
+def reference_samples(I, J, K, Y, order, X, lr: float, loss: str, scaled: bool) -> np.ndarray:
+    """The plain-Python oracle: the samples in ``order``, ``P = (XᵀX)⁻¹`` inverted afresh
+    before each (no Sherman–Morrison), every row moved once. Returns the new ``X``."""
+    X = np.array(X, dtype=np.float64)
+    r = X.shape[1]
+    for s in order:
+        i, j, y = int(I[s]), int(J[s]), float(Y[s])
+        k = int(K[s]) if loss == "bpr" else j
+        P = np.linalg.inv(X.T @ X) if scaled else np.eye(r)
+        xi, xj, xk = X[i].copy(), X[j].copy(), X[k].copy()
+        if loss == "rmse":
+            g = xi @ xj - y
+        elif loss == "1bit":
+            g = float(_sigmoid(np.array(xi @ xj)) - _sigmoid(np.array(y)))
+        elif loss == "edm":
+            g = xi @ xi + xj @ xj - 2 * xi @ xj - y
+        else:
+            g = float(_sigmoid(np.array(xi @ xj - xi @ xk))) - y
+        if loss == "edm":
+            moves = [(i, g * (xi - xj)), (j, -g * (xi - xj))]
+        elif loss == "bpr":
+            moves = [(i, g * (xj - xk)), (j, g * xi), (k, -g * xi)]
+        else:
+            moves = [(i, g * xj), (j, g * xi)]
+        total: dict = {}
+        for row, dvec in moves:
+            total[row] = total.get(row, 0.0) + dvec
+        old = {row: X[row].copy() for row in total}
+        for row, dvec in total.items():
+            X[row] = old[row] - lr * (dvec @ P)
+    return X

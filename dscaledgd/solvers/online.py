@@ -1,0 +1,203 @@
+"""ScaledSGD epochs (ALGORITHMS.md §9): the per-sample kernel under the shared driver.
+
+One epoch applies every sample once, in an order drawn per epoch (a
+permutation: every sample exactly once), with
+:func:`dscaledgd.problems.pairwise.run_samples`. Around it:
+
+* ``P = (XᵀX)⁻¹`` is carried by Sherman–Morrison inside the kernel. When a
+  removal's denominator is unsafe the kernel stops at that sample; ``P`` is
+  re-inverted from ``X`` and the epoch goes on (counted in ``info``).
+  At the end of every epoch the drift ``max|P XᵀX − I|`` is measured
+  (history ``p_drift``), and ``P`` is re-inverted when it exceeds
+  :data:`DRIFT_TOL` or every ``reinvert_every`` epochs: the run never depends
+  on the drift being small.
+* **Safeguard.** An epoch that leaves a non-finite ``X`` or ``P``, or an
+  objective above :data:`BLOWUP` times the initial one, is undone (``X``
+  and ``P`` restored from the epoch's start), the step is halved and the
+  epoch is run again; each restore is an event in ``info["events"]`` and the
+  step used is in the history (``step_size``). Never a silent NaN.
+* What a user sees of the run (history, progress bar, callback, warnings,
+  the outcome) is the :class:`~.driver.Driver`'s, shared with the batch loop.
+
+No dask import here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..problems import pairwise as pw
+from .driver import Driver, LoopConfig
+
+__all__ = ["EpochStats", "run_epochs", "run_batch", "DRIFT_TOL", "BLOWUP"]
+
+#: re-invert ``P`` when ``max|P XᵀX − I|`` exceeds this
+DRIFT_TOL = 1e-8
+#: an epoch whose objective exceeds this multiple of the initial one is undone
+BLOWUP = 1e3
+#: restores of one run before it ends ``"diverged"``
+MAX_RESTORES = 20
+
+
+@dataclass
+class EpochStats:
+    """What the driver records of an epoch (the fields of the batch loop's ``PassStats``
+    that it reads)."""
+
+    loss: float
+    residual: float
+    extra: dict
+
+
+def inverse_gram(X: np.ndarray) -> np.ndarray:
+    """``(XᵀX)⁻¹`` by Cholesky (symmetrised); raises ``LinAlgError`` when singular."""
+    import scipy.linalg as sla
+
+    G = X.T @ X
+    c = sla.cho_factor(G, lower=True)
+    P = sla.cho_solve(c, np.eye(len(G)))
+    return 0.5 * (P + P.T)
+
+
+def drift(X: np.ndarray, P: np.ndarray) -> float:
+    """``max|P XᵀX − I|``: how far the carried ``P`` is from the inverse Gram."""
+    return float(np.max(np.abs(P @ (X.T @ X) - np.eye(P.shape[0]))))
+
+
+def run_epochs(samples, X, P, *, loss: str, scaled: bool, lr: float, cfg: LoopConfig, rng,
+               evaluate, shuffle: bool = True, reinvert_every: int = 1,
+               desc: str = "scaled_sgd"):  # fmt: skip
+    """Run up to ``cfg.max_iter`` epochs over ``samples = (I, J, K, Y)`` from ``X``, ``P``
+    (changed in place). ``evaluate(X) -> (loss, extra)``: the recorded objective and
+    extra history entries. Stops when the objective is at most ``cfg.tol``.
+
+    Returns ``(outcome, info)``: the driver's :class:`~.driver.LoopOutcome` (``state`` is
+    ``X``) and ``{"reinversions", "sm_refusals", "events"}``.
+    """
+    I, J, K, Y = samples
+    m = len(I)
+    drv = Driver(cfg, desc)
+    info = {"reinversions": 0, "sm_refusals": 0, "restores": 0}
+
+    def record(step_lr, p_drift):
+        f, extra = evaluate(X)
+        stats = EpochStats(f, f, {**extra, "p_drift": p_drift})
+        k = drv.record(stats, _Step(step_lr))
+        return stats, k
+
+    try:
+        stats, _ = record(math.nan, drift(X, P) if scaled else 0.0)
+        f0 = max(stats.loss, 1e-300)
+        status, message, epoch = None, "", 0
+        while status is None:
+            if stats.loss <= cfg.tol:
+                status, message = "converged", f"objective {stats.loss:.3g} <= tol={cfg.tol:g}"
+                break
+            if epoch >= cfg.max_iter:
+                status = "max_iter"
+                message = f"max_iter={cfg.max_iter} epochs reached with objective {stats.loss:.3g}"
+                break
+            X0, P0 = X.copy(), P.copy()
+            order = rng.permutation(m) if shuffle else np.arange(m)
+            finite = _apply(samples, order, X, P, lr, loss, scaled, info)
+            p_drift = drift(X, P) if scaled and finite else 0.0
+            if scaled and finite and (p_drift > DRIFT_TOL or (epoch + 1) % reinvert_every == 0):
+                finite = _reinvert(X, P)
+                info["reinversions"] += 1
+            f_new = evaluate(X)[0] if finite else math.inf
+            if not (finite and math.isfinite(f_new) and f_new <= BLOWUP * f0):
+                X[...], P[...] = X0, P0
+                info["restores"] += 1
+                drv.event({"epoch": epoch, "event": "restored", "step_size": lr,
+                           "reason": "non-finite X or P" if not finite else
+                           f"objective {f_new:.3g} > {BLOWUP:g} x initial {f0:.3g}"})  # fmt: skip
+                lr *= 0.5
+                if info["restores"] > MAX_RESTORES:
+                    status = "diverged"
+                    message = f"diverged: {MAX_RESTORES} restores, step size now {lr:g}"
+                continue
+            epoch += 1
+            drv.passes += 1
+            stats, _ = record(lr, p_drift)
+            drv.progress(stats, _Step(lr))
+            point = _Point(stats, _State(X))
+            if drv.accepted(point, epoch, _Step(lr), lambda: (X.copy(),)) == "callback":
+                status, message = "callback", f"callback stopped the run at epoch {epoch}"
+    except BaseException:
+        drv.close()
+        raise
+    out = drv.finish(X, status, message, epoch, epoch)
+    info["events"] = out.events
+    info["final_step_size"] = lr
+    return out, info
+
+
+def _apply(samples, order, X, P, lr, loss, scaled, info) -> bool:
+    """The samples ``order`` once, re-inverting ``P`` where Sherman–Morrison refuses;
+    whether ``X`` and ``P`` are still finite."""
+    I, J, K, Y = samples
+    pos = 0
+    while True:
+        stop = pw.run_samples(I, J, K, Y, order, X, P, lr, loss, scaled, start=pos)
+        if stop < 0:
+            break
+        info["sm_refusals"] += 1
+        if not _reinvert(X, P):
+            return False
+        pos = stop + 1
+    return bool(np.all(np.isfinite(X)) and np.all(np.isfinite(P)))
+
+
+def run_batch(samples, X, P, *, loss: str, scaled: bool, lr: float, evaluate) -> float:
+    """One pass over ``samples`` in their order (``partial_fit``), with the epoch's
+    safeguard: a non-finite result, or an objective above :data:`BLOWUP` times the
+    batch's objective before, is undone and the pass rerun at half the step. Returns
+    the step used; raises ``FloatingPointError`` after :data:`MAX_RESTORES` halvings."""
+    info = {"sm_refusals": 0}
+    order = np.arange(len(samples[0]))
+    f0 = max(evaluate(X)[0], 1e-300)
+    X0, P0 = X.copy(), P.copy()
+    for _ in range(MAX_RESTORES + 1):
+        ok = _apply(samples, order, X, P, lr, loss, scaled, info)
+        if ok and scaled and drift(X, P) > DRIFT_TOL:
+            ok = _reinvert(X, P)
+        if ok and evaluate(X)[0] <= BLOWUP * f0:
+            return lr
+        X[...], P[...] = X0, P0
+        lr *= 0.5
+    raise FloatingPointError(
+        f"the batch diverged at every step size down to {lr:g}; X and P are left as before it"
+    )
+
+
+def _reinvert(X, P) -> bool:
+    try:
+        P[...] = inverse_gram(X)
+    except np.linalg.LinAlgError:
+        return False
+    return bool(np.all(np.isfinite(P)))
+
+
+@dataclass
+class _Step:
+    eta: float
+    damping: float = math.nan
+    mu: float = math.nan
+
+
+@dataclass
+class _State:
+    X: np.ndarray
+    params: dict = None
+
+    def __post_init__(self):
+        self.params = {}
+
+
+@dataclass
+class _Point:
+    stats: EpochStats
+    state: _State
