@@ -219,3 +219,12 @@ def test_bad_parameters_are_refused(kw, match):
         dsg.scaled_sgd(([0, 1, 2], [1, 2, 0], [1.0, 0.0, 2.0]), 1, **kw)
     with pytest.raises(InvalidParameterError, match="at most the number of rows"):
         dsg.scaled_sgd(([0, 1, 2], [1, 2, 0], [1.0, 0.0, 2.0]), 4)
+
+
+def test_the_docs_example_runs():
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "scaled-sgd.md")) as fh:
+        block = re.findall(r"```python\n(.*?)```", fh.read(), re.S)[0]
+    exec(compile(block, "docs/scaled-sgd.md", "exec"), {})
