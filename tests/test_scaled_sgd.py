@@ -227,4 +227,9 @@ def test_the_docs_example_runs():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "docs", "scaled-sgd.md")) as fh:
         block = re.findall(r"```python\n(.*?)```", fh.read(), re.S)[0]
-    exec(compile(block, "docs/scaled-sgd.md", "exec"), {})
+    ns: dict = {}
+    exec(compile(block, "docs/scaled-sgd.md", "exec"), ns)
+    assert ns["res"].status == "converged" and ns["res"].history["loss"][-1] <= 1e-15
+    est = ns["est"]
+    assert est.X_.shape == (30, 3) and est.n_iter_ == 4
+    assert est.history_["loss"][-1] < est.history_["loss"][0]

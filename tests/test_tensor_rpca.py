@@ -348,7 +348,12 @@ def test_the_docs_example_runs():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "docs", "tensor-rpca.md")) as fh:
         block = re.findall(r"```python\n(.*?)```", fh.read(), re.S)[0]
-    exec(compile(block, "docs/tensor-rpca.md", "exec"), {})
+    ns: dict = {}
+    exec(compile(block, "docs/tensor-rpca.md", "exec"), ns)
+    res, X = ns["res"], ns["X"]
+    assert res.status == "early_stopped"
+    assert _rel2(res.to_tensor().compute(), X) < 1e-12
+    assert np.array_equal(res.sparse.compute() != 0, ns["outliers"])
 
 
 # ------------------------------------------------------------------ fit-following sparsifier

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_choice, resolve_rng
+from .._validation import Interval, check_choice, check_param, resolve_rng
 from ..exceptions import InputDataError, InvalidParameterError
 from ..problems import pairwise as pw
 from ..result import SolveResult
@@ -98,26 +98,15 @@ def evaluator(samples, loss: str):
 def _check(func, rank, d, loss, method, step_size, epochs, tol, reinvert_every):
     check_choice(func, "loss", loss, pw.LOSSES)
     check_choice(func, "method", method, METHODS_SGD)
-    for name, v, lo in (
-        ("rank", rank, 1),
-        ("epochs", epochs, 0),
-        ("reinvert_every", reinvert_every, 1),
-    ):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
-            raise InvalidParameterError(
-                f"The {name!r} parameter of {func} must be an int >= {lo}. Got {v!r}."
-            )
+    for name, v, lo in (("rank", rank, 1), ("epochs", epochs, 0),
+                        ("reinvert_every", reinvert_every, 1)):  # fmt: skip
+        check_param(func, name, v, [Interval("int", lo, None)])
     if rank > d:
         raise InvalidParameterError(
             f"The 'rank' parameter of {func} must be at most the number of rows ({d}). Got {rank}."
         )
-    for name, v in (("step_size", step_size), ("tol", tol)):
-        ok = isinstance(v, int | float | np.floating) and not isinstance(v, bool)
-        if not ok or not np.isfinite(v) or v < 0 or (name == "step_size" and v == 0):
-            raise InvalidParameterError(
-                f"The {name!r} parameter of {func} must be a finite number "
-                f"{'> 0' if name == 'step_size' else '>= 0'}. Got {v!r}."
-            )
+    check_param(func, "step_size", step_size, [Interval("real", 0, None, "neither")])
+    check_param(func, "tol", tol, [Interval("real", 0, None, "left")])
 
 
 def scaled_sgd(

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from .._validation import check_choice, resolve_rng
+from .._validation import NONE, Interval, check_choice, check_param, resolve_rng
 from ..engine.cluster import executor_for
 from ..engine.tensor_rpca import TensorRPCAEngine
 from ..exceptions import DataWarning, InputDataError, InvalidParameterError
@@ -65,21 +65,6 @@ def _check_threshold(func: str, threshold) -> dict:
                 f"units of the data's robust scale, the median of |Y|). Got {name}={v!r}."
             )
     return {k: float(v) for k, v in z.items()}
-
-
-def _check_positive(func: str, name: str, value, upper: float | None = None):
-    if value is None:
-        return None
-    ok = isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
-    ok = ok and math.isfinite(float(value)) and float(value) > 0
-    if ok and upper is not None:
-        ok = float(value) <= upper
-    if not ok:
-        rng = f"in (0, {upper:g}]" if upper is not None else "a finite number > 0"
-        raise InvalidParameterError(
-            f"The '{name}' parameter of {func} must be None or {rng}. Got {value!r}."
-        )
-    return float(value)
 
 
 def _robust_scale(T: TensorObservations) -> float:
@@ -265,13 +250,10 @@ def tensor_rpca(
             "(its threshold depends on the previous pass, which a checkpoint does not keep). "
             "Use the default sparsifier='schedule', or run without checkpoints."
         )
-    step_size = _check_positive(func, "step_size", step_size, upper=1.0)
-    ok = isinstance(init_sweeps, int | np.integer) and not isinstance(init_sweeps, bool)
-    if not ok or not 0 <= init_sweeps <= 20:
-        raise InvalidParameterError(
-            f"The 'init_sweeps' parameter of {func} must be an int in [0, 20]. Got {init_sweeps!r}."
-        )
-    threshold_scale = _check_positive(func, "threshold_scale", threshold_scale)
+    check_param(func, "step_size", step_size, [NONE, Interval("real", 0, 1, "right")])
+    check_param(func, "init_sweeps", init_sweeps, [Interval("int", 0, 20)])
+    positive = [NONE, Interval("real", 0, None, "neither")]
+    check_param(func, "threshold_scale", threshold_scale, positive)
     if isinstance(init, str) and init != "spectral":
         check_choice(func, "init", init, ("spectral",))
     init = _check_init(func, init, ranks, T.shape)

@@ -31,10 +31,6 @@ def _clipped(chunk, zeta):
     return trp.clip_chunk(_data(chunk), zeta)
 
 
-def _abs_sum(chunk) -> float:
-    return tk.chunk_abs_sum(_data(chunk))
-
-
 def _rpca_pass(chunk, U, rows, core, scale, zeta, tau, edges):
     """The Tucker pass with the clip level, plus the histogram of a sample of ``|Y − X|``
     (appended to the sums)."""
@@ -92,8 +88,7 @@ class TensorRPCAEngine(TuckerEngine):
         self.schedule, self.tau, self.adaptive = schedule, float(tau), adaptive
         self.edges = trp.hist_edges(scale)
         self.zetas: dict = {}  # iteration -> ζ of the fit-following threshold
-        parts = [ex.submit(_abs_sum, c, name="stats") for c in self._chunks]
-        self.abs_norm = float(sum(ex.gather(parts)))
+        self.abs_norm = float(np.asarray(ex.gather(self._totals))[2])  # Σ|y| of the stats
         self.nnz = int(T.nnz)
 
     def validation_value(self, total: float) -> float:

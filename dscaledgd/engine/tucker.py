@@ -65,8 +65,9 @@ def _pass(chunk, U, rows, core, scale, zeta, tau):
 
 
 def _stats(chunk):
-    nnz, sumsq, rowsq, _ = tk.chunk_stats(_data(chunk))
-    return (*rowsq, np.array([nnz, sumsq]))
+    data = _data(chunk)
+    nnz, sumsq, rowsq, _ = tk.chunk_stats(data)
+    return (*rowsq, np.array([nnz, sumsq, tk.chunk_abs_sum(data)]))
 
 
 def _residual(chunk, U, rows, core):
@@ -215,6 +216,7 @@ class TuckerEngine(FactorEngine):
         self._chunks = self._place(T)
         self._vchunks, self._vnnz = None, 0
         out = self.stats_pass(self._chunks)
+        self._totals = out["n"]  # [nnz, Σ y², Σ |y|] (a handle; gathered when needed)
         self._diag = self.mode_diag(out)  # diag(G_k) per factor block
 
     # -------------------------------------------------------------- placement
@@ -233,7 +235,7 @@ class TuckerEngine(FactorEngine):
 
     def stats_pass(self, chunks) -> dict:
         """Per chunk group :func:`_stats`, summed: ``d{k}`` (``diag(G_k)`` per factor
-        block) and ``n`` (``[nnz, Σ y²]``)."""
+        block) and ``n`` (``[nnz, Σ y², Σ |y|]``)."""
         return self.grouped(
             _stats,
             lambda t: (chunks[t],),
@@ -283,6 +285,7 @@ class TuckerEngine(FactorEngine):
     def close(self) -> None:
         for chunks in (self._chunks, self._vchunks or []):
             self.ex.release(*[c for c in chunks if not isinstance(c, ChunkRef)])
+        self.ex.release(self._totals)
 
     # -------------------------------------------------------------- protocol
     def _call(self, chunks, factors):

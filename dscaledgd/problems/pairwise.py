@@ -246,14 +246,17 @@ def sherman_morrison_remove(P, u):
 
 
 def reference_samples(I, J, K, Y, order, X, lr: float, loss: str, scaled: bool) -> np.ndarray:
-    """The plain-Python oracle: the samples in ``order``, ``P = (XᵀX)⁻¹`` inverted afresh
-    before each (no Sherman–Morrison), every row moved once. Returns the new ``X``."""
+    """The plain-Python oracle: the samples in ``order``, ``P = (XᵀX)⁻¹`` from a fresh
+    Cholesky factorisation before each (no Sherman–Morrison), every row moved once.
+    Returns the new ``X``."""
+    import scipy.linalg as sla
+
     X = np.array(X, dtype=np.float64)
     r = X.shape[1]
     for s in order:
         i, j, y = int(I[s]), int(J[s]), float(Y[s])
         k = int(K[s]) if loss == "bpr" else j
-        P = np.linalg.inv(X.T @ X) if scaled else np.eye(r)
+        P = sla.cho_solve(sla.cho_factor(X.T @ X), np.eye(r)) if scaled else np.eye(r)
         xi, xj, xk = X[i].copy(), X[j].copy(), X[k].copy()
         if loss == "rmse":
             g = xi @ xj - y

@@ -167,6 +167,13 @@ def _full(core, U) -> np.ndarray:
     return multi_mode_product(np.asarray(core, dtype=np.float64), U)
 
 
+def _spd_right_solve(B: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """``B A⁻¹`` for a symmetric positive definite ``r × r`` ``A`` (Cholesky)."""
+    import scipy.linalg as sla
+
+    return sla.cho_solve(sla.cho_factor(A, lower=True), B.T).T
+
+
 def reference_init(Y: np.ndarray, ranks, z0: float):
     """HOSVD of ``Y − thre(Y, z0)`` (observed entries; NaN = missing): ``(core, factors)``."""
     Y = np.asarray(Y, dtype=np.float64)
@@ -219,16 +226,15 @@ def reference_run(
             r = len(H)
             if form == "paper":
                 D = Z - X  # S_t − Y = clip(X − Y) − X
-                newU.append(
-                    (1 - eta) * U[k] - eta * unfold(D, k) @ Ub @ np.linalg.inv(H + eps * np.eye(r))
-                )
+                step = _spd_right_solve(unfold(D, k) @ Ub, H + eps * np.eye(r))
+                newU.append((1 - eta) * U[k] - eta * step)
             else:
                 ridge = eps * np.trace(H) / r
-                step = unfold(Z, k) @ Ub @ np.linalg.inv(H + ridge * np.eye(r))
+                step = _spd_right_solve(unfold(Z, k) @ Ub, H + ridge * np.eye(r))
                 newU.append(U[k] - (eta / p) * step)
             FF = U[k].T @ U[k]
             ridge = eps if form == "paper" else eps * np.trace(FF) / r
-            Q.append(np.linalg.inv(FF + ridge * np.eye(r)) @ U[k].T)
+            Q.append(_spd_right_solve(U[k], FF + ridge * np.eye(r)).T)
         S = S - (eta / p) * _full(Z, Q)
         U = newU
     return out
