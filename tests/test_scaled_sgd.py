@@ -48,10 +48,11 @@ def _random_samples(loss, d=8, m=60, seed=0, repeats=True):
     I, J, K = (rng.integers(0, d, m) for _ in range(3))
     if repeats:  # every kind of repeated index
         I[:3], J[:3], K[:3] = [1, 2, 3], [1, 2, 4], [5, 2, 4]
-    if loss == "bpr":
+    if loss in ("bpr", "1bit"):
         Y = (rng.random(m) < 0.6).astype(float)
     else:
         Y = rng.standard_normal(m)
+    if loss != "bpr":
         K = J
     return I, J, K, Y
 
@@ -200,6 +201,7 @@ def test_bpr_learns_an_ordering():
         (([0, 1], [1, 2], [0, 1], [1.0, 0.0]), {}, "takes pairs.*pick the loss"),
         (([0, 1], [1, 2], [1.0, 0.0]), {"loss": "bpr"}, "takes triplets"),
         (([0, 1], [1, 2], [0, 1], [1.0, 2.0]), {"loss": "bpr"}, "labels y in \\{0, 1\\}"),
+        (([0, 1], [1, 2], [1.0, 0.5]), {"loss": "1bit"}, "'1bit' needs labels y in \\{0, 1\\}"),
         (([0, 1], [1, 2], [1.0, np.nan]), {}, "not finite"),
         (([0.5, 1], [1, 2], [1.0, 0.0]), {}, "must be integers"),
     ],

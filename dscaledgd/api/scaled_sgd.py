@@ -1,82 +1,29 @@
 """``scaled_sgd``: online preconditioned SGD for ``M ≈ X Xᵀ`` (ALGORITHMS.md §9).
 
-This first version runs in the calling process on in-memory samples (NumPy
-arrays); the per-sample kernel is Numba, ``nogil``. The distributed, streamed
-version of issue 18 builds on the same kernel and epoch driver.
+NumPy samples with no cluster named run in the calling process, one sample
+after another on the exact ``P``. Streamed samples (Dask, Zarr, CSV,
+Parquet), a ``client``/``address``/``scheduler``, or ``n_blocks`` run the
+stratified epochs of :mod:`dscaledgd.engine.online` on an executor (threads
+or a Dask cluster), with one ``P`` per task resynchronised at every step.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._validation import Interval, check_choice, check_param, resolve_rng
-from ..exceptions import InputDataError, InvalidParameterError
+from ..exceptions import InvalidParameterError
 from ..problems import pairwise as pw
+from ..problems.pairwise import check_samples
 from ..result import SolveResult
 from ..solvers.driver import LoopConfig
-from ..solvers.online import inverse_gram, run_epochs
+from ..solvers.online import inverse_gram, run_epochs, sequential_epoch
 
 __all__ = ["scaled_sgd", "check_samples", "METHODS_SGD", "initial_factors", "evaluator"]
 
 METHODS_SGD = ("scaledsgd", "sgd")
-
-
-def check_samples(func: str, samples, loss: str, n_rows=None):
-    """``(I, J, K, Y, d)`` from ``(i, j, y)`` / ``(i, j, k, y)`` columns or an ``(m, 3)`` /
-    ``(m, 4)`` array; indices checked against ``n_rows`` (default: the largest + 1)."""
-    want = 4 if loss == "bpr" else 3
-    what = "triplets (i, j, k, y)" if loss == "bpr" else "pairs (i, j, y)"
-    if isinstance(samples, tuple | list):
-        cols = [np.asarray(c) for c in samples]
-    else:
-        arr = np.asarray(samples)
-        cols = [arr[:, c] for c in range(arr.shape[1])] if arr.ndim == 2 else [arr]
-    if len(cols) != want or len({len(c) for c in cols}) != 1 or cols[0].ndim != 1:
-        other = "pairs (i, j, y)" if loss == "bpr" else "triplets (i, j, k, y)"
-        raise InputDataError(
-            f"{func}: loss={loss!r} takes {what}: {want} columns of equal length. Got "
-            f"{len(cols)} column(s) of lengths {[len(c) for c in cols]}"
-            + (
-                f" (that is {other}; pick the loss that matches)." if len(cols) == 7 - want else "."
-            )  # fmt: skip
-        )
-    if len(cols[0]) == 0:
-        raise InputDataError(f"{func}: no samples were given.")
-    idx = cols[:-1]
-    Y = np.asarray(cols[-1], dtype=np.float64)
-    for name, c in zip("ijk", idx):
-        ok = np.issubdtype(c.dtype, np.integer) or (
-            np.issubdtype(c.dtype, np.floating)
-            and np.all(np.isfinite(c))
-            and np.all(c == np.round(c))
-        )
-        if not ok:
-            raise InputDataError(f"{func}: the {name} indices must be integers. Got {c.dtype}.")
-        if np.any(c < 0):
-            raise InputDataError(
-                f"{func}: a {name} index is negative ({int(c.min())}); indices start at 0."
-            )
-    d = int(max(int(c.max()) for c in idx)) + 1
-    if n_rows is not None:
-        if any(int(c.max()) >= n_rows for c in idx):
-            raise InputDataError(
-                f"{func}: an index is {d - 1}, outside the {n_rows} rows (n_rows={n_rows}). "
-                "Indices run from 0 to n_rows - 1."
-            )
-        d = int(n_rows)
-    if not np.all(np.isfinite(Y)):
-        bad = int(np.flatnonzero(~np.isfinite(Y))[0])
-        raise InputDataError(f"{func}: the value of sample {bad} is {Y[bad]}, not finite.")
-    if loss == "bpr" and not np.all((Y == 0) | (Y == 1)):
-        bad = int(np.flatnonzero((Y != 0) & (Y != 1))[0])
-        raise InputDataError(
-            f"{func}: loss='bpr' needs labels y in {{0, 1}} (1: j above k for i); sample "
-            f"{bad} has y = {Y[bad]}."
-        )
-    I = np.ascontiguousarray(idx[0], dtype=np.int64)
-    J = np.ascontiguousarray(idx[1], dtype=np.int64)
-    K = np.ascontiguousarray(idx[2], dtype=np.int64) if loss == "bpr" else J
-    return I, J, K, np.ascontiguousarray(Y), d
 
 
 def initial_factors(d: int, rank: int, rng) -> np.ndarray:
@@ -121,6 +68,14 @@ def scaled_sgd(
     n_rows: int | None = None,
     shuffle: bool = True,
     reinvert_every: int = 1,
+    validation=None,
+    eval_every: float | None = None,
+    n_blocks: int | None = None,
+    sync_every: int | None = None,
+    columns=None,
+    client=None,
+    address: str | None = None,
+    scheduler: str | None = None,
     random_state=None,
     callback=None,
     progress: bool | None = None,
@@ -129,12 +84,16 @@ def scaled_sgd(
 
     Parameters
     ----------
-    samples : tuple of arrays or array
+    samples : tuple of arrays, array, Dask array, Zarr array or path, CSV/Parquet path
         ``(i, j, y)`` pairs, or ``(i, j, k, y)`` triplets for ``loss="bpr"``:
         columns, or an ``(m, 3)`` / ``(m, 4)`` array. Indices start at 0.
+        A Dask array, a Zarr array (or the path of one) or a CSV/Parquet file
+        (``columns`` names its columns) is read block by block on the
+        workers and never loaded whole.
     rank : int
     loss : {"rmse", "1bit", "edm", "bpr"}
-        The per-sample losses of :mod:`dscaledgd.problems.pairwise`.
+        The per-sample losses of :mod:`dscaledgd.problems.pairwise`. ``"1bit"``
+        and ``"bpr"`` take labels ``y ∈ {0, 1}``.
     method : {"scaledsgd", "sgd"}
         ``"scaledsgd"`` right-multiplies each row update by ``P = (XᵀX)⁻¹``,
         kept current by Sherman–Morrison; ``"sgd"`` is the same kernel with
@@ -148,10 +107,33 @@ def scaled_sgd(
     n_rows : int, optional
         ``d``, the number of rows of ``X`` (default: the largest index + 1).
     shuffle : bool, default True
-        A new random order every epoch (a permutation: each sample once).
+        A new random order every epoch (in process: a permutation of all
+        samples; stratified: see :mod:`dscaledgd.engine.online`).
     reinvert_every : int, default 1
         Re-invert ``XᵀX`` at the end of every this many epochs (and whenever
         ``P`` has drifted by more than 1e-8).
+    validation : samples, optional
+        Held-out samples (NumPy, as ``samples``): their mean objective, and for
+        BPR their AUC, are recorded at the start, every ``eval_every`` of an
+        epoch and at each epoch's end (history ``eval_samples``,
+        ``eval_epoch``, ``eval_time``, ``eval_loss``, ``eval_auc``); for BPR
+        ``res.info["np_maximum"]`` is the NP-maximum AUC on them
+        (:func:`dscaledgd.problems.pairwise.np_maximum`).
+    eval_every : float, optional
+        The fraction of an epoch between held-out evaluations (e.g. 0.01).
+        Default: once per epoch.
+    n_blocks : int, optional
+        Row blocks of the stratified schedule (default: 2 per worker for
+        pairs, 3 per worker for triplets). Iterates depend on ``n_blocks``,
+        not on the number of workers.
+    sync_every : int, optional
+        Samples per stratified step, after which the tasks' ``P`` are
+        resynchronised (default: 1% of the samples).
+    columns : sequence of str, optional
+        The CSV/Parquet columns holding ``i, j, [k,] y`` (default ``i, j, y``
+        or ``i, j, k, y``).
+    client, address, scheduler
+        Where the stratified epochs run (as for :func:`complete`).
     random_state, callback, progress
         As for :func:`complete`.
 
@@ -160,7 +142,8 @@ def scaled_sgd(
     SolveResult
         ``res.L`` is ``X`` (a symmetric low-rank model ``X Xᵀ``); the history
         has the objective per epoch (``loss``), ``p_drift``, ``step_size``,
-        ``time`` and, for BPR, ``auc`` on the training triplets;
+        ``time``, for BPR ``auc`` on the training triplets, and the
+        ``eval_*`` entries with ``validation``;
         ``res.info["preconditioner"]`` is the final ``P``.
 
     Examples
@@ -176,26 +159,82 @@ def scaled_sgd(
     """
     func = "scaled_sgd"
     check_choice(func, "loss", loss, pw.LOSSES)
-    I, J, K, Y, d = check_samples(func, samples, loss, n_rows)
-    _check(func, rank, d, loss, method, step_size, epochs, tol, reinvert_every)
+    check_choice(func, "method", method, METHODS_SGD)
+    if eval_every is not None:
+        check_param(func, "eval_every", eval_every, [Interval("real", 0, 1, "right")])
+    for name, v in (("n_blocks", n_blocks), ("sync_every", sync_every)):
+        if v is not None:
+            check_param(func, name, v, [Interval("int", 1, None)])
     rng = resolve_rng(random_state)
-    X = initial_factors(d, int(rank), rng)
     scaled = method == "scaledsgd"
-    P = inverse_gram(X) if scaled else np.eye(int(rank))
-    cfg = LoopConfig(tol=float(tol), max_iter=int(epochs), callback=callback, progress=progress)
-    data = (I, J, K, Y)
-    out, info = run_epochs(
-        data, X, P, loss=loss, scaled=scaled, lr=float(step_size), cfg=cfg, rng=rng,
-        evaluate=evaluator(data, loss), shuffle=shuffle, reinvert_every=int(reinvert_every),
-        desc=func,
-    )  # fmt: skip
-    import dask.array as da
-
-    params = {"rank": int(rank), "loss": loss, "method": method, "step_size": float(step_size),
-              "epochs": int(epochs), "tol": float(tol), "n_rows": d, "shuffle": bool(shuffle),
-              "reinvert_every": int(reinvert_every),
+    in_process = (client is None and address is None and scheduler is None and n_blocks is None
+                  and _in_memory(samples))  # fmt: skip
+    test = None
+    if validation is not None:
+        test = check_samples(f"{func} (validation)", validation, loss, n_rows)[:4]
+    params = {"rank": rank, "loss": loss, "method": method, "step_size": step_size,
+              "epochs": epochs, "tol": tol, "n_rows": n_rows, "shuffle": bool(shuffle),
+              "reinvert_every": reinvert_every, "eval_every": eval_every, "n_blocks": n_blocks,
+              "sync_every": sync_every,
               "random_state": random_state if isinstance(random_state, int | type(None))
               else repr(random_state)}  # fmt: skip
+    if in_process:
+        I, J, K, Y, d = check_samples(func, samples, loss, n_rows)
+        _check(func, rank, d, loss, method, step_size, epochs, tol, reinvert_every)
+        data = (I, J, K, Y)
+        epoch = sequential_epoch(data, loss, scaled, shuffle)
+        return _run(func, epoch, evaluator(data, loss), d, rank, scaled, rng, params, test,
+                    None, step_size, epochs, tol, eval_every, reinvert_every, loss, callback,
+                    progress, {"executor": "in-process"})  # fmt: skip
+    from ..engine.cluster import executor_for
+    from ..engine.online import StratifiedEpochs
+
+    with executor_for(client, address=address, scheduler=scheduler) as ex:
+        W = ex.n_workers if ex.kind == "distributed" else ex.nthreads
+        g = 3 if loss == "bpr" else 2
+        engine = StratifiedEpochs(
+            ex, samples, loss=loss, scaled=scaled, n_rows=n_rows,
+            n_blocks=n_blocks if n_blocks is not None else g * max(1, W),
+            sync_every=sync_every, seed=int(rng.integers(2**62)), columns=columns,
+        )  # fmt: skip
+        try:
+            _check(func, rank, engine.d, loss, method, step_size, epochs, tol, reinvert_every)
+            extra = {"executor": ex.kind, "n_blocks": engine.n_blocks,
+                     "rounds": engine.sched.n_rounds, "sync_every": engine.sync_every}  # fmt: skip
+            res = _run(func, engine, engine.objective, engine.d, rank, scaled, rng, params,
+                       test, ex, step_size, epochs, tol, eval_every, reinvert_every, loss,
+                       callback, progress, extra)  # fmt: skip
+            res.info["syncs"] = engine.syncs
+            return res
+        finally:
+            engine.close()
+
+
+def _in_memory(samples) -> bool:
+    """NumPy columns or an array (not Dask, Zarr or a path)."""
+    if isinstance(samples, tuple | list):
+        return all(isinstance(c, np.ndarray | list | range) or np.isscalar(c) for c in samples)
+    return isinstance(samples, np.ndarray)
+
+
+def _run(func, epoch, evaluate, d, rank, scaled, rng, params, test, ex, step_size, epochs, tol,
+         eval_every, reinvert_every, loss, callback, progress, extra):  # fmt: skip
+    X = initial_factors(d, int(rank), rng)
+    P = inverse_gram(X) if scaled else np.eye(int(rank))
+    cfg = LoopConfig(tol=float(tol), max_iter=int(epochs), callback=callback, progress=progress)
+    every = None
+    if eval_every is not None and test is not None:
+        every = max(1, math.ceil(float(eval_every) * epoch.n_samples))
+    out, info = run_epochs(
+        epoch, X, P, scaled=scaled, lr=float(step_size), cfg=cfg, rng=rng, evaluate=evaluate,
+        probe=_probe(ex, test, loss) if test is not None else None, probe_every=every,
+        reinvert_every=int(reinvert_every), desc=func,
+    )  # fmt: skip
+    if test is not None and loss == "bpr":
+        info["np_maximum"] = pw.np_maximum(test[1], test[2], test[3], d)
+    import dask.array as da
+
+    params = {**params, "n_rows": d}
     return SolveResult(
         factors=(da.from_array(X, chunks=X.shape),),
         status=out.status,
@@ -206,8 +245,40 @@ def scaled_sgd(
         params=params,
         info={
             **info,
-            "samples": int(len(I)),
+            **extra,
+            "samples": int(epoch.n_samples),
             "preconditioner": P.tolist(),
             "best_iteration": out.n_iter,
         },  # fmt: skip
     )
+
+
+#: held-out samples per evaluation task
+PROBE_BLOCK = 1 << 18
+
+
+def _probe(ex, test, loss):
+    """``X ↦ {"loss", ["auc"]}`` on the held-out samples, in blocks (tasks of ``ex``)."""
+    I, J, K, Y = test
+    m = len(Y)
+    blocks = [tuple(c[lo:lo + PROBE_BLOCK] for c in (I, J, K, Y))
+              for lo in range(0, m, PROBE_BLOCK)]  # fmt: skip
+    if ex is not None:
+        from ..engine.online import block_sums
+
+        handles = ex.scatter(blocks)
+
+    def probe(X):
+        if ex is None:
+            tot = np.sum([pw.sums(*b, X, loss) for b in blocks], axis=0)
+        else:
+            hx = ex.scatter([X])[0]
+            tot = np.sum(ex.gather([ex.submit(block_sums, h, hx, loss, name="sgd-probe")
+                                    for h in handles]), axis=0)  # fmt: skip
+            ex.release(hx)
+        out = {"loss": float(tot[0] / tot[2])}
+        if loss == "bpr":
+            out["auc"] = float(tot[1] / tot[2])
+        return out
+
+    return probe

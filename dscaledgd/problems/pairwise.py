@@ -10,7 +10,7 @@ a pair ``(i, j, y)`` (losses ``"rmse"``, ``"1bit"``, ``"edm"``) or a triplet
 loss     ``g``                               directions (each row moves by ``−lr · d P``)
 =======  ==================================  =============================================
 rmse     ``x_i·x_j − y``                     ``d_i = g x_j``, ``d_j = g x_i``
-1bit     ``σ(x_i·x_j) − σ(y)``               as rmse
+1bit     ``σ(x_i·x_j) − y``                  as rmse
 edm      ``‖x_i‖² + ‖x_j‖² − 2x_i·x_j − y``  ``d_i = g (x_i − x_j)``, ``d_j = −d_i``
 bpr      ``σ(x_i·x_j − x_i·x_k) − y``        ``d_i = g (x_j − x_k)``, ``d_j = g x_i``,
                                              ``d_k = −g x_i``
@@ -18,7 +18,7 @@ bpr      ``σ(x_i·x_j − x_i·x_k) − y``        ``d_i = g (x_j − x_k)``, `
 
 The per-sample objectives whose gradients these are (up to the factor the
 papers fold into ``lr``): rmse ``½(x_i·x_j − y)²``, 1bit the cross-entropy
-``softplus(z) − σ(y) z`` with ``z = x_i·x_j``, edm ``¼ g²``, bpr
+``softplus(z) − y z`` with ``z = x_i·x_j``, edm ``¼ g²``, bpr
 ``softplus(z) − y z``. A row that appears more than once in a sample (``i = j``,
 or a repeated index of a triplet) is moved once, by the sum of its
 directions (the BPR guard of §9).
@@ -39,10 +39,12 @@ import math
 import numpy as np
 
 from .._jit import njit
+from ..exceptions import InputDataError
 
 __all__ = [
     "LOSSES", "PAIR_LOSSES", "LOSS_CODES", "run_samples", "objective", "gradient", "auc",
-    "reference_samples", "sherman_morrison_add", "sherman_morrison_remove",
+    "reference_samples", "sherman_morrison_add", "sherman_morrison_remove", "check_samples",
+    "sums", "np_maximum",
 ]  # fmt: skip
 
 LOSSES = ("rmse", "1bit", "edm", "bpr")
@@ -112,7 +114,7 @@ def _samples(I, J, K, Y, order, start, X, P, lr, loss, scaled):  # pragma: no co
         if loss == 0:
             g = dot - y
         elif loss == 1:
-            g = _sig(dot) - _sig(y)
+            g = _sig(dot) - y
         elif loss == 2:
             g = -2.0 * dot - y
             for a in range(r):
@@ -171,6 +173,67 @@ def run_samples(I, J, K, Y, order, X, P, lr: float, loss: str, scaled: bool, sta
                         bool(scaled)))  # fmt: skip
 
 
+# ------------------------------------------------------------------ input
+def check_samples(func: str, samples, loss: str, n_rows=None, offset: int = 0):
+    """``(I, J, K, Y, d)`` from ``(i, j, y)`` / ``(i, j, k, y)`` columns or an ``(m, 3)`` /
+    ``(m, 4)`` array; indices checked against ``n_rows`` (default: the largest + 1).
+    ``offset``: the position of the first sample in the whole stream (for messages)."""
+    want = 4 if loss == "bpr" else 3
+    what = "triplets (i, j, k, y)" if loss == "bpr" else "pairs (i, j, y)"
+    if isinstance(samples, tuple | list):
+        cols = [np.asarray(c) for c in samples]
+    else:
+        arr = np.asarray(samples)
+        cols = [arr[:, c] for c in range(arr.shape[1])] if arr.ndim == 2 else [arr]
+    if len(cols) != want or len({len(c) for c in cols}) != 1 or cols[0].ndim != 1:
+        other = "pairs (i, j, y)" if loss == "bpr" else "triplets (i, j, k, y)"
+        raise InputDataError(
+            f"{func}: loss={loss!r} takes {what}: {want} columns of equal length. Got "
+            f"{len(cols)} column(s) of lengths {[len(c) for c in cols]}"
+            + (
+                f" (that is {other}; pick the loss that matches)." if len(cols) == 7 - want else "."
+            )  # fmt: skip
+        )
+    if len(cols[0]) == 0:
+        raise InputDataError(f"{func}: no samples were given.")
+    idx = cols[:-1]
+    Y = np.asarray(cols[-1], dtype=np.float64)
+    for name, c in zip("ijk", idx):
+        ok = np.issubdtype(c.dtype, np.integer) or (
+            np.issubdtype(c.dtype, np.floating)
+            and np.all(np.isfinite(c))
+            and np.all(c == np.round(c))
+        )
+        if not ok:
+            raise InputDataError(f"{func}: the {name} indices must be integers. Got {c.dtype}.")
+        if np.any(c < 0):
+            raise InputDataError(
+                f"{func}: a {name} index is negative ({int(c.min())}); indices start at 0."
+            )
+    d = int(max(int(c.max()) for c in idx)) + 1
+    if n_rows is not None:
+        if any(int(c.max()) >= n_rows for c in idx):
+            raise InputDataError(
+                f"{func}: an index is {d - 1}, outside the {n_rows} rows (n_rows={n_rows}). "
+                "Indices run from 0 to n_rows - 1."
+            )
+        d = int(n_rows)
+    if not np.all(np.isfinite(Y)):
+        bad = int(np.flatnonzero(~np.isfinite(Y))[0])
+        raise InputDataError(f"{func}: the value of sample {offset + bad} is {Y[bad]}, not finite.")
+    if loss in ("bpr", "1bit") and not np.all((Y == 0) | (Y == 1)):
+        bad = int(np.flatnonzero((Y != 0) & (Y != 1))[0])
+        meaning = "1: j above k for i" if loss == "bpr" else "the observed bit of (i, j)"
+        raise InputDataError(
+            f"{func}: loss={loss!r} needs labels y in {{0, 1}} ({meaning}); sample "
+            f"{offset + bad} has y = {Y[bad]}."
+        )
+    I = np.ascontiguousarray(idx[0], dtype=np.int64)
+    J = np.ascontiguousarray(idx[1], dtype=np.int64)
+    K = np.ascontiguousarray(idx[2], dtype=np.int64) if loss == "bpr" else J
+    return I, J, K, np.ascontiguousarray(Y), d
+
+
 # ------------------------------------------------------------------ objectives
 def _z(I, J, K, X, loss):
     dot = np.einsum("ij,ij->i", X[I], X[J])
@@ -197,8 +260,7 @@ def objective(I, J, K, Y, X, loss: str) -> float:
         return float(np.mean(0.5 * (z - Y) ** 2))
     if loss == "edm":
         return float(np.mean(0.25 * (z - Y) ** 2))
-    target = _sigmoid(Y) if loss == "1bit" else Y
-    return float(np.mean(_softplus(z) - target * z))
+    return float(np.mean(_softplus(z) - Y * z))
 
 
 def gradient(I, J, K, Y, X, loss: str) -> np.ndarray:
@@ -208,7 +270,7 @@ def gradient(I, J, K, Y, X, loss: str) -> np.ndarray:
     m = len(Y)
     G = np.zeros_like(X)
     if loss == "rmse" or loss == "1bit":
-        g = (z - Y) if loss == "rmse" else _sigmoid(z) - _sigmoid(Y)
+        g = (z - Y) if loss == "rmse" else _sigmoid(z) - Y
         np.add.at(G, I, g[:, None] * X[J])
         np.add.at(G, J, g[:, None] * X[I])
     elif loss == "edm":
@@ -230,6 +292,48 @@ def auc(I, J, K, Y, X) -> float:
     Y = np.asarray(Y) > 0.5
     right = np.where(Y, z > 0, z < 0) + 0.5 * (z == 0)
     return float(np.mean(right))
+
+
+def sums(I, J, K, Y, X, loss: str) -> np.ndarray:
+    """``[Σ objective, Σ ordered correctly (BPR), count]`` of a block of samples: the
+    parts a blockwise evaluation adds up (:func:`objective` and :func:`auc` are the means)."""
+    n = len(Y)
+    f = objective(I, J, K, Y, X, loss) * n
+    right = auc(I, J, K, Y, X) * n if loss == "bpr" else 0.0
+    return np.array([f, right, float(n)])
+
+
+@njit(nogil=True, cache=True)
+def _np_epochs(J, K, Y, s, order, lr, epochs):  # pragma: no cover - jitted
+    best = -1.0
+    for _ in range(epochs):
+        for t in range(order.shape[0]):
+            q = order[t]
+            j, k = J[q], K[q]
+            g = _sig(s[j] - s[k]) - Y[q]
+            s[j] -= lr * g
+            if k != j:
+                s[k] += lr * g
+        right = 0.0
+        for q in range(J.shape[0]):
+            z = s[J[q]] - s[K[q]]
+            if (z > 0 and Y[q] > 0.5) or (z < 0 and Y[q] < 0.5):
+                right += 1.0
+        best = max(best, right / J.shape[0])
+    return best
+
+
+def np_maximum(J, K, Y, d: int, *, epochs: int = 100, lr: float = 0.1, seed=0) -> float:
+    """The NP-maximum AUC: the best AUC a non-personalised per-item score ``s`` reaches on
+    the triplets ``(·, j, k, y)`` it is trained on (logistic loss on ``s_j − s_k``, SGD,
+    ``epochs`` passes, the best epoch kept; the authors' ``bpr_npmaximum``). The anchor
+    ``i`` plays no part: a model that beats this line has learned something personal."""
+    rng = np.random.default_rng(seed)
+    s = rng.standard_normal(int(d))
+    J = np.ascontiguousarray(J, dtype=np.int64)
+    K = np.ascontiguousarray(K, dtype=np.int64)
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    return float(_np_epochs(J, K, Y, s, np.arange(len(J)), float(lr), int(epochs)))
 
 
 # ------------------------------------------------------------------ references
@@ -261,7 +365,7 @@ def reference_samples(I, J, K, Y, order, X, lr: float, loss: str, scaled: bool) 
         if loss == "rmse":
             g = xi @ xj - y
         elif loss == "1bit":
-            g = float(_sigmoid(np.array(xi @ xj)) - _sigmoid(np.array(y)))
+            g = float(_sigmoid(np.array(xi @ xj))) - y
         elif loss == "edm":
             g = xi @ xi + xj @ xj - 2 * xi @ xj - y
         else:

@@ -24,6 +24,7 @@ No dask import here.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -32,7 +33,10 @@ import numpy as np
 from ..problems import pairwise as pw
 from .driver import Driver, LoopConfig
 
-__all__ = ["EpochStats", "run_epochs", "run_batch", "DRIFT_TOL", "BLOWUP"]
+__all__ = [
+    "EpochStats", "run_epochs", "run_batch", "sequential_epoch", "group_step", "DRIFT_TOL",
+    "BLOWUP",
+]  # fmt: skip
 
 #: re-invert ``P`` when ``max|P XᵀX − I|`` exceeds this
 DRIFT_TOL = 1e-8
@@ -54,9 +58,13 @@ class EpochStats:
 
 def inverse_gram(X: np.ndarray) -> np.ndarray:
     """``(XᵀX)⁻¹`` by Cholesky (symmetrised); raises ``LinAlgError`` when singular."""
+    return _inv(X.T @ X)
+
+
+def _inv(G: np.ndarray) -> np.ndarray:
+    """``G⁻¹`` of a symmetric positive definite ``G`` by Cholesky (symmetrised)."""
     import scipy.linalg as sla
 
-    G = X.T @ X
     c = sla.cho_factor(G, lower=True)
     P = sla.cho_solve(c, np.eye(len(G)))
     return 0.5 * (P + P.T)
@@ -67,51 +75,97 @@ def drift(X: np.ndarray, P: np.ndarray) -> float:
     return float(np.max(np.abs(P @ (X.T @ X) - np.eye(P.shape[0]))))
 
 
-def run_epochs(samples, X, P, *, loss: str, scaled: bool, lr: float, cfg: LoopConfig, rng,
-               evaluate, shuffle: bool = True, reinvert_every: int = 1,
+def sequential_epoch(samples, loss: str, scaled: bool, shuffle: bool = True):
+    """The in-process epoch: every sample once, in a fresh permutation (or in order), on
+    the exact ``P`` (one process applies the samples one after another)."""
+    m = len(samples[0])
+
+    def epoch(X, P, lr, rng, info, mark, every):
+        order = rng.permutation(m) if shuffle else np.arange(m)
+        stops = list(range(every, m, every)) if every else []
+        lo = 0
+        for hi in stops + [m]:
+            if not _apply(samples, order[lo:hi], X, P, lr, loss, scaled, info):
+                return False
+            if hi < m:
+                mark(hi)
+            lo = hi
+        return True
+
+    epoch.n_samples = m
+    return epoch
+
+
+def run_epochs(epoch, X, P, *, scaled: bool, lr: float, cfg: LoopConfig, rng, evaluate,
+               probe=None, probe_every: int | None = None, reinvert_every: int = 1,
                desc: str = "scaled_sgd"):  # fmt: skip
-    """Run up to ``cfg.max_iter`` epochs over ``samples = (I, J, K, Y)`` from ``X``, ``P``
-    (changed in place). ``evaluate(X) -> (loss, extra)``: the recorded objective and
-    extra history entries. Stops when the objective is at most ``cfg.tol``.
+    """Run up to ``cfg.max_iter`` epochs from ``X``, ``P`` (changed in place).
+
+    ``epoch(X, P, lr, rng, info, mark, every)`` applies every sample once
+    (:func:`sequential_epoch`, or the stratified epoch of
+    :mod:`dscaledgd.engine.online`), calling ``mark(samples_done)`` after every
+    ``every`` samples, and says whether ``X`` and ``P`` are still finite;
+    ``epoch.n_samples`` is the number of samples. ``evaluate(X) -> (loss, extra)``:
+    the recorded training objective and extra history entries, once per epoch.
+    ``probe(X) -> dict``: held-out metrics, recorded at the start, every
+    ``probe_every`` samples and at each epoch's end as the history's ``eval_*``
+    entries (``eval_samples``, ``eval_epoch``, ``eval_time`` and one
+    ``eval_<name>`` per metric); the points of an epoch that is undone are
+    dropped with it. Stops when the objective is at most ``cfg.tol``.
 
     Returns ``(outcome, info)``: the driver's :class:`~.driver.LoopOutcome` (``state`` is
-    ``X``) and ``{"reinversions", "sm_refusals", "events"}``.
+    ``X``) and ``{"reinversions", "sm_refusals", "restores", "events", ...}``.
     """
-    I, J, K, Y = samples
-    m = len(I)
+    m = epoch.n_samples
     drv = Driver(cfg, desc)
     info = {"reinversions": 0, "sm_refusals": 0, "restores": 0}
+    curve: dict = {}
 
     def record(step_lr, p_drift):
         f, extra = evaluate(X)
         stats = EpochStats(f, f, {**extra, "p_drift": p_drift})
-        k = drv.record(stats, _Step(step_lr))
-        return stats, k
+        drv.record(stats, _Step(step_lr))
+        return stats
+
+    def probed(done, epoch_no, rows):
+        if probe is not None:
+            rows.append({"samples": epoch_no * m + done, "epoch": epoch_no + done / m,
+                         "time": drv.elapsed(), **probe(X)})  # fmt: skip
+
+    def commit(rows):
+        for row in rows:
+            for key, v in row.items():
+                curve.setdefault(f"eval_{key}", []).append(v)
 
     try:
-        stats, _ = record(math.nan, drift(X, P) if scaled else 0.0)
+        start: list = []
+        probed(0, 0, start)
+        commit(start)
+        stats = record(math.nan, drift(X, P) if scaled else 0.0)
         f0 = max(stats.loss, 1e-300)
-        status, message, epoch = None, "", 0
+        status, message, n_epoch = None, "", 0
         while status is None:
             if stats.loss <= cfg.tol:
                 status, message = "converged", f"objective {stats.loss:.3g} <= tol={cfg.tol:g}"
                 break
-            if epoch >= cfg.max_iter:
+            if n_epoch >= cfg.max_iter:
                 status = "max_iter"
                 message = f"max_iter={cfg.max_iter} epochs reached with objective {stats.loss:.3g}"
                 break
             X0, P0 = X.copy(), P.copy()
-            order = rng.permutation(m) if shuffle else np.arange(m)
-            finite = _apply(samples, order, X, P, lr, loss, scaled, info)
+            rows: list = []
+            mark = functools.partial(_mark, probed, n_epoch, rows)
+            finite = epoch(X, P, lr, rng, info, mark, probe_every if probe is not None else None)
+            finite = finite and bool(np.all(np.isfinite(X)) and np.all(np.isfinite(P)))
             p_drift = drift(X, P) if scaled and finite else 0.0
-            if scaled and finite and (p_drift > DRIFT_TOL or (epoch + 1) % reinvert_every == 0):
+            if scaled and finite and (p_drift > DRIFT_TOL or (n_epoch + 1) % reinvert_every == 0):
                 finite = _reinvert(X, P)
                 info["reinversions"] += 1
             f_new = evaluate(X)[0] if finite else math.inf
             if not (finite and math.isfinite(f_new) and f_new <= BLOWUP * f0):
                 X[...], P[...] = X0, P0
                 info["restores"] += 1
-                drv.event({"epoch": epoch, "event": "restored", "step_size": lr,
+                drv.event({"epoch": n_epoch, "event": "restored", "step_size": lr,
                            "reason": "non-finite X or P" if not finite else
                            f"objective {f_new:.3g} > {BLOWUP:g} x initial {f0:.3g}"})  # fmt: skip
                 lr *= 0.5
@@ -119,25 +173,33 @@ def run_epochs(samples, X, P, *, loss: str, scaled: bool, lr: float, cfg: LoopCo
                     status = "diverged"
                     message = f"diverged: {MAX_RESTORES} restores, step size now {lr:g}"
                 continue
-            epoch += 1
+            probed(m, n_epoch, rows)
+            commit(rows)
+            n_epoch += 1
             drv.passes += 1
-            stats, _ = record(lr, p_drift)
+            stats = record(lr, p_drift)
             drv.progress(stats, _Step(lr))
             point = _Point(stats, _State(X))
-            if drv.accepted(point, epoch, _Step(lr), lambda: (X.copy(),)) == "callback":
-                status, message = "callback", f"callback stopped the run at epoch {epoch}"
+            if drv.accepted(point, n_epoch, _Step(lr), lambda: (X.copy(),)) == "callback":
+                status, message = "callback", f"callback stopped the run at epoch {n_epoch}"
     except BaseException:
         drv.close()
         raise
-    out = drv.finish(X, status, message, epoch, epoch)
+    out = drv.finish(X, status, message, n_epoch, n_epoch)
+    out.history.update({k: np.asarray(v, dtype=np.float64) for k, v in curve.items()})
     info["events"] = out.events
     info["final_step_size"] = lr
     return out, info
 
 
-def _apply(samples, order, X, P, lr, loss, scaled, info) -> bool:
+def _mark(probed, n_epoch, rows, done):
+    probed(done, n_epoch, rows)
+
+
+def _apply(samples, order, X, P, lr, loss, scaled, info, reinvert=None) -> bool:
     """The samples ``order`` once, re-inverting ``P`` where Sherman–Morrison refuses;
-    whether ``X`` and ``P`` are still finite."""
+    whether ``X`` and ``P`` are still finite. ``reinvert()`` recomputes ``P`` (default:
+    from ``X``, which then holds every row)."""
     I, J, K, Y = samples
     pos = 0
     while True:
@@ -145,10 +207,44 @@ def _apply(samples, order, X, P, lr, loss, scaled, info) -> bool:
         if stop < 0:
             break
         info["sm_refusals"] += 1
-        if not _reinvert(X, P):
+        if not (reinvert() if reinvert is not None else _reinvert(X, P)):
             return False
         pos = stop + 1
     return bool(np.all(np.isfinite(X)) and np.all(np.isfinite(P)))
+
+
+def group_step(cell, X_local, P, G, lr: float, loss: str, scaled: bool, seed, part: int,
+               nparts: int):  # fmt: skip
+    """One worker's share of a stratified step (:mod:`dscaledgd.engine.online`).
+
+    ``cell = (I, J, K, Y)`` holds the cell's samples with row indices local to
+    ``X_local`` (the rows of the cell's group of blocks); the step applies part
+    ``part`` of ``nparts`` contiguous parts, in a permutation drawn from ``seed``
+    (block shuffle plus in-block permutation), from the synchronised ``P`` and
+    Gram ``G = XᵀX``. ``P`` then follows this worker's own rows only; a refused
+    Sherman–Morrison update re-inverts ``G − X₀ᵀX₀ + XᵀX`` (the Gram with this
+    worker's rows as they are now).
+
+    Returns ``(X_local, dG, sm_refusals, finite)``, ``dG = XᵀX − X₀ᵀX₀`` over the
+    group's rows: the r×r contribution the driver sums to resynchronise ``P``.
+    """
+    n = len(cell[0])
+    lo, hi = n * part // nparts, n * (part + 1) // nparts
+    order = lo + np.random.default_rng(seed).permutation(hi - lo)
+    X = np.array(X_local, dtype=np.float64)
+    P = np.array(P, dtype=np.float64)
+    G0 = X.T @ X
+    info = {"sm_refusals": 0}
+
+    def reinvert():
+        try:
+            P[...] = _inv(G - G0 + X.T @ X)
+        except np.linalg.LinAlgError:
+            return False
+        return bool(np.all(np.isfinite(P)))
+
+    finite = _apply(cell, order, X, P, lr, loss, scaled, info, reinvert)
+    return X, X.T @ X - G0, info["sm_refusals"], finite
 
 
 def run_batch(samples, X, P, *, loss: str, scaled: bool, lr: float, evaluate) -> float:
