@@ -168,7 +168,9 @@ def _concat(seed, *pieces):
     """One cell's samples, from the pieces of every block, permuted once."""
     cols = [np.concatenate([p[q] for p in pieces]) for q in range(4)]
     perm = np.random.default_rng(seed).permutation(len(cols[0]))
-    return tuple(np.ascontiguousarray(c[perm]) for c in cols)
+    small = all(len(c) == 0 or int(c.max()) < 2**31 for c in cols[:3])
+    kinds = [np.int32 if small else np.int64] * 3 + [np.float64]  # local rows: int32 halves
+    return tuple(np.ascontiguousarray(c[perm], dtype=t) for c, t in zip(cols, kinds))
 
 
 def block_sums(block, X, loss):
