@@ -181,8 +181,9 @@ def part_bpr(args) -> None:
         print(rows[-1], flush=True)
     report(
         "ScaledSGD fidelity: item-item BPR on the authors' MovieLens_small",
-        table(["method", "lr", "epochs to pass NP-max", "final AUC", "best AUC", "wall s"],
-              rows),  # fmt: skip
+        table(
+            ["method", "lr", "epochs to pass NP-max", "final AUC", "best AUC", "wall s"], rows
+        ),  # fmt: skip
         notes=(
             f"MovieLens_small.mat: {len(train[0]) + len(test[0])} triplets over {d} items, "
             f"a random 80/20 split (seed 0), r = {args.rank}, {args.epochs} epochs, held-out "
@@ -255,6 +256,95 @@ def part_distributed(args) -> None:
     )
 
 
+def planted_bpr(d, m, r, seed, Z=None):
+    """Triplets ``(i, j, k, y)`` from a planted item-item model ``M = Z Zᵀ``: ``y = 1`` when
+    ``M_ij > M_ik``. ``Z`` has decaying columns (κ(M) = 100) and a popularity direction
+    every item shares (its first column is positive), so a per-item score explains part
+    of the order (the NP-maximum line) and the rest is personal."""
+    rng = np.random.default_rng(seed)
+    if Z is None:
+        Z = rng.standard_normal((d, r)) * np.geomspace(1, 0.1, r)
+        Z[:, 0] = np.abs(Z[:, 0]) + 0.5
+    I, J, K = rng.integers(0, d, (3, m))
+    s = np.einsum("ij,ij->i", Z[I], Z[J] - Z[K])
+    return Z, (I, J, K, (s > 0).astype(float))
+
+
+def _write_planted(path, d, m, r, chunk=1 << 20):
+    """The training triplets as an ``(m, 4)`` int32 Zarr array, chunk by chunk."""
+    import zarr
+
+    Z, _ = planted_bpr(d, 1, r, 0)
+    z = zarr.create_array(path, shape=(m, 4), chunks=(chunk, 4), dtype="i4", overwrite=True)
+    for c, lo in enumerate(range(0, m, chunk)):
+        _, (I, J, K, Y) = planted_bpr(d, min(chunk, m - lo), r, 1000 + c, Z)
+        z[lo : lo + len(I)] = np.stack([I, J, K, Y.astype(np.int32)], axis=1)
+    return Z
+
+
+def part_scale(args) -> None:
+    from distributed import Client, LocalCluster
+
+    d, m, r = args.items, args.triplets, args.rank
+    path = os.path.join(args.workdir, f"bpr-{d}-{m}.zarr")
+    t0 = time.perf_counter()
+    Z = _write_planted(path, d, m, r)
+    t_gen = time.perf_counter() - t0
+    _, test = planted_bpr(d, args.test, r, 7, Z)
+    npmax = pw.np_maximum(test[1], test[2], test[3], d)
+    rows, curves = [], {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as lc, Client(lc) as client:  # fmt: skip
+        for method, lr in (("scaledsgd", args.lr_scaled), ("sgd", args.lr_sgd)):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", dsg.ConvergenceWarning)
+                res = dsg.scaled_sgd(path, r, loss="bpr", method=method, step_size=lr,
+                                     epochs=1, n_rows=d, validation=test, eval_every=0.01,
+                                     client=client, random_state=1)  # fmt: skip
+            wall = time.perf_counter() - t0
+            h = res.history
+            epoch_s = h["eval_time"][-1] - h["eval_time"][0]
+            train_s = epoch_s - res.info["probe_seconds"]
+            curves[method] = h
+            rows.append([method, lr, f"{wall:.0f}", f"{epoch_s:.0f}", f"{train_s:.0f}",
+                         f"{m / train_s:,.0f}",
+                         _first_pass(h, npmax), f"{h['eval_auc'][-1]:.4f}"])  # fmt: skip
+            print(rows[-1], flush=True)
+    marks = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+    curve = [[f"{f:g}"] + [f"{np.interp(f, curves[k]['eval_epoch'], curves[k]['eval_auc']):.4f}"
+                           for k in ("scaledsgd", "sgd")] for f in marks]  # fmt: skip
+    report(
+        f"ScaledSGD at scale: {m:,} planted BPR triplets over {d:,} items, one epoch, "
+        "LocalCluster (2 workers)",
+        table(
+            [
+                "method",
+                "lr",
+                "wall s",
+                "epoch s",
+                "training s",
+                "samples/s",
+                "epochs to pass NP-max",
+                "final AUC",
+            ],
+            rows,
+        )  # fmt: skip
+        + "\n\nHeld-out AUC against the fraction of the epoch:\n\n"
+        + table(["epoch", "ScaledSGD", "SGD"], curve),
+        notes=(
+            f"bench_scaledsgd.planted_bpr: r = {r}, κ(M) = 100 plus a shared popularity "
+            f"direction; the triplets written to Zarr in 2^20-row int32 chunks "
+            f"({t_gen:.0f} s), read and stratified on the workers (6 row blocks, 10 rounds), "
+            f"never loaded whole by the client. {args.test:,} held-out triplets, AUC every "
+            f"1% of the epoch; NP-maximum AUC on them {npmax:.4f}. Wall s includes reading "
+            "and stratifying the store; epoch s is the epoch itself, training s the epoch less "
+            "its 101 held-out evaluations (samples/s from it). Step sizes tuned on a 10x smaller instance. The paper (MovieLens-"
+            "25M): ScaledSGD reaches NP-max after 11% of an epoch, SGD after 46%."
+        ),
+    )
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="part", required=True)
@@ -271,8 +361,16 @@ def main(argv=None) -> None:
         b.add_argument("--lr-scaled", type=float, default=1e3)
         b.add_argument("--lr-sgd", type=float, default=5e-2)
         b.add_argument("--seeds", type=int, default=3)
+    sc = sub.add_parser("scale")
+    sc.add_argument("--items", type=int, default=60_000)
+    sc.add_argument("--triplets", type=int, default=100_000_000)
+    sc.add_argument("--test", type=int, default=1_000_000)
+    sc.add_argument("--rank", type=int, default=10)
+    sc.add_argument("--lr-scaled", type=float, default=1e4)
+    sc.add_argument("--lr-sgd", type=float, default=0.1)
+    sc.add_argument("--workdir", default="/tmp")
     args = ap.parse_args(argv)
-    parts = {"fidelity": part_fidelity, "speed": part_speed, "edm": part_edm, "bpr": part_bpr,
+    parts = {"scale": part_scale, "fidelity": part_fidelity, "speed": part_speed, "edm": part_edm, "bpr": part_bpr,
              "distributed": part_distributed}  # fmt: skip
     parts[args.part](args)
 

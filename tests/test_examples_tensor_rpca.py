@@ -39,3 +39,19 @@ def test_denoise_tensor_rpca_quick(tmp_path, dataset):
     assert p["tensor RPCA"] > p["plain Tucker"] + 3 > p["noisy"] + 3
     assert out["caught"] > 0.5 and out["false"] < 0.1
     assert _is_png(out["png"])
+
+
+@pytest.mark.data
+def test_movielens_bpr_quick(tmp_path):
+    """Item-item BPR triplets from ml-latest-small, one epoch of ScaledSGD and SGD (issue 18)."""
+    from .test_examples import DATA_DIR as DATA
+
+    _need(f"{DATA}/movielens-latest-small/ratings.csv", "MovieLens ratings")
+    ex = _load_example("movielens_bpr")
+    out = ex.main(["--quick", "--out", str(tmp_path)])
+    assert out["items"] > 1000 and 0.6 < out["np_maximum"] < 0.8
+    for method in ("scaledsgd", "sgd"):
+        c = out["curves"][method]
+        assert len(c["auc"]) == 201 and c["auc"][-1] > c["auc"][0] + 0.1
+    if out["png"] is not None:
+        assert _is_png(out["png"])

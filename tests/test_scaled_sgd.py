@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import dscaledgd as dsg
-from dscaledgd import InputDataError, InvalidParameterError
+from dscaledgd import ConvergenceWarning, InputDataError, InvalidParameterError
 from dscaledgd.problems import pairwise as pw
 from dscaledgd.solvers.online import inverse_gram
 
@@ -223,12 +223,19 @@ def test_bad_parameters_are_refused(kw, match):
         dsg.scaled_sgd(([0, 1, 2], [1, 2, 0], [1.0, 0.0, 2.0]), 4)
 
 
-def test_the_docs_example_runs():
+def test_the_docs_example_runs(tmp_path, monkeypatch):
     import re
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "docs", "scaled-sgd.md")) as fh:
-        block = re.findall(r"```python\n(.*?)```", fh.read(), re.S)[0]
+        block, streamed = re.findall(r"```python\n(.*?)```", fh.read(), re.S)[:2]
+    monkeypatch.chdir(tmp_path)
+    ns2: dict = {}
+    with pytest.warns(ConvergenceWarning, match="max_iter=2 epochs"):  # BPR: a fixed budget
+        exec(compile(streamed, "docs/scaled-sgd.md", "exec"), ns2)  # the Zarr / threads block
+    res2 = ns2["res"]
+    assert res2.info["executor"] == "threads" and len(res2.history["eval_auc"]) == 21
+    assert res2.history["eval_auc"][-1] > res2.info["np_maximum"] + 0.2
     ns: dict = {}
     exec(compile(block, "docs/scaled-sgd.md", "exec"), ns)
     assert ns["res"].status == "converged" and ns["res"].history["loss"][-1] <= 1e-15

@@ -36,8 +36,9 @@ def evaluator(samples, loss: str):
     I, J, K, Y = samples
 
     def evaluate(X):
-        extra = {"auc": pw.auc(I, J, K, Y, X)} if loss == "bpr" else {}
-        return pw.objective(I, J, K, Y, X, loss), extra
+        tot = pw.sums(I, J, K, Y, X, loss)
+        extra = {"auc": tot[1] / tot[2]} if loss == "bpr" else {}
+        return float(tot[0] / tot[2]), extra
 
     return evaluate
 

@@ -254,13 +254,21 @@ def _sigmoid(z):
 
 def objective(I, J, K, Y, X, loss: str) -> float:
     """The mean per-sample objective (module docstring), computed stably."""
-    z = _z(I, J, K, X, loss)
+    return float(np.mean(_objectives(_z(I, J, K, X, loss), Y, loss)))
+
+
+def _objectives(z, Y, loss):
     Y = np.asarray(Y, dtype=np.float64)
     if loss == "rmse":
-        return float(np.mean(0.5 * (z - Y) ** 2))
+        return 0.5 * (z - Y) ** 2
     if loss == "edm":
-        return float(np.mean(0.25 * (z - Y) ** 2))
-    return float(np.mean(_softplus(z) - Y * z))
+        return 0.25 * (z - Y) ** 2
+    return _softplus(z) - Y * z
+
+
+def _right(z, Y):
+    Y = np.asarray(Y) > 0.5
+    return np.where(Y, z > 0, z < 0) + 0.5 * (z == 0)
 
 
 def gradient(I, J, K, Y, X, loss: str) -> np.ndarray:
@@ -288,19 +296,24 @@ def gradient(I, J, K, Y, X, loss: str) -> np.ndarray:
 def auc(I, J, K, Y, X) -> float:
     """The fraction of triplets ordered correctly: ``x_i·x_j > x_i·x_k`` exactly when ``y = 1``
     (ties count one half)."""
-    z = _z(I, J, K, X, "bpr")
-    Y = np.asarray(Y) > 0.5
-    right = np.where(Y, z > 0, z < 0) + 0.5 * (z == 0)
-    return float(np.mean(right))
+    return float(np.mean(_right(_z(I, J, K, X, "bpr"), Y)))
+
+
+#: samples per slice of :func:`sums` (bounds its temporaries to a few times 2^18 · r)
+SUM_SLICE = 1 << 18
 
 
 def sums(I, J, K, Y, X, loss: str) -> np.ndarray:
-    """``[Σ objective, Σ ordered correctly (BPR), count]`` of a block of samples: the
-    parts a blockwise evaluation adds up (:func:`objective` and :func:`auc` are the means)."""
-    n = len(Y)
-    f = objective(I, J, K, Y, X, loss) * n
-    right = auc(I, J, K, Y, X) * n if loss == "bpr" else 0.0
-    return np.array([f, right, float(n)])
+    """``[Σ objective, Σ ordered correctly (BPR), count]`` of a block of samples, slice by
+    slice: the parts a blockwise evaluation adds up (:func:`objective`, :func:`auc`: means)."""
+    out = np.zeros(3)
+    for lo in range(0, len(Y), SUM_SLICE):
+        sl = slice(lo, lo + SUM_SLICE)
+        z = _z(I[sl], J[sl], K[sl], X, loss)
+        out[0] += float(np.sum(_objectives(z, Y[sl], loss)))
+        out[1] += float(np.sum(_right(z, Y[sl]))) if loss == "bpr" else 0.0
+        out[2] += len(z)
+    return out
 
 
 @njit(nogil=True, cache=True)

@@ -118,7 +118,7 @@ def run_epochs(epoch, X, P, *, scaled: bool, lr: float, cfg: LoopConfig, rng, ev
     """
     m = epoch.n_samples
     drv = Driver(cfg, desc)
-    info = {"reinversions": 0, "sm_refusals": 0, "restores": 0}
+    info = {"reinversions": 0, "sm_refusals": 0, "restores": 0, "probe_seconds": 0.0}
     curve: dict = {}
 
     def record(step_lr, p_drift):
@@ -129,8 +129,10 @@ def run_epochs(epoch, X, P, *, scaled: bool, lr: float, cfg: LoopConfig, rng, ev
 
     def probed(done, epoch_no, rows):
         if probe is not None:
+            t0 = drv.elapsed()
             rows.append({"samples": epoch_no * m + done, "epoch": epoch_no + done / m,
-                         "time": drv.elapsed(), **probe(X)})  # fmt: skip
+                         "time": t0, **probe(X)})  # fmt: skip
+            info["probe_seconds"] += drv.elapsed() - t0
 
     def commit(rows):
         for row in rows:
