@@ -151,9 +151,11 @@ def _split(data, loss, d, bounds, sched, offset):
     I, J, K, Y, _ = pw.check_samples("scaled_sgd", _load(data), loss, n_rows=d, offset=offset)
     cols = [I, J, K] if loss == "bpr" else [I, J]
     cell = strata.cells_of(cols, bounds, sched)
+    by_cell = np.argsort(cell, kind="stable")  # one pass, not one per cell; order kept
+    ends = np.cumsum(np.bincount(cell, minlength=len(sched.cells)))
     out = []
     for c in range(len(sched.cells)):
-        sel = np.flatnonzero(cell == c)
+        sel = by_cell[(ends[c - 1] if c else 0) : ends[c]]
         grp = sched.group(c)
         loc = [strata.to_local(x[sel], grp, bounds) for x in (I, J, K)]
         out.append((loc[0], loc[1], loc[2], Y[sel]))
