@@ -53,6 +53,9 @@ LOSS_CODES = {name: k for k, name in enumerate(LOSSES)}
 #: a Sherman–Morrison removal with ``1 − uᵀPu`` below this is refused (P would lose
 #: positive definiteness, or the update would amplify rounding by more than 1e8)
 SM_MIN_DENOM = 1e-8
+#: reassociation lets LLVM vectorise the r-long dot products; no ``nnan``/``ninf``, so the
+#: non-finite checks downstream still see a NaN
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
 # ------------------------------------------------------------------ kernel
@@ -64,7 +67,7 @@ def _sig(z):  # pragma: no cover - jitted
     return e / (1.0 + e)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def _sm(P, u, Pu, sign):  # pragma: no cover - jitted
     """``P ← P − sign (Pu)(Pu)ᵀ/(1 + sign uᵀPu)``; False when the denominator is unsafe."""
     r = P.shape[0]
@@ -85,7 +88,7 @@ def _sm(P, u, Pu, sign):  # pragma: no cover - jitted
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, fastmath=_FASTMATH)
 def _samples(I, J, K, Y, order, start, X, P, lr, loss, scaled):  # pragma: no cover - jitted
     """Samples ``order[start:]`` in turn; returns ``-1``, or the position of a sample whose
     Sherman–Morrison removal was refused (that sample is fully applied to ``X``; ``P``
@@ -146,10 +149,14 @@ def _samples(I, J, K, Y, order, start, X, P, lr, loss, scaled):  # pragma: no co
                 if rows[q] == rows[t]:
                     for a in range(r):
                         dirs[t, a] += dirs[q, a]
-            for a in range(r):  # every move with the sample's P
+            if not scaled:  # plain SGD: no product with P at all
+                for a in range(r):
+                    new[t, a] = old[t, a] - lr * dirs[t, a]
+                continue
+            for a in range(r):  # every move with the sample's P (symmetric: by rows)
                 s2 = 0.0
                 for b in range(r):
-                    s2 += dirs[t, b] * P[b, a]
+                    s2 += P[a, b] * dirs[t, b]
                 new[t, a] = old[t, a] - lr * s2
         ok = True
         for t in range(n):
