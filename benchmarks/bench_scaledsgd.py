@@ -121,6 +121,10 @@ def _surprise_speed(r, d=10_000, m=200_000, epochs=5, reps=3):
     return epochs * m / best
 
 
+HEAD_SPEED = ["loss", "r", "SGD", "ScaledSGD", "ScaledSGD cost over SGD", "Surprise SVD (SGD)",
+              "ScaledSGD / Surprise"]  # fmt: skip
+
+
 def part_speed(args) -> None:
     rows = []
     for loss in ("rmse", "bpr"):
@@ -133,8 +137,7 @@ def part_speed(args) -> None:
             print(rows[-1], flush=True)
     report(
         "ScaledSGD kernel speed per core: samples per second",
-        table(["loss", "r", "SGD", "ScaledSGD", "ScaledSGD cost over SGD",
-               "Surprise SVD (SGD)", "ScaledSGD / Surprise"], rows),  # fmt: skip
+        table(HEAD_SPEED, rows),
         notes=(
             "problems.pairwise.run_samples on one thread, 2e5 random samples over 1e4 rows, "
             "SGD and ScaledSGD interleaved, best of 5 each after a compiling run. SGD moves "
