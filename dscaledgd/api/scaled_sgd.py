@@ -80,6 +80,9 @@ def scaled_sgd(
     random_state=None,
     callback=None,
     progress: bool | None = None,
+    checkpoint=None,
+    checkpoint_interval: int = 1,
+    resume=False,
 ) -> SolveResult:
     """Fit ``M ≈ X Xᵀ`` to samples with ScaledSGD (or plain SGD), epoch by epoch.
 
@@ -137,6 +140,19 @@ def scaled_sgd(
         Where the stratified epochs run (as for :func:`complete`).
     random_state, callback, progress
         As for :func:`complete`.
+    checkpoint : str or PathLike, optional
+        A directory for checkpoints (:mod:`dscaledgd.storage.checkpoints`),
+        written after every ``checkpoint_interval`` epochs and at the end:
+        ``X``, ``P``, the step size, the random generator's state, the
+        history and the held-out curve.
+    checkpoint_interval : int, default 1
+        Epochs between checkpoints.
+    resume : bool or "auto", default False
+        Continue from the newest intact checkpoint in ``checkpoint`` (``True``:
+        one must be there; ``"auto"``: start afresh when there is none). The
+        resumed run has the same iterates as one that did not stop; a
+        checkpoint of other data or other parameters (``epochs``, ``tol``,
+        ``progress``, ``callback`` and where it runs may differ) is refused.
 
     Returns
     -------
@@ -159,6 +175,7 @@ def scaled_sgd(
     'converged'
     """
     func = "scaled_sgd"
+    ckpt = _checkpoints(func, checkpoint, checkpoint_interval, resume)
     check_choice(func, "loss", loss, pw.LOSSES)
     check_choice(func, "method", method, METHODS_SGD)
     if eval_every is not None:
@@ -184,9 +201,10 @@ def scaled_sgd(
         _check(func, rank, d, loss, method, step_size, epochs, tol, reinvert_every)
         data = (I, J, K, Y)
         epoch = sequential_epoch(data, loss, scaled, shuffle)
+        _bind(ckpt, params, d, _digest(data))
         return _run(func, epoch, evaluator(data, loss), d, rank, scaled, rng, params, test,
                     None, step_size, epochs, tol, eval_every, reinvert_every, loss, callback,
-                    progress, {"executor": "in-process"})  # fmt: skip
+                    progress, {"executor": "in-process"}, ckpt)  # fmt: skip
     from ..engine.cluster import executor_for
     from ..engine.online import StratifiedEpochs
 
@@ -202,9 +220,11 @@ def scaled_sgd(
             _check(func, rank, engine.d, loss, method, step_size, epochs, tol, reinvert_every)
             extra = {"executor": ex.kind, "n_blocks": engine.n_blocks,
                      "rounds": engine.sched.n_rounds, "sync_every": engine.sync_every}  # fmt: skip
+            _bind(ckpt, {**params, "n_blocks": engine.n_blocks, "sync_every": engine.sync_every},
+                  engine.d, {"cell_counts": engine.counts})  # fmt: skip
             res = _run(func, engine, engine.objective, engine.d, rank, scaled, rng, params,
                        test, ex, step_size, epochs, tol, eval_every, reinvert_every, loss,
-                       callback, progress, extra)  # fmt: skip
+                       callback, progress, extra, ckpt)  # fmt: skip
             res.info["syncs"] = engine.syncs
             return res
         finally:
@@ -218,10 +238,45 @@ def _in_memory(samples) -> bool:
     return isinstance(samples, np.ndarray)
 
 
+def _checkpoints(func, checkpoint, interval, resume):
+    """The checkpoint directory, checked before any data is read (or ``None``)."""
+    if checkpoint is None:
+        if resume not in (None, False):
+            raise InvalidParameterError(
+                f"The 'resume' parameter of {func} needs checkpoint=DIR (the directory to "
+                f"resume from). Got resume={resume!r} without a checkpoint directory."
+            )
+        return None
+    from ..storage.checkpoints import Checkpoints
+
+    return Checkpoints(checkpoint, interval=interval, resume=resume, func=func)
+
+
+#: parameters that do not change the iterates: left out of a checkpoint's config_hash
+_NOT_HASHED = ("epochs", "tol")
+
+
+def _bind(ckpt, params, d, fingerprint) -> None:
+    if ckpt is not None:
+        config = {k: v for k, v in params.items() if k not in _NOT_HASHED}
+        ckpt.bind({**config, "n_rows": d, "data": fingerprint})
+
+
+def _digest(data) -> str:
+    """SHA-256 of the samples' columns (what a checkpoint of in-memory samples is tied to)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in data:
+        h.update(np.ascontiguousarray(c).view(np.uint8))
+    return h.hexdigest()
+
+
 def _run(func, epoch, evaluate, d, rank, scaled, rng, params, test, ex, step_size, epochs, tol,
-         eval_every, reinvert_every, loss, callback, progress, extra):  # fmt: skip
+         eval_every, reinvert_every, loss, callback, progress, extra, ckpt):  # fmt: skip
     X = initial_factors(d, int(rank), rng)
     P = inverse_gram(X) if scaled else np.eye(int(rank))
+    resumed = ckpt.load() if ckpt is not None else None
     cfg = LoopConfig(tol=float(tol), max_iter=int(epochs), callback=callback, progress=progress)
     every = None
     if eval_every is not None and test is not None:
@@ -229,8 +284,11 @@ def _run(func, epoch, evaluate, d, rank, scaled, rng, params, test, ex, step_siz
     out, info = run_epochs(
         epoch, X, P, scaled=scaled, lr=float(step_size), cfg=cfg, rng=rng, evaluate=evaluate,
         probe=_probe(ex, test, loss) if test is not None else None, probe_every=every,
-        reinvert_every=int(reinvert_every), desc=func,
+        reinvert_every=int(reinvert_every), desc=func, checkpoint=ckpt, resume=resumed,
     )  # fmt: skip
+    if ckpt is not None:
+        start = None if resumed is None else int(resumed["meta"]["n_iter"])
+        extra = {**extra, "checkpoint": ckpt.path, "resumed_from": start}
     if test is not None and loss == "bpr":
         info["np_maximum"] = pw.np_maximum(test[1], test[2], test[3], d)
     import dask.array as da

@@ -18,6 +18,12 @@ permutation: every sample exactly once), with
   step used is in the history (``step_size``). Never a silent NaN.
 * What a user sees of the run (history, progress bar, callback, warnings,
   the outcome) is the :class:`~.driver.Driver`'s, shared with the batch loop.
+* **Checkpoints** at epoch ends, in the batch loop's store
+  (:class:`dscaledgd.storage.checkpoints.Checkpoints`): ``X``, ``P``, the step
+  (after any halving), the random generator's state, the counters, the
+  history and the held-out curve. A resumed run continues with the same
+  iterates as one that did not stop (the epoch's order comes from the stored
+  generator state).
 
 No dask import here.
 """
@@ -25,13 +31,16 @@ No dask import here.
 from __future__ import annotations
 
 import functools
+import json
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..problems import pairwise as pw
 from .driver import Driver, LoopConfig
+from .resume import dec, enc
 
 __all__ = [
     "EpochStats", "run_epochs", "run_batch", "sequential_epoch", "group_step", "DRIFT_TOL",
@@ -98,7 +107,7 @@ def sequential_epoch(samples, loss: str, scaled: bool, shuffle: bool = True):
 
 def run_epochs(epoch, X, P, *, scaled: bool, lr: float, cfg: LoopConfig, rng, evaluate,
                probe=None, probe_every: int | None = None, reinvert_every: int = 1,
-               desc: str = "scaled_sgd"):  # fmt: skip
+               desc: str = "scaled_sgd", checkpoint=None, resume=None):  # fmt: skip
     """Run up to ``cfg.max_iter`` epochs from ``X``, ``P`` (changed in place).
 
     ``epoch(X, P, lr, rng, info, mark, every)`` applies every sample once
@@ -112,6 +121,12 @@ def run_epochs(epoch, X, P, *, scaled: bool, lr: float, cfg: LoopConfig, rng, ev
     entries (``eval_samples``, ``eval_epoch``, ``eval_time`` and one
     ``eval_<name>`` per metric); the points of an epoch that is undone are
     dropped with it. Stops when the objective is at most ``cfg.tol``.
+
+    ``checkpoint``: an object with ``due(n_epoch, max_iter)`` and
+    ``save(n_epoch, meta, arrays)`` (:class:`dscaledgd.storage.checkpoints.Checkpoints`),
+    called after each accepted epoch; ``resume``: a checkpoint read back
+    (``{"meta": {"state": ...}, "arrays": ...}``) to continue from: ``X``, ``P`` and
+    ``rng`` are overwritten by it.
 
     Returns ``(outcome, info)``: the driver's :class:`~.driver.LoopOutcome` (``state`` is
     ``X``) and ``{"reinversions", "sm_refusals", "restores", "events", ...}``.
@@ -140,12 +155,17 @@ def run_epochs(epoch, X, P, *, scaled: bool, lr: float, cfg: LoopConfig, rng, ev
                 curve.setdefault(f"eval_{key}", []).append(v)
 
     try:
-        start: list = []
-        probed(0, 0, start)
-        commit(start)
-        stats = record(math.nan, drift(X, P) if scaled else 0.0)
-        f0 = max(stats.loss, 1e-300)
-        status, message, n_epoch = None, "", 0
+        if resume is None:
+            start: list = []
+            probed(0, 0, start)
+            commit(start)
+            stats = record(math.nan, drift(X, P) if scaled else 0.0)
+            f0 = max(stats.loss, 1e-300)
+            n_epoch = 0
+        else:
+            n_epoch, lr, f0 = _restore(resume, X, P, rng, info, drv, curve, epoch)
+            stats = EpochStats(drv.hist["loss"][-1], drv.hist["loss"][-1], {})
+        status, message = None, ""
         while status is None:
             if stats.loss <= cfg.tol:
                 status, message = "converged", f"objective {stats.loss:.3g} <= tol={cfg.tol:g}"
@@ -184,6 +204,9 @@ def run_epochs(epoch, X, P, *, scaled: bool, lr: float, cfg: LoopConfig, rng, ev
             point = _Point(stats, _State(X))
             if drv.accepted(point, n_epoch, _Step(lr), lambda: (X.copy(),)) == "callback":
                 status, message = "callback", f"callback stopped the run at epoch {n_epoch}"
+            if checkpoint is not None and checkpoint.due(n_epoch, cfg.max_iter):
+                checkpoint.save(n_epoch, *_snapshot(n_epoch, X, P, lr, f0, rng, info, drv, curve,
+                                                    epoch))  # fmt: skip
     except BaseException:
         drv.close()
         raise
@@ -192,6 +215,57 @@ def run_epochs(epoch, X, P, *, scaled: bool, lr: float, cfg: LoopConfig, rng, ev
     info["events"] = out.events
     info["final_step_size"] = lr
     return out, info
+
+
+_COUNTERS = ("reinversions", "sm_refusals", "restores", "probe_seconds")
+
+
+def _snapshot(n_epoch, X, P, lr, f0, rng, info, drv, curve, epoch) -> tuple[dict, dict]:
+    """``(meta, arrays)`` of the run between epochs (floats as exact hex strings)."""
+    arrays = {"X": X, "P": P}
+    arrays.update({f"history.{k}": np.asarray(v, dtype=np.float64) for k, v in drv.hist.items()})
+    arrays.update({f"curve.{k}": np.asarray(v, dtype=np.float64) for k, v in curve.items()})
+    state = rng.bit_generator.state  # its 128-bit integers kept exactly as JSON text
+    meta = {
+        "n_epoch": int(n_epoch),
+        "step_size": enc(lr),
+        "f0": enc(f0),
+        "rng": {"bit_generator": state["bit_generator"], "json": json.dumps(state)},
+        "info": {k: enc(info[k]) for k in _COUNTERS},
+        "syncs": int(getattr(epoch, "syncs", 0)),
+        "driver": {
+            "passes": int(drv.passes),
+            "elapsed": enc(drv.elapsed()),
+            "events": drv.events,
+        },  # fmt: skip
+    }
+    return meta, arrays
+
+
+def _restore(ck, X, P, rng, info, drv, curve, epoch) -> tuple[int, float, float]:
+    """Put a checkpoint back; ``(n_epoch, step_size, f0)``."""
+    meta, arrays = ck["meta"]["state"], ck["arrays"]
+    if meta["rng"]["bit_generator"] != rng.bit_generator.state["bit_generator"]:
+        raise ValueError(
+            f"the checkpoint's random generator is {meta['rng']['bit_generator']}, this "
+            f"run's {rng.bit_generator.state['bit_generator']}"
+        )
+    rng.bit_generator.state = json.loads(meta["rng"]["json"])
+    X[...], P[...] = arrays["X"], arrays["P"]
+    for name, values in arrays.items():
+        if name.startswith("history."):
+            drv.hist[name[len("history."):]] = [float(v) for v in values]  # fmt: skip
+        elif name.startswith("curve."):
+            curve[name[len("curve."):]] = [float(v) for v in values]  # fmt: skip
+    info.update({k: dec(v) for k, v in meta["info"].items()})
+    if hasattr(epoch, "syncs"):
+        epoch.syncs = int(meta["syncs"])
+    d = meta["driver"]
+    drv.passes, drv.events = int(d["passes"]), list(d["events"])
+    drv.t0 = time.perf_counter() - dec(d["elapsed"])
+    n_epoch = int(meta["n_epoch"])
+    drv.resumed(n_epoch)
+    return n_epoch, dec(meta["step_size"]), dec(meta["f0"])
 
 
 def _mark(probed, n_epoch, rows, done):
