@@ -189,6 +189,11 @@ def _movielens_small(seed=0, test_fraction=0.2):
     return cols(tr), cols(te), d, float(np.asarray(m["np_max"].todense()).ravel()[0])
 
 
+def _floats(text) -> list:
+    """``"30,100"`` → ``[30.0, 100.0]`` (a step size or a comma-separated sweep)."""
+    return [float(v) for v in str(text).split(",")]
+
+
 def _first_pass(h, line):
     above = np.flatnonzero(h["eval_auc"] >= line)
     return f"{h['eval_epoch'][above[0]]:.2f}" if len(above) else "never"
@@ -198,7 +203,9 @@ def part_bpr(args) -> None:
     train, test, d, paper_np = _movielens_small()
     npmax = pw.np_maximum(test[1], test[2], test[3], d)
     rows, curves = [], {}
-    for method, lr in (("scaledsgd", args.lr_scaled), ("sgd", args.lr_sgd)):
+    runs = [("scaledsgd", lr) for lr in _floats(args.lr_scaled)]
+    runs += [("sgd", lr) for lr in _floats(args.lr_sgd)]
+    for method, lr in runs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dsg.ConvergenceWarning)
             res = dsg.scaled_sgd(train, args.rank, loss="bpr", method=method, step_size=lr,
@@ -206,19 +213,34 @@ def part_bpr(args) -> None:
                                  eval_every=0.01, random_state=1)  # fmt: skip
         h = res.history
         curves[method] = h
-        rows.append([method, lr, _first_pass(h, npmax), f"{h['eval_auc'][-1]:.4f}",
+        one = h["eval_auc"][np.searchsorted(h["eval_epoch"], 1.0 - 1e-9)]
+        rows.append([method, lr, _first_pass(h, npmax), _first_pass(h, paper_np), f"{one:.4f}",
+                     f"{h['eval_auc'][-1]:.4f}",
                      f"{h['eval_auc'].max():.4f}", f"{h['time'][-1]:.1f}"])  # fmt: skip
         print(rows[-1], flush=True)
     report(
         "ScaledSGD fidelity: item-item BPR on the authors' MovieLens_small",
         table(
-            ["method", "lr", "epochs to pass NP-max", "final AUC", "best AUC", "wall s"], rows
+            [
+                "method",
+                "lr",
+                "epochs to pass NP-max",
+                "to pass the file's np_max",
+                "AUC after 1 epoch",
+                "final AUC",
+                "best AUC",
+                "wall s",
+            ],
+            rows,
         ),  # fmt: skip
         notes=(
             f"MovieLens_small.mat: {len(train[0]) + len(test[0])} triplets over {d} items, "
             f"a random 80/20 split (seed 0), r = {args.rank}, {args.epochs} epochs, held-out "
             f"AUC every 1% of an epoch. NP-maximum AUC on the test triplets: {npmax:.4f} "
-            f"(the file's np_max: {paper_np:.4f}, on the authors' own split). The authors "
+            f"(the file's np_max: {paper_np:.4f}, on the authors' own test triplets). The "
+            "NP-maximum is trained on the test triplets themselves, so a smaller test set "
+            "gives a higher line (on this file: 0.767 at 5%, 0.730 at 10%, 0.710 at 20%, "
+            "0.697 at 50%, 0.691 at 99%). The authors "
             "(Exp7): ScaledSGD passes NP-max within the first epoch, SGD after 1-3, equal "
             "final AUC."
         ),
@@ -261,7 +283,7 @@ def part_distributed(args) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", dsg.ConvergenceWarning)
                 t0 = time.perf_counter()
-                res = dsg.scaled_sgd(tr, 5, loss="bpr", step_size=args.lr_scaled,
+                res = dsg.scaled_sgd(tr, 5, loss="bpr", step_size=float(args.lr_scaled),
                                      epochs=args.epochs, validation=te, random_state=1,
                                      **kw)  # fmt: skip
                 wall = time.perf_counter() - t0
@@ -388,8 +410,8 @@ def main(argv=None) -> None:
         b = sub.add_parser(name)
         b.add_argument("--rank", type=int, default=3)
         b.add_argument("--epochs", type=int, default=5)
-        b.add_argument("--lr-scaled", type=float, default=1e3)
-        b.add_argument("--lr-sgd", type=float, default=5e-2)
+        b.add_argument("--lr-scaled", default="1e3", help="a step size (bpr: or a,b,c)")
+        b.add_argument("--lr-sgd", default="5e-2", help="a step size (bpr: or a,b,c)")
         b.add_argument("--seeds", type=int, default=3)
     sc = sub.add_parser("scale")
     sc.add_argument("--items", type=int, default=60_000)
