@@ -400,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tensor_complete(sub, common)
 
+    from .cli_sgd import add_parser as add_sgd
+
+    add_sgd(sub, common, _positive_int)
+
     e = sub.add_parser(
         "evaluate",
         help="RMSE of a result on an Observations store (or on a tensor)",
@@ -416,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser(
         "resume",
         help="continue a checkpointed run: the command that wrote DIR, from its newest checkpoint",
-        description="Repeat the command that wrote the checkpoints in DIR (complete, rpca or "
-        "tensor-complete with --checkpoint DIR), from its newest intact checkpoint. Options "
+        description="Repeat the command that wrote the checkpoints in DIR (complete, rpca, "
+        "tensor-complete or sgd with --checkpoint DIR), from its newest intact checkpoint. Options "
         "given after DIR replace the stored ones, e.g. --max-iter 1000 or --scheduler-file "
         "PATH (the data and the fit's parameters must stay the same).",
     )
@@ -478,7 +482,7 @@ def _run(parser, args) -> int:
             args.out = args.out_pos
         if args.out is None:
             parser.error("import needs an output store: OBS.zarr or --out PATH")
-    if args.command in ("complete", "tensor-complete", "rpca") and args.out is None:
+    if args.command in ("complete", "tensor-complete", "rpca", "sgd") and args.out is None:
         parser.error(f"{args.command} needs --out RES.zarr")
     from .exceptions import ClusterError, DivergenceError
 

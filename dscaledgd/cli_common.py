@@ -12,7 +12,7 @@ import tempfile
 
 __all__ = [
     "SCHEDULER_NAMES", "check_out", "run_kwargs", "summary", "fraction", "nonneg",
-    "solver_options", "respell", "reg_value", "rank_value",
+    "solver_options", "respell", "reg_value", "rank_value", "respelled",
 ]  # fmt: skip
 
 
@@ -156,6 +156,7 @@ _SPELLING = (
     ("alpha=0.1", "--alpha 0.1"),
     ("rank='auto'", "--rank auto"),
     ("reg='auto'", "--reg auto"),
+    *((f"loss={name!r}", f"--loss {name}") for name in ("rmse", "1bit", "edm", "bpr")),
 )
 
 
@@ -164,6 +165,21 @@ def respell(msg: str) -> str:
     for py, cli in _SPELLING:
         msg = msg.replace(py, cli)
     return msg
+
+
+_PARAM = re.compile(r"The '(\w+)' parameter of [\w-]+ ")
+
+
+def respelled(exc: Exception, flags: dict) -> Exception:
+    """``exc`` with ``"The 'max_iter' parameter of f must …"`` in command-line spelling
+    (``"--max-iter must …"``, by ``flags``: API parameter → flag); same type."""
+    msg = _PARAM.sub(lambda m: f"{flags[m[1]]} " if m[1] in flags else m[0], str(exc))
+    if msg == str(exc):
+        return exc
+    try:
+        return type(exc)(msg)
+    except Exception:  # noqa: BLE001 - an exception type with another signature
+        return exc
 
 
 def _one_line_warning(command: str):

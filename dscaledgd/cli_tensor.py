@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 
 import numpy as np
 
 from .cli_common import fraction as _fraction
-from .cli_common import solver_options
+from .cli_common import respelled, solver_options
 
 __all__ = ["add_parser", "read_tensor", "NIFTI_SUFFIXES", "NEURO_HINT"]
 
@@ -39,23 +38,10 @@ FLAGS = {
     "test_fraction": "--test-fraction",
     "T": "IN",
 }
-_PARAM = re.compile(r"The '(\w+)' parameter of [\w-]+ ")
-
-
-def cli_spelling(msg: str) -> str:
-    """``"The 'max_iter' parameter of tucker_complete must …"`` → ``"--max-iter must …"``."""
-    return _PARAM.sub(lambda m: f"{FLAGS[m[1]]} " if m[1] in FLAGS else m[0], msg)
 
 
 def _respelled(exc: Exception) -> Exception:
-    """``exc`` with its message in command-line spelling (same type)."""
-    msg = cli_spelling(str(exc))
-    if msg == str(exc):
-        return exc
-    try:
-        return type(exc)(msg)
-    except Exception:  # noqa: BLE001 - an exception type with another signature
-        return exc
+    return respelled(exc, FLAGS)
 
 
 # ------------------------------------------------------------------ types

@@ -45,7 +45,7 @@ from ..problems import pairwise as pw
 from ..solvers import strata
 from ..solvers.online import _inv, group_step
 
-__all__ = ["StratifiedEpochs", "sample_blocks", "block_sums", "BLOCK_SAMPLES"]
+__all__ = ["StratifiedEpochs", "sample_blocks", "block_sums", "BLOCK_SAMPLES", "read_samples"]
 
 #: samples per block when cutting NumPy input
 BLOCK_SAMPLES = 1 << 20
@@ -85,6 +85,13 @@ def sample_blocks(samples, loss: str, columns=None) -> list:
     offsets = np.concatenate([[0], np.cumsum(arr.chunks[0])])
     blocks = arr.to_delayed().ravel()
     return [(int(o), _Lazy(b, int(o))) for o, b in zip(offsets, blocks)]
+
+
+def read_samples(samples, loss: str, columns=None):
+    """The whole of ``samples`` (any input :func:`sample_blocks` takes) as one NumPy
+    ``(m, 3|4)`` array or the NumPy input itself: for held-out sets, which are read once."""
+    arr = _as_dask(samples, 4 if loss == "bpr" else 3, columns)
+    return samples if arr is None else np.asarray(arr.compute())
 
 
 def _as_dask(samples, want, columns):

@@ -10,7 +10,9 @@ Layout (format version 3; a plain low-rank result is still written as 2)::
       U0 ... U{d-1}      float64 (n_k, r_k), chunks of up to 2**18 rows (models "tucker",
                          "robust_tucker", instead of L and R)
       core               float64 (r_1, ..., r_d), one chunk (the Tucker models only)
-      history/<key>      float64 (n_iter + 1,), one array per history entry
+      history/<key>      float64 (n_iter + 1,), one array per history entry; the
+                         ``eval_*`` entries (ScaledSGD's held-out curve) share
+                         their own length
       row_bias, col_bias float64 (n1,), (n2,)  (only with centring)
       row_ids, col_ids   (n1,), (n2,)          (only for an imported table)
 
@@ -154,6 +156,10 @@ def write_result(
     return path
 
 
+#: history entries recorded at their own points (ScaledSGD's held-out curve), not per iteration
+CURVE = "eval_"
+
+
 def jsonable(obj: Any) -> Any:
     """Recursively convert NumPy scalars/arrays for JSON attrs (checked by json.dumps)."""
     if isinstance(obj, dict):
@@ -274,9 +280,12 @@ def read_result(path: str, statuses) -> dict:
         raise error(f"history arrays {missing} are missing")
     # format 1 wrote history chunks equal to the fill value (0) only in the first chunk
     history = {k: _read_small(path, h[k], error, strict or h[k].nchunks == 1) for k in stored}
-    lengths = sorted({len(v) for v in history.values()})
+    lengths = sorted({len(v) for k, v in history.items() if not k.startswith(CURVE)})
     if lengths != [meta["n_iter"] + 1]:
         raise error(f"the history has lengths {lengths} for n_iter={meta['n_iter']}")
+    curve = sorted({len(v) for k, v in history.items() if k.startswith(CURVE)})
+    if len(curve) > 1:
+        raise error(f"the history's {CURVE}* entries have different lengths {curve}")
     info = meta.get("info", {}) if isinstance(meta.get("info"), dict) else {}
     best = info.get("best_iteration", meta["n_iter"])
     if not isinstance(best, int) or not 0 <= best <= meta["n_iter"]:
