@@ -379,11 +379,33 @@ def test_adaptive_threshold_follows_the_residual():
     assert np.mean(sched.sparse.compute() != 0) > 0.9
 
 
-def test_adaptive_refuses_checkpoints(tmp_path):
+class _Killed(Exception):
+    pass
+
+
+def test_adaptive_thresholds_survive_a_checkpoint(tmp_path):
+    """The fit-following ζ_t are carried in the checkpoint: a run killed at iteration 17
+    and resumed from its checkpoint at 15 ends where the uninterrupted run does."""
+    _, Y, _ = _instance(seed=3)
+    kw = {"sparsifier": "adaptive", "scheduler": "sync", "random_state": 0, "progress": False}
+    full = dsg.tensor_rpca(Y, RANKS, **kw)
+
+    def kill(st):
+        if st.iteration == 17:
+            raise _Killed
+
+    ck = str(tmp_path / "ck")
+    with pytest.raises(_Killed):
+        dsg.tensor_rpca(Y, RANKS, checkpoint=ck, checkpoint_interval=5, callback=kill, **kw)
+    res = dsg.tensor_rpca(Y, RANKS, checkpoint=ck, checkpoint_interval=5, resume=True, **kw)
+    assert res.info["resumed_from"] == 15 and res.n_iter == full.n_iter
+    np.testing.assert_array_equal(res.history["zeta"], full.history["zeta"])
+    np.testing.assert_array_equal(res.history["l1"], full.history["l1"])
+    np.testing.assert_array_equal(res.to_tensor().compute(), full.to_tensor().compute())
+
+
+def test_an_unknown_sparsifier_is_refused():
     _, Y, _ = _instance()
-    with pytest.raises(InvalidParameterError, match="sparsifier='adaptive'"):
-        dsg.tensor_rpca(Y, RANKS, sparsifier="adaptive", checkpoint=str(tmp_path / "ck"),
-                        scheduler="sync")  # fmt: skip
     with pytest.raises(InvalidParameterError, match="'sparsifier'"):
         dsg.tensor_rpca(Y, RANKS, sparsifier="fraction", scheduler="sync")
 

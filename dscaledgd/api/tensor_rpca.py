@@ -244,12 +244,6 @@ def tensor_rpca(
         check_choice(func, "tune", tune, TUNE)
     th = _check_threshold(func, threshold)
     check_choice(func, "sparsifier", sparsifier, SPARSIFIERS)
-    if sparsifier == "adaptive" and checkpoint is not None:
-        raise InvalidParameterError(
-            f"The 'checkpoint' parameter of {func} must be None with sparsifier='adaptive' "
-            "(its threshold depends on the previous pass, which a checkpoint does not keep). "
-            "Use the default sparsifier='schedule', or run without checkpoints."
-        )
     check_param(func, "step_size", step_size, [NONE, Interval("real", 0, 1, "right")])
     check_param(func, "init_sweeps", init_sweeps, [Interval("int", 0, 20)])
     positive = [NONE, Interval("real", 0, None, "neither")]

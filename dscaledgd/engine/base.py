@@ -195,6 +195,13 @@ class FactorEngine:
         factors = [combine(F, A[k], None, None, name="scale") for k, F in enumerate(state)]
         return State(factors, dict(_params(state)))
 
+    def carried(self) -> dict:
+        """What this engine carries between passes beyond the iterate (JSON): nothing."""
+        return {}
+
+    def restore_carried(self, carried: dict) -> None:
+        """Put back what :meth:`carried` returned (a checkpoint's)."""
+
     def from_numpy(self, arrays: list, params: dict | None = None) -> State:
         """Factors given as NumPy arrays, cut into this engine's row blocks."""
         out = []

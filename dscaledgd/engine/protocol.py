@@ -26,6 +26,10 @@ blocks live where the data is) plus small NumPy parameters on the client
   block where the blocks live, and the small parameters' new values.
 * ``materialize(state)`` re-roots worker-resident blocks so the scheduler's
   graph stays bounded (the loop calls it every ``materialize_every`` passes).
+* ``carried()`` / ``restore_carried(d)``: what the engine carries from one
+  pass to the next beyond the iterate (JSON; tensor RPCA's fit-following
+  thresholds), stored in a checkpoint and put back before a resumed run
+  re-evaluates its points. Most engines carry nothing (``{}``).
 
 Anything else a solver needs from the data is an engine method as well
 (``spectral``, ``fit_sums``, ``column_max_sq``, ``with_random``, ...), never
@@ -80,5 +84,9 @@ class Engine(Protocol):
     def column_max_sq(self, state: State, W: list) -> list[np.ndarray]: ...
 
     def with_random(self, state: State, M: list, N: list, seeds: list) -> State: ...
+
+    def carried(self) -> dict: ...
+
+    def restore_carried(self, carried: dict) -> None: ...
 
     def close(self) -> None: ...

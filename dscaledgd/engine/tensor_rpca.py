@@ -99,6 +99,13 @@ class TensorRPCAEngine(TuckerEngine):
             return self.zetas[it]
         return self.schedule(it)
 
+    def carried(self) -> dict:
+        """The fit-following thresholds by iteration (floats as exact hex strings)."""
+        return {"zetas": {str(it): float(z).hex() for it, z in self.zetas.items()}}
+
+    def restore_carried(self, carried: dict) -> None:
+        self.zetas = {int(it): float.fromhex(z) for it, z in carried.get("zetas", {}).items()}
+
     def pass_shared(self, core, it: int) -> tuple:
         return (*super().pass_shared(core, it), self.edges)
 

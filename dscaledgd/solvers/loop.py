@@ -145,6 +145,7 @@ def run(
             best = cur
             n_iter, quiet = 0, 0
         else:
+            engine.restore_carried(resume["meta"]["state"].get("engine", {}))
             pts = resume_.restore_points(resume, engine, evaluate)
             cur, best, drv.best_val = pts["cur"], pts["best"], pts["best_val"]
             guard = _Guard(cur.stats, norm_ref, rule, cfg.guard_on)
@@ -161,6 +162,7 @@ def run(
                 meta, arrays = resume_.snapshot(
                     n_iter, quiet, points, rule, guard, reseed, drv, checkpoint.solve_meta
                 )
+                meta["engine"] = engine.carried()
                 checkpoint.save(n_iter, meta, arrays)
                 saved = n_iter
             if n_iter >= cfg.max_iter:
