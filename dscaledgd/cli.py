@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_sgd import add_parser as add_sgd
 
-    add_sgd(sub, common, _positive_int)
+    add_sgd(sub, common)
 
     e = sub.add_parser(
         "evaluate",

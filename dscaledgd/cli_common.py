@@ -12,7 +12,7 @@ import tempfile
 
 __all__ = [
     "SCHEDULER_NAMES", "check_out", "run_kwargs", "summary", "fraction", "nonneg",
-    "solver_options", "respell", "reg_value", "rank_value", "respelled",
+    "solver_options", "respell", "reg_value", "rank_value", "respelled", "run_options",
 ]  # fmt: skip
 
 
@@ -246,13 +246,19 @@ def solver_options(sp, *, step_help: str = "fixed step (default adaptive)") -> N
     sp.add_argument("--max-iter", type=int, default=500, help="default 500")
     sp.add_argument("--tol", type=float, default=1e-10,
                     help="stop at this relative residual (default 1e-10)")  # fmt: skip
+    run_options(sp, unit="iterations", interval=10)
+
+
+def run_options(sp, *, unit: str, interval: int) -> None:
+    """``--seed``, ``--progress`` and the checkpoint options (``--checkpoint``,
+    ``--checkpoint-interval`` in ``unit``, default ``interval``; ``--resume [auto]``)."""
     sp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sp.add_argument("--progress", action="store_true", help="show a progress bar")
     sp.add_argument("--checkpoint", metavar="DIR", default=None,
-                    help="write a checkpoint to DIR every --checkpoint-interval iterations "
+                    help=f"write a checkpoint to DIR every --checkpoint-interval {unit} "
                     "(continue a killed run with: dscaledgd resume DIR)")  # fmt: skip
-    sp.add_argument("--checkpoint-interval", metavar="N", type=_positive_int, default=10,
-                    help="iterations between checkpoints (default 10)")  # fmt: skip
+    sp.add_argument("--checkpoint-interval", metavar="N", type=_positive_int, default=interval,
+                    help=f"{unit} between checkpoints (default {interval})")  # fmt: skip
     sp.add_argument("--resume", nargs="?", const=True, default=False, choices=("auto",),
                     help="continue from the newest checkpoint in --checkpoint DIR; "
                     "'--resume auto': only when there is one (requeued jobs)")  # fmt: skip

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from .cli_common import fraction, respelled
+from .cli_common import fraction, respelled, run_options
 
 __all__ = ["add_parser"]
 
@@ -100,7 +100,7 @@ def _columns(text: str) -> tuple[str, ...]:
     return names
 
 
-def add_parser(sub, common, positive_int) -> argparse.ArgumentParser:
+def add_parser(sub, common) -> argparse.ArgumentParser:
     """Register ``sgd`` on the subparsers ``sub`` (``common`` adds ``--scheduler``,
     ``--out``, ``--overwrite``)."""
     s = sub.add_parser(
@@ -140,15 +140,6 @@ def add_parser(sub, common, positive_int) -> argparse.ArgumentParser:
                    help="samples per stratified step (default 1%% of an epoch)")  # fmt: skip
     s.add_argument("--reinvert-every", type=int, default=1,
                    help="re-invert XᵀX every this many epochs (default 1)")  # fmt: skip
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    s.add_argument("--progress", action="store_true", help="show a progress bar")
-    s.add_argument("--checkpoint", metavar="DIR", default=None,
-                   help="write a checkpoint to DIR every --checkpoint-interval epochs "
-                   "(continue a killed run with: dscaledgd resume DIR)")  # fmt: skip
-    s.add_argument("--checkpoint-interval", metavar="N", type=positive_int, default=1,
-                   help="epochs between checkpoints (default 1)")  # fmt: skip
-    s.add_argument("--resume", nargs="?", const=True, default=False, choices=("auto",),
-                   help="continue from the newest checkpoint in --checkpoint DIR; "
-                   "'--resume auto': only when there is one (requeued jobs)")  # fmt: skip
+    run_options(s, unit="epochs", interval=1)
     s.set_defaults(func=_cmd_sgd, max_iter=None)
     return s

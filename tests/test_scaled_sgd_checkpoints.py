@@ -18,6 +18,8 @@ import pytest
 import dscaledgd as dsg
 from dscaledgd.exceptions import InvalidParameterError
 
+from .sgd_instances import ill_pairs, planted_triplets
+
 #: the runs here stop after a fixed number of epochs on purpose
 pytestmark = pytest.mark.filterwarnings("ignore::dscaledgd.exceptions.ConvergenceWarning")
 
@@ -34,20 +36,12 @@ def _kill_at(epoch):
     return callback
 
 
-def _ill(d=30, seed=0):
-    rng = np.random.default_rng(seed)
-    U = np.linalg.qr(rng.standard_normal((d, 3)))[0]
-    M = (U * [10.0, 0.1, 0.001]) @ U.T
-    i, j = np.indices(M.shape).reshape(2, -1)
-    return i, j, M[i, j]
+def _ill():
+    return ill_pairs()
 
 
 def _bpr(d=90, m=4000, seed=3):
-    rng = np.random.default_rng(seed)
-    Z = rng.standard_normal((d, 3))
-    I, J, K = rng.integers(0, d, (3, m))
-    S = Z @ Z.T
-    return I, J, K, (S[I, J] > S[I, K]).astype(float)
+    return planted_triplets(d, m, seed)
 
 
 def _same(a, b):

@@ -23,24 +23,18 @@ from dscaledgd.problems import pairwise as pw
 from dscaledgd.solvers import strata
 from dscaledgd.solvers.online import group_step, inverse_gram
 
+from .sgd_instances import ill_pairs, planted_triplets
+
 #: the runs here stop after a fixed number of epochs on purpose
 pytestmark = pytest.mark.filterwarnings("ignore::dscaledgd.exceptions.ConvergenceWarning")
 
 
 def _ill(seed=0, d=30):
-    rng = np.random.default_rng(seed)
-    U = np.linalg.qr(rng.standard_normal((d, 3)))[0]
-    M = (U * [10.0, 0.1, 0.001]) @ U.T
-    i, j = np.indices(M.shape).reshape(2, -1)
-    return i, j, M[i, j]
+    return ill_pairs(seed, d)
 
 
 def _bpr(d=120, m=6000, seed=11):
-    rng = np.random.default_rng(seed)
-    Z = rng.standard_normal((d, 3))
-    I, J, K = rng.integers(0, d, (3, m))
-    S = Z @ Z.T
-    return I, J, K, (S[I, J] > S[I, K]).astype(float)
+    return planted_triplets(d, m, seed)
 
 
 # ------------------------------------------------------------------ the schedule
