@@ -124,6 +124,9 @@ def test_resume_flags_need_a_directory(tmp_path):
     with pytest.raises(InvalidParameterError, match="'checkpoint_interval' parameter"):
         dsg.scaled_sgd(_ill(), 3, epochs=1, checkpoint=os.fspath(tmp_path / "f"),
                        checkpoint_interval=0)  # fmt: skip
+    with pytest.raises(InvalidParameterError, match="'loss' parameter"):
+        dsg.scaled_sgd(_ill(), 3, loss="l2", checkpoint=os.fspath(tmp_path / "h"))
+    assert not os.path.exists(tmp_path / "h")  # a bad parameter creates nothing
     est = dsg.ScaledSGD(rank=3, epochs=3, random_state=0, checkpoint=os.fspath(tmp_path / "g"))
     est.fit(_ill())
     assert sorted(os.listdir(tmp_path / "g"))[-1] == "ckpt-00000003"

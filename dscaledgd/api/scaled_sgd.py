@@ -175,7 +175,6 @@ def scaled_sgd(
     'converged'
     """
     func = "scaled_sgd"
-    ckpt = _checkpoints(func, checkpoint, checkpoint_interval, resume)
     check_choice(func, "loss", loss, pw.LOSSES)
     check_choice(func, "method", method, METHODS_SGD)
     if eval_every is not None:
@@ -183,6 +182,7 @@ def scaled_sgd(
     for name, v in (("n_blocks", n_blocks), ("sync_every", sync_every)):
         if v is not None:
             check_param(func, name, v, [Interval("int", 1, None)])
+    ckpt = _checkpoints(func, checkpoint, checkpoint_interval, resume)  # before any data
     rng = resolve_rng(random_state)
     scaled = method == "scaledsgd"
     in_process = (client is None and address is None and scheduler is None and n_blocks is None
