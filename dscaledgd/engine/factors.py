@@ -33,21 +33,37 @@ _RANDOM_CHUNK = 4096
 
 
 # ------------------------------------------------------------ block kernels
+def _al(a):
+    """``a``, or an aligned copy of it.
+
+    A block that reached a worker by scatter or transfer is a view into the
+    message's frame and may start at any byte (46 mod 64 was seen). NumPy calls
+    such an array unaligned, and its matmul then leaves BLAS for its own loop,
+    which rounds differently: the iterates lost their bit-identity across
+    executors after the first re-rooting of the factors. Factor blocks are
+    ``n_k × r``, so the copy is cheap.
+    """
+    return a if a is None or a.flags.aligned else np.array(a, order="C")
+
+
 def _gram(X):
+    X = _al(X)
     return X.T @ X
 
 
 def _cross(X, Y):
-    return X.T @ Y
+    return _al(X).T @ _al(Y)
 
 
 def _stats(F, G, w=None):
+    F, G = _al(F), _al(G)
     if w is None:
         return F.T @ F, F.T @ G, G.T @ G
     return F.T @ F, F.T @ G, G.T @ G, F.T @ (F * w[:, None])
 
 
 def _combine(X, A, G, B, gscale=None):
+    X, G = _al(X), _al(G)
     out = X @ A if A is not None else 0.0
     if G is not None:
         if gscale is not None:
