@@ -186,6 +186,7 @@ def test_killed_client_resumes_to_the_same_answer(tmp_path):
 
 
 # ------------------------------------------------------------------ killed scheduler
+@pytest.mark.slow  # about 20 s: with the slow tests, keeping the default run short
 def test_killed_scheduler_then_resume_on_a_new_one(tmp_path):
     import dask
 

@@ -78,7 +78,10 @@ def _run(name, args, kw, **extra):
 
 
 @pytest.mark.parametrize("when", ["init", "iterations"])
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize(
+    "name",  # rpca's two cases (35 s) run with the slow tests, keeping the default run short
+    [pytest.param(n, marks=pytest.mark.slow) if n == "rpca" else n for n in CASES],
+)
 def test_killed_worker_leaves_the_answer_unchanged(procs, client, monkeypatch, name, when):
     args, kw, predict = CASES[name]()
     ref = _run(name, args, kw, scheduler="threads")

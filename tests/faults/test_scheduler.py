@@ -41,6 +41,7 @@ def _signal_at(pc, iteration, sig):
     return cb
 
 
+@pytest.mark.slow  # about 20 s: with the slow tests, keeping the default run short
 def test_hung_scheduler_times_out_naming_the_address(short_timeout):
     pc = ProcessCluster(1)
     try:
