@@ -179,12 +179,24 @@ def _cmd_import(args) -> int:
 
 # --------------------------------------------------------------- complete
 # --------------------------------------------------------------- evaluate
+def _sgd_columns(text: str):
+    from .cli_sgd import sgd_columns
+
+    return sgd_columns(text)
+
+
 def _cmd_evaluate(args) -> int:
     from .models import Tucker
     from .result import load_result
     from .storage.observations import Observations
 
     res = load_result(args.result)
+    if "preconditioner" in res.info:  # a ScaledSGD result: pairs or triplets
+        from .cli_sgd import evaluate_samples
+
+        payload = evaluate_samples(res, args.result, args.obs, args.columns)
+        _write_json(args.out, payload, args.overwrite)
+        return 0
     if isinstance(res.model, Tucker):  # a tensor: a store, an array file or NIfTI
         from .cli_tensor import read_tensor
 
@@ -412,8 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("result", metavar="RES.zarr")
     e.add_argument(
-        "obs", metavar="DATA", help="OBS.zarr (matrix result), or the tensor (Tucker result)"
-    )
+        "obs", metavar="DATA", help="OBS.zarr (matrix result), the tensor (Tucker result), or "
+        "samples (CSV, Parquet, Zarr, .npy) for a result of `dscaledgd sgd`",
+    )  # fmt: skip
+    e.add_argument("--columns", type=_sgd_columns, default=None, metavar="I,J,[K,]Y",
+                   help="the CSV/Parquet columns of sgd samples (default i,j,[k,]y)")  # fmt: skip
     common(e, "also write the metrics as JSON to this path", runs=False)
     e.set_defaults(func=_cmd_evaluate)
 

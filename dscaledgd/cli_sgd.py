@@ -18,7 +18,7 @@ import numpy as np
 
 from .cli_common import fraction, respelled, run_options
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "evaluate_samples", "sgd_columns"]
 
 #: API parameter → how the command line spells it
 FLAGS = {
@@ -91,7 +91,39 @@ def _cmd_sgd(args) -> int:
     return 0
 
 
-def _columns(text: str) -> tuple[str, ...]:
+def evaluate_samples(res, result_path: str, path: str, columns) -> dict:
+    """``dscaledgd evaluate`` of a ScaledSGD result on samples at ``path``: the mean
+    objective of its loss, the RMSE of the predicted values (pairs) or the AUC (BPR)."""
+    from .problems import pairwise as pw
+
+    loss = res.params["loss"]
+    X = np.asarray(res.factors[0])
+    data = _read(path, "DATA", loss, columns, whole=True)
+    try:
+        I, J, K, Y, _ = pw.check_samples("evaluate", data, loss, X.shape[0])
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(
+            f"DATA {path!r} does not fit this result (fitted with --loss {loss} on "
+            f"{X.shape[0]} rows): {exc}"
+        ) from None
+    tot = pw.sums(I, J, K, Y, X, loss)
+    payload = {"result": os.path.abspath(result_path),
+               "samples": os.path.abspath(path), "n": len(Y), "loss": loss,
+               "objective": float(tot[0] / tot[2])}  # fmt: skip
+    line = f"{loss} objective {payload['objective']:.6g}"
+    if loss == "bpr":
+        payload["auc"] = float(tot[1] / tot[2])
+        line += f"  AUC {payload['auc']:.4f}"
+    else:
+        z = pw._z(I, J, K, X, loss)
+        payload["rmse"] = float(np.sqrt(np.mean((z - Y) ** 2)))
+        line += f"  rmse {payload['rmse']:.6g}"
+    print(f"{line}  on {len(Y)} samples")
+    return payload
+
+
+def sgd_columns(text: str) -> tuple[str, ...]:
+    """``--columns``: 3 or 4 names separated by commas."""
     names = tuple(c.strip() for c in text.split(",") if c.strip())
     if len(names) not in (3, 4):
         raise argparse.ArgumentTypeError(
@@ -124,7 +156,7 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=50, help="default 50")
     s.add_argument("--tol", type=float, default=0.0,
                    help="stop when the mean objective is at most this (default 0)")  # fmt: skip
-    s.add_argument("--columns", type=_columns, default=None, metavar="I,J,[K,]Y",
+    s.add_argument("--columns", type=sgd_columns, default=None, metavar="I,J,[K,]Y",
                    help="the CSV/Parquet columns (default i,j,y or i,j,k,y)")  # fmt: skip
     s.add_argument("--n-rows", type=int, default=None, help="d (default: largest index + 1)")
     s.add_argument("--validation", metavar="PATH", default=None,

@@ -9,6 +9,7 @@ command-line spelling and writes nothing; bad usage exits 2.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -65,6 +66,15 @@ def test_a_csv_of_triplets_gives_the_api_result(files, capsys):
     (auc, npmax) = (float(x) for x in re.findall(r"AUC ([0-9.]+) \(NP-maximum ([0-9.]+)", out)[0])
     assert auc == pytest.approx(api.history["eval_auc"][-1], abs=1e-4) and auc > 0.9 > npmax
     assert "10000 samples (threads), epochs 3" in out
+    rc, out, err = run(capsys, "evaluate", files / "res.zarr", files / "test.npy",
+                       "--out", files / "m.json")  # fmt: skip
+    assert rc == 0, err
+    I, J, K, Y = test.T
+    auc = dsg.problems.pairwise.auc(I.astype(int), J.astype(int), K.astype(int), Y, api.L.compute())
+    assert f"AUC {auc:.4f}  on 2000 samples" in out
+    assert json.loads((files / "m.json").read_text())["auc"] == pytest.approx(auc, abs=1e-15)
+    rc, out, err = run(capsys, "evaluate", files / "res.zarr", files / "pairs.npy")
+    assert rc == 1 and "does not fit this result (fitted with --loss bpr on 150 rows)" in err
 
 
 def test_a_killed_run_is_resumed_by_dscaledgd_resume(files, capsys, monkeypatch):
@@ -76,7 +86,9 @@ def test_a_killed_run_is_resumed_by_dscaledgd_resume(files, capsys, monkeypatch)
     assert rc == 0, err
     rc, out, err = run(capsys, "resume", "ck", "--epochs", "8", "--out", "resumed.zarr")
     assert rc == 0 and "epochs 8" in out, err
+    rc, out, err = run(capsys, "evaluate", "full.zarr", "pairs.npy")
     full, resumed = dsg.load_result("full.zarr"), dsg.load_result("resumed.zarr")
+    assert rc == 0 and f"rmse objective {full.history['loss'][-1]:.6g}  rmse" in out, err
     assert np.array_equal(np.asarray(full.factors[0]), np.asarray(resumed.factors[0]))
     assert resumed.info["resumed_from"] == 3
     np.testing.assert_array_equal(full.history["loss"], resumed.history["loss"])
