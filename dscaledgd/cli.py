@@ -179,12 +179,6 @@ def _cmd_import(args) -> int:
 
 # --------------------------------------------------------------- complete
 # --------------------------------------------------------------- evaluate
-def _sgd_columns(text: str):
-    from .cli_sgd import sgd_columns
-
-    return sgd_columns(text)
-
-
 def _cmd_evaluate(args) -> int:
     from .models import Tucker
     from .result import load_result
@@ -413,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tensor_complete(sub, common)
 
     from .cli_sgd import add_parser as add_sgd
+    from .cli_sgd import sgd_columns
 
     add_sgd(sub, common)
 
@@ -427,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "obs", metavar="DATA", help="OBS.zarr (matrix result), the tensor (Tucker result), or "
         "samples (CSV, Parquet, Zarr, .npy) for a result of `dscaledgd sgd`",
     )  # fmt: skip
-    e.add_argument("--columns", type=_sgd_columns, default=None, metavar="I,J,[K,]Y",
+    e.add_argument("--columns", type=sgd_columns, default=None, metavar="I,J,[K,]Y",
                    help="the CSV/Parquet columns of sgd samples (default i,j,[k,]y)")  # fmt: skip
     common(e, "also write the metrics as JSON to this path", runs=False)
     e.set_defaults(func=_cmd_evaluate)

@@ -115,8 +115,7 @@ def evaluate_samples(res, result_path: str, path: str, columns) -> dict:
         payload["auc"] = float(tot[1] / tot[2])
         line += f"  AUC {payload['auc']:.4f}"
     else:
-        z = pw._z(I, J, K, X, loss)
-        payload["rmse"] = float(np.sqrt(np.mean((z - Y) ** 2)))
+        payload["rmse"] = pw.rmse(I, J, K, Y, X, loss)
         line += f"  rmse {payload['rmse']:.6g}"
     print(f"{line}  on {len(Y)} samples")
     return payload

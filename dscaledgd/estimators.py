@@ -355,8 +355,7 @@ class ScaledSGD(_Estimator, func="scaled_sgd", defaults={"rank": 3}):
         I, J, K, Y, _ = check_samples("ScaledSGD.score", samples, self.loss, self.X_.shape[0])
         if self.loss == "bpr":
             return pw.auc(I, J, K, Y, self.X_)
-        z = pw._z(I, J, K, self.X_, self.loss)
-        return -float(np.sqrt(np.mean((z - Y) ** 2)))
+        return -pw.rmse(I, J, K, Y, self.X_, self.loss)
 
 
 def _rng(random_state):

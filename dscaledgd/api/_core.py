@@ -47,6 +47,7 @@ __all__ = [
     "check_scale",
     "warn_empty",
     "zero_result",
+    "checkpoints_for",
 ]
 
 METHODS = ("scaledgd", "gd")
@@ -104,38 +105,40 @@ def collect_params(func: str, scope: dict, **overrides) -> dict:
     validate_params(func, params, COMMON)
     if params.get("scheduler") is not None:
         check_choice(func, "scheduler", params["scheduler"], SCHEDULERS)
-    if params.get("checkpoint") is not None:
-        from ..storage.checkpoints import Checkpoints
-
-        params["_checkpoints"] = Checkpoints(
-            params["checkpoint"],
-            interval=params.get("checkpoint_interval", 10),
-            resume=params.get("resume", False),
-            func=func,
-        )
-    elif params.get("resume") not in (None, False):
-        raise InvalidParameterError(
-            f"The 'resume' parameter of {func} needs checkpoint=DIR (the directory to resume "
-            f"from). Got resume={params['resume']!r} without a checkpoint directory."
-        )
+    interval, resume = params.get("checkpoint_interval", 10), params.get("resume", False)
+    ckpt = checkpoints_for(func, params.get("checkpoint"), interval, resume)
+    if ckpt is not None:
+        params["_checkpoints"] = ckpt
     return params
+
+
+def checkpoints_for(func: str, checkpoint, interval, resume):
+    """The :class:`~dscaledgd.storage.checkpoints.Checkpoints` of ``checkpoint=DIR`` (its
+    directory checked and created), or ``None``; ``resume`` without a directory is refused."""
+    if checkpoint is None:
+        if resume not in (None, False):
+            raise InvalidParameterError(
+                f"The 'resume' parameter of {func} needs checkpoint=DIR (the directory to "
+                f"resume from). Got resume={resume!r} without a checkpoint directory."
+            )
+        return None
+    from ..storage.checkpoints import Checkpoints
+
+    return Checkpoints(checkpoint, interval=interval, resume=resume, func=func)
 
 
 def run_config(engine, rank, params: dict, desc: str) -> dict:
     """What decides a run's trajectory: its parameters, the rank and a data fingerprint
     (shape, ``‖data‖²`` and the observed fraction to 12 digits, and what the entry point
     adds as ``params["_fingerprint"]``). Hashed into a checkpoint's ``config_hash``."""
-    import hashlib
+    from ..storage.checkpoints import arrays_digest
 
     out = {"method_of": desc, "rank": np.asarray(rank).tolist()}
     for k, v in params.items():
         if k in NOT_HASHED or k.startswith("_"):
             continue
         if isinstance(v, tuple) and k == "init":  # a warm start: its arrays' digest
-            h = hashlib.sha256()
-            for a in v:
-                h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
-            v = "warm-start:" + h.hexdigest()[:16]
+            v = "warm-start:" + arrays_digest(*(np.asarray(a, np.float64) for a in v))[:16]
         elif not isinstance(v, int | float | str | bool | type(None) | list | tuple | dict):
             v = type(v).__name__  # a Generator: its seed was drawn once, and is stored
         out[k] = v

@@ -361,12 +361,9 @@ def ridge_per_factor(reg: float, obs: Observations, symmetric: bool) -> tuple:
 
 def counts_digest(*counts) -> str:
     """A short SHA-256 of per-row/column observation counts (a checkpoint's data fingerprint)."""
-    import hashlib
+    from ..storage.checkpoints import arrays_digest
 
-    h = hashlib.sha256()
-    for c in counts:
-        h.update(np.ascontiguousarray(c, dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
+    return arrays_digest(*(np.asarray(c, dtype=np.int64) for c in counts))[:16]
 
 
 def reference_copy(obs: Observations) -> Observations:

@@ -20,6 +20,8 @@ from ..problems.pairwise import check_samples
 from ..result import SolveResult
 from ..solvers.driver import LoopConfig
 from ..solvers.online import inverse_gram, run_epochs, sequential_epoch
+from ..storage.checkpoints import arrays_digest
+from ._core import checkpoints_for
 
 __all__ = ["scaled_sgd", "check_samples", "METHODS_SGD", "initial_factors", "evaluator"]
 
@@ -182,7 +184,7 @@ def scaled_sgd(
     for name, v in (("n_blocks", n_blocks), ("sync_every", sync_every)):
         if v is not None:
             check_param(func, name, v, [Interval("int", 1, None)])
-    ckpt = _checkpoints(func, checkpoint, checkpoint_interval, resume)  # before any data
+    ckpt = checkpoints_for(func, checkpoint, checkpoint_interval, resume)  # before any data
     rng = resolve_rng(random_state)
     scaled = method == "scaledsgd"
     in_process = (client is None and address is None and scheduler is None and n_blocks is None
@@ -201,7 +203,7 @@ def scaled_sgd(
         _check(func, rank, d, loss, method, step_size, epochs, tol, reinvert_every)
         data = (I, J, K, Y)
         epoch = sequential_epoch(data, loss, scaled, shuffle)
-        _bind(ckpt, params, d, _digest(data))
+        _bind(ckpt, params, d, arrays_digest(*data))
         return _run(func, epoch, evaluator(data, loss), d, rank, scaled, rng, params, test,
                     None, step_size, epochs, tol, eval_every, reinvert_every, loss, callback,
                     progress, {"executor": "in-process"}, ckpt)  # fmt: skip
@@ -238,20 +240,6 @@ def _in_memory(samples) -> bool:
     return isinstance(samples, np.ndarray)
 
 
-def _checkpoints(func, checkpoint, interval, resume):
-    """The checkpoint directory, checked before any data is read (or ``None``)."""
-    if checkpoint is None:
-        if resume not in (None, False):
-            raise InvalidParameterError(
-                f"The 'resume' parameter of {func} needs checkpoint=DIR (the directory to "
-                f"resume from). Got resume={resume!r} without a checkpoint directory."
-            )
-        return None
-    from ..storage.checkpoints import Checkpoints
-
-    return Checkpoints(checkpoint, interval=interval, resume=resume, func=func)
-
-
 #: parameters that do not change the iterates: left out of a checkpoint's config_hash
 _NOT_HASHED = ("epochs", "tol")
 
@@ -260,16 +248,6 @@ def _bind(ckpt, params, d, fingerprint) -> None:
     if ckpt is not None:
         config = {k: v for k, v in params.items() if k not in _NOT_HASHED}
         ckpt.bind({**config, "n_rows": d, "data": fingerprint})
-
-
-def _digest(data) -> str:
-    """SHA-256 of the samples' columns (what a checkpoint of in-memory samples is tied to)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for c in data:
-        h.update(np.ascontiguousarray(c).view(np.uint8))
-    return h.hexdigest()
 
 
 def _run(func, epoch, evaluate, d, rank, scaled, rng, params, test, ex, step_size, epochs, tol,

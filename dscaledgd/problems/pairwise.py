@@ -44,7 +44,7 @@ from ..exceptions import InputDataError
 __all__ = [
     "LOSSES", "PAIR_LOSSES", "LOSS_CODES", "run_samples", "objective", "gradient", "auc",
     "reference_samples", "sherman_morrison_add", "sherman_morrison_remove", "check_samples",
-    "sums", "np_maximum",
+    "sums", "np_maximum", "rmse",
 ]  # fmt: skip
 
 LOSSES = ("rmse", "1bit", "edm", "bpr")
@@ -304,6 +304,13 @@ def auc(I, J, K, Y, X) -> float:
     """The fraction of triplets ordered correctly: ``x_i·x_j > x_i·x_k`` exactly when ``y = 1``
     (ties count one half)."""
     return float(np.mean(_right(_z(I, J, K, X, "bpr"), Y)))
+
+
+def rmse(I, J, K, Y, X, loss: str) -> float:
+    """RMSE of the predicted values (``x_i·x_j``, or the squared distance for EDM) against
+    ``y`` (the pair losses)."""
+    z = _z(I, J, K, X, loss)
+    return float(np.sqrt(np.mean((z - np.asarray(Y, dtype=np.float64)) ** 2)))
 
 
 #: samples per slice of :func:`sums` (bounds its temporaries to a few times 2^18 · r)

@@ -33,14 +33,13 @@ from __future__ import annotations
 import functools
 import json
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..problems import pairwise as pw
 from .driver import Driver, LoopConfig
-from .resume import dec, enc
+from .resume import dec, driver_snapshot, enc, restore_driver
 
 __all__ = [
     "EpochStats", "run_epochs", "run_batch", "sequential_epoch", "group_step", "DRIFT_TOL",
@@ -222,8 +221,8 @@ _COUNTERS = ("reinversions", "sm_refusals", "restores", "probe_seconds")
 
 def _snapshot(n_epoch, X, P, lr, f0, rng, info, drv, curve, epoch) -> tuple[dict, dict]:
     """``(meta, arrays)`` of the run between epochs (floats as exact hex strings)."""
-    arrays = {"X": X, "P": P}
-    arrays.update({f"history.{k}": np.asarray(v, dtype=np.float64) for k, v in drv.hist.items()})
+    driver, hist = driver_snapshot(drv)
+    arrays = {"X": X, "P": P, **hist}
     arrays.update({f"curve.{k}": np.asarray(v, dtype=np.float64) for k, v in curve.items()})
     state = rng.bit_generator.state  # its 128-bit integers kept exactly as JSON text
     meta = {
@@ -233,11 +232,7 @@ def _snapshot(n_epoch, X, P, lr, f0, rng, info, drv, curve, epoch) -> tuple[dict
         "rng": {"bit_generator": state["bit_generator"], "json": json.dumps(state)},
         "info": {k: enc(info[k]) for k in _COUNTERS},
         "syncs": int(getattr(epoch, "syncs", 0)),
-        "driver": {
-            "passes": int(drv.passes),
-            "elapsed": enc(drv.elapsed()),
-            "events": drv.events,
-        },  # fmt: skip
+        "driver": driver,
     }
     return meta, arrays
 
@@ -252,17 +247,13 @@ def _restore(ck, X, P, rng, info, drv, curve, epoch) -> tuple[int, float, float]
         )
     rng.bit_generator.state = json.loads(meta["rng"]["json"])
     X[...], P[...] = arrays["X"], arrays["P"]
+    restore_driver(drv, meta["driver"], arrays)
     for name, values in arrays.items():
-        if name.startswith("history."):
-            drv.hist[name[len("history."):]] = [float(v) for v in values]  # fmt: skip
-        elif name.startswith("curve."):
+        if name.startswith("curve."):
             curve[name[len("curve."):]] = [float(v) for v in values]  # fmt: skip
     info.update({k: dec(v) for k, v in meta["info"].items()})
     if hasattr(epoch, "syncs"):
         epoch.syncs = int(meta["syncs"])
-    d = meta["driver"]
-    drv.passes, drv.events = int(d["passes"]), list(d["events"])
-    drv.t0 = time.perf_counter() - dec(d["elapsed"])
     n_epoch = int(meta["n_epoch"])
     drv.resumed(n_epoch)
     return n_epoch, dec(meta["step_size"]), dec(meta["f0"])

@@ -34,7 +34,10 @@ import time
 
 import numpy as np
 
-__all__ = ["snapshot", "restore_points", "restore_objects", "enc", "dec"]
+__all__ = [
+    "snapshot", "restore_points", "restore_objects", "enc", "dec", "driver_snapshot",
+    "restore_driver",
+]  # fmt: skip
 
 _POINTS = ("cur", "best", "best_val")
 
@@ -103,8 +106,8 @@ def snapshot(n_iter: int, quiet: int, points: dict, rule, guard, reseed, drv, so
             "it": int(pt.it),
             "reseeded": bool(pt.reseeded),
         }
-    for key, values in drv.hist.items():
-        arrays[f"history.{key}"] = np.asarray(values, dtype=np.float64)
+    driver, hist = driver_snapshot(drv)
+    arrays.update(hist)
     meta = {
         "n_iter": int(n_iter),
         "quiet": int(quiet),
@@ -112,13 +115,7 @@ def snapshot(n_iter: int, quiet: int, points: dict, rule, guard, reseed, drv, so
         "rule": {"name": rule.name, "attrs": _plain_attrs(rule)},
         "guard": {"loss0": enc(guard.loss0), "ref": enc(guard.ref)},
         "reseed_events": None if reseed is None else int(reseed.events),
-        "driver": {
-            "passes": int(drv.passes),
-            "val_wait": int(drv.val_wait),
-            "val_ref": enc(drv.val_ref),
-            "elapsed": enc(drv.elapsed()),
-            "events": drv.events,
-        },
+        "driver": driver,
         "solve": solve_meta,
     }
     return meta, arrays
@@ -161,17 +158,35 @@ def restore_objects(ck: dict, rule, guard, reseed, drv) -> tuple[int, int]:
     guard.ref = dec(meta["guard"]["ref"])
     if reseed is not None and meta["reseed_events"] is not None:
         reseed.events = int(meta["reseed_events"])
-    d = meta["driver"]
+    restore_driver(drv, meta["driver"], arrays)
+    return int(meta["n_iter"]), int(meta["quiet"])
+
+
+def driver_snapshot(drv) -> tuple[dict, dict]:
+    """``(meta, arrays)`` of a :class:`~.driver.Driver`: its counters, events and elapsed
+    time, and its history as ``history.<key>`` arrays (the batch loop's and the epochs')."""
+    meta = {
+        "passes": int(drv.passes),
+        "val_wait": int(drv.val_wait),
+        "val_ref": enc(drv.val_ref),
+        "elapsed": enc(drv.elapsed()),
+        "events": drv.events,
+    }
+    arrays = {f"history.{k}": np.asarray(v, dtype=np.float64) for k, v in drv.hist.items()}
+    return meta, arrays
+
+
+def restore_driver(drv, d: dict, arrays: dict) -> None:
+    """Put back what :func:`driver_snapshot` stored (``d``, and the ``history.*`` arrays)."""
     drv.hist = {}
     for name in arrays:
         if name.startswith("history."):
             drv.hist[name[len("history.") :]] = [float(v) for v in arrays[name]]
     drv.passes = int(d["passes"])
-    drv.val_wait = int(d["val_wait"])
+    drv.val_wait = int(d.get("val_wait", 0))
     if "val_ref" in d:  # checkpoints before tensor RPCA: the best value was the reference
         drv.val_ref = dec(d["val_ref"])
     elif drv.best_val is not None:
         drv.val_ref = drv.monitored(drv.best_val)
     drv.events = list(d["events"])
     drv.t0 = time.perf_counter() - dec(d["elapsed"])
-    return int(meta["n_iter"]), int(meta["quiet"])

@@ -42,6 +42,7 @@ from .results import jsonable
 
 __all__ = [
     "Checkpoints", "config_hash", "CLI_ARGV", "list_checkpoints", "read_checkpoint",
+    "arrays_digest",
     "stored_command",
 ]  # fmt: skip
 
@@ -57,6 +58,15 @@ def config_hash(config: dict) -> str:
     """SHA-256 of the canonical JSON of ``config``."""
     text = json.dumps(jsonable(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def arrays_digest(*arrays) -> str:
+    """SHA-256 (hex) of the arrays' bytes in C order, one after another: what ties a
+    checkpoint to in-memory data (callers fix the dtypes they hash)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def list_checkpoints(path) -> list[tuple[int, str]]:
