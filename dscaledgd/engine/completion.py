@@ -106,13 +106,27 @@ def _load_tile(ref: TileRef):
     return _read_range(ref, ref.lo, ref.hi)
 
 
-def _chunks(tile):
-    """Yield ``(rows, cols, values)`` pieces of a tile (one piece if resident)."""
-    if isinstance(tile, TileRef):
-        for s in range(tile.lo, tile.hi, tile.sub):
-            yield _read_range(tile, s, min(tile.hi, s + tile.sub))
-    else:
-        yield tile
+def _spans(ref: TileRef):
+    """``[s, e)`` pieces of at most ``ref.sub`` entries, cut at multiples of ``ref.sub``:
+    with ``sub`` the store's chunk length (the default), every piece decodes exactly one
+    chunk of each array instead of straddling two."""
+    s = ref.lo
+    while s < ref.hi:
+        e = min(ref.hi, (s // ref.sub + 1) * ref.sub)
+        yield s, e
+        s = e
+
+
+def _pieces(tile, fn):
+    """Yield ``fn(rows, cols, values)`` per piece of a tile (one piece if resident).
+
+    A streamed piece is read, used and freed before the next is read: a task holds one
+    piece at a time, never two."""
+    if not isinstance(tile, TileRef):
+        yield fn(*tile)
+        return
+    for s, e in _spans(tile):
+        yield fn(*_read_range(tile, s, e))
 
 
 # ------------------------------------------------------------------ tasks
@@ -120,15 +134,18 @@ def _tile_grad(tile, L, R, loss, kernel, scale=1.0, offsets=None):
     # gradients accumulate in interleaved [F | ∇F] blocks, the fused kernel's layout
     r = L.shape[1]
     LG, RG = cp.interleave(L), cp.interleave(R)
+
+    def piece(rows, cols, vals):
+        if kernel != "reference":
+            return cp.fused_pass_interleaved(rows, cols, vals, LG, RG, loss, offsets)
+        sums, pl, pr = cp.reference_pass(rows, cols, vals, L, R, loss, offsets)
+        LG[:, r:] += pl
+        RG[:, r:] += pr
+        return sums
+
     acc = np.zeros(2)
-    for rows, cols, vals in _chunks(tile):
-        if kernel == "reference":
-            (v, sq), pl, pr = cp.reference_pass(rows, cols, vals, L, R, loss, offsets)
-            LG[:, r:] += pl
-            RG[:, r:] += pr
-        else:
-            v, sq = cp.fused_pass_interleaved(rows, cols, vals, LG, RG, loss, offsets)
-        acc += (v, sq)
+    for sums in _pieces(tile, piece):
+        acc += sums
     gL, gR = np.ascontiguousarray(LG[:, r:]), np.ascontiguousarray(RG[:, r:])
     if scale != 1.0:  # scaling here spares a reduction task for single-partial blocks
         gL *= scale
@@ -138,7 +155,8 @@ def _tile_grad(tile, L, R, loss, kernel, scale=1.0, offsets=None):
 
 def _tile_spmm(tile, V, m, transpose, offsets=None):
     out = np.zeros((m, V.shape[1]))
-    for rows, cols, vals in _chunks(tile):
+
+    def piece(rows, cols, vals):
         if offsets is not None:  # the centred matrix Y − mu − b_i − c_j
             mu, ro, co = offsets
             vals = vals - mu - ro[rows] - co[cols]
@@ -146,6 +164,9 @@ def _tile_spmm(tile, V, m, transpose, offsets=None):
             cp.spmm(cols, rows, vals, V, out)
         else:
             cp.spmm(rows, cols, vals, V, out)
+
+    for _ in _pieces(tile, piece):
+        pass
     return out
 
 
@@ -155,20 +176,19 @@ def _tile_symspmm(tile, Vb, Va, m_a, m_b, offsets=None):
 
 
 def _tile_residual(tile, L, R, offsets=None):
-    return sum(cp.residual_sumsq(r, c, v, L, R, offsets) for r, c, v in _chunks(tile))
+    return sum(_pieces(tile, lambda r, c, v: cp.residual_sumsq(r, c, v, L, R, offsets)))
 
 
 def _tile_fit(tile, L, R, offsets=None):
     out = np.zeros(2)
-    for r, c, v in _chunks(tile):
-        out += cp.fit_sums(r, c, v, L, R, offsets)
+    for sums in _pieces(tile, lambda r, c, v: cp.fit_sums(r, c, v, L, R, offsets)):
+        out += sums
     return out
 
 
 def _tile_bias(tile, offsets, m, n):
     rs, cs = np.zeros(m), np.zeros(n)
-    for r, c, v in _chunks(tile):
-        a, b = cp.bias_sums(r, c, v, offsets, m, n)
+    for a, b in _pieces(tile, lambda r, c, v: cp.bias_sums(r, c, v, offsets, m, n)):
         rs += a
         cs += b
     return rs, cs

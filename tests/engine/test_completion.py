@@ -132,6 +132,40 @@ def test_store_backed_memory_and_stream_agree(tmp_path, rng):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
+def test_stream_pieces_are_chunk_aligned_and_held_one_at_a_time(tmp_path, monkeypatch):
+    """A streamed tile is read in pieces cut at multiples of ``sub`` (the store's chunk
+    length by default, so a piece decodes one chunk of each array, not two), and a piece
+    is freed before the next one is read: a task holds one piece, never two."""
+    import weakref
+
+    from dscaledgd.engine import completion as ce
+
+    obs, _ = dsg.datasets.make_completion((70, 50), 3, 0.4, random_state=6, tiles=(2, 2))
+    stored = dsg.Observations.open_zarr(obs.to_zarr(tmp_path / "o.zarr"))
+    ref = ce.tile_refs(stored, 37)[1]  # starts inside a run of 37: its first piece is short
+    spans = list(ce._spans(ref))
+    assert spans[0][0] == ref.lo and spans[-1][1] == ref.hi
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    assert all(e % 37 == 0 for _, e in spans[:-1]) and all(0 < e - s <= 37 for s, e in spans)
+    assert ref.lo % 37 != 0 and spans[0][1] - spans[0][0] < 37
+
+    alive, read = [], ce._read_range
+
+    def watched(r, s, e):
+        assert all(w() is None for w in alive), "the previous piece is still held"
+        out = read(r, s, e)
+        alive.append(weakref.ref(out[2]))
+        return out
+
+    monkeypatch.setattr(ce, "_read_range", watched)
+    L, R = np.ones((ref.height, 3)), np.ones((ref.width, 3))
+    gL, _, acc = ce._tile_grad(ref, L, R, "l2", "fused")
+    assert len(alive) == len(spans) > 2
+    whole = ce._tile_grad(read(ref, ref.lo, ref.hi), L, R, "l2", "fused")
+    np.testing.assert_allclose(gL, whole[0], rtol=1e-13)
+    np.testing.assert_allclose(acc, whole[2], rtol=1e-13)
+
+
 def test_distributed_pass_matches_threads_bitwise(client, rng):
     obs, _ = dsg.datasets.make_completion((80, 70), 3, 0.3, random_state=7, tiles=(3, 2))
     F = _factors(rng, obs, 3, False)
