@@ -2,7 +2,8 @@
 
 Real ``dask scheduler`` and three nanny-less ``dask worker`` processes on
 127.0.0.1; one worker is SIGKILLed by PID during the initialisation or
-during the iterations of ``complete``, ``sense`` and ``rpca``. The run must
+during the iterations of ``complete`` (in memory, and streamed from a Zarr
+store), ``sense`` and ``rpca``. The run must
 finish with the same answer as an undisturbed run on threads (≤ 1e-9
 relative, the agreement of undisturbed distributed runs), because every
 scattered item has two copies and everything else is recomputed from its
@@ -53,6 +54,14 @@ def _completion():
     return (obs, 4), {}, lambda res: res.predict(r, c)
 
 
+def _completion_streamed(tmp_path):
+    """The same data in a Zarr store, streamed every pass: the lost tasks re-read their
+    pieces from the store (tile references, never scattered data)."""
+    (obs, rank), kw, predict = _completion()
+    stored = dsg.Observations.open_zarr(obs.to_zarr(tmp_path / "obs.zarr"))
+    return (stored, rank), {"cache": "stream", **kw}, predict
+
+
 def _sensing():
     n = 40
     t = dsg.datasets.make_low_rank((n, n), 2, cond=2, random_state=0)
@@ -69,21 +78,29 @@ def _rpca():
     return (Y, 3), {"alpha": 0.1, "tol": 1e-6}, _product
 
 
-CASES = {"complete": _completion, "sense": _sensing, "rpca": _rpca}
+CASES = {
+    "complete": lambda _: _completion(),
+    "complete-streamed": _completion_streamed,
+    "sense": lambda _: _sensing(),
+    "rpca": lambda _: _rpca(),
+}
+SLOW = ("rpca", "complete-streamed")
 
 
 def _run(name, args, kw, **extra):
-    fn = getattr(dsg, name)
+    fn = getattr(dsg, name.split("-")[0])
     return fn(*args, random_state=3, max_iter=300, **kw, **extra)
 
 
 @pytest.mark.parametrize("when", ["init", "iterations"])
 @pytest.mark.parametrize(
-    "name",  # rpca's two cases (35 s) run with the slow tests, keeping the default run short
-    [pytest.param(n, marks=pytest.mark.slow) if n == "rpca" else n for n in CASES],
+    "name",  # rpca's (35 s) and the streamed cases (25 s) run with the slow tests
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CASES],
 )
-def test_killed_worker_leaves_the_answer_unchanged(procs, client, monkeypatch, name, when):
-    args, kw, predict = CASES[name]()
+def test_killed_worker_leaves_the_answer_unchanged(
+    procs, client, monkeypatch, tmp_path, name, when
+):
+    args, kw, predict = CASES[name](tmp_path)
     ref = _run(name, args, kw, scheduler="threads")
     killed = []
 
