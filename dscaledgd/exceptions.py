@@ -14,6 +14,7 @@ __all__ = [
     "DivergenceError",
     "NotFittedError",
     "ClusterError",
+    "ClusterWarning",
 ]
 
 
@@ -41,6 +42,11 @@ class ClusterError(RuntimeError):
     """The Dask cluster failed under the run: a lost worker whose data could not be
     re-created, an unreachable, hung or vanished scheduler. The message names the
     scheduler's address and what was seen."""
+
+
+class ClusterWarning(UserWarning):
+    """The Dask cluster is in a state that stalls the run, e.g. a worker paused because
+    its memory passed Dask's pause threshold. The message names the worker and the fix."""
 
 
 class ConvergenceWarning(UserWarning):

@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..exceptions import ClusterError
+from .health import PauseWatch
 from .replicas import PREFIX
 from .replicas import install as install_keep_replicas
 
@@ -209,6 +210,7 @@ class DistributedExecutor(Executor):
         self.address = getattr(client.scheduler, "address", None) or "the scheduler"
         self.timeout = scheduler_timeout()
         self._run = uuid.uuid4().hex[:8]
+        self._pause_watch = PauseWatch(self.address)  # one warning per paused worker
         self._seq = itertools.count()
         workers = self._identity().get("workers", {})
         if len(workers) < workers_to_wait_for():
@@ -350,12 +352,15 @@ class DistributedExecutor(Executor):
             idx = [k for k, w in enumerate(placement) if w == slot]
             targets = [addrs[(slot + i) % len(addrs)] for i in range(n)]
             keys = {k: f"{PREFIX}{self._run}-{next(self._seq)}" for k in idx}
-            futs = self.client.scatter(
-                {keys[k]: data[k] for k in idx},
-                workers=targets,
-                broadcast=n > 1,
-                timeout=self.timeout,
-            )
+            try:
+                futs = self.client.scatter(
+                    {keys[k]: data[k] for k in idx},
+                    workers=targets,
+                    broadcast=n > 1,
+                    timeout=self.timeout,
+                )
+            except TimeoutError:  # no running worker (all paused, or none left)
+                raise self._pause_watch.no_running_worker(self._identity(), self.timeout) from None
             for k in idx:
                 out[k] = futs[keys[k]]
         return out
@@ -379,7 +384,8 @@ class DistributedExecutor(Executor):
         While waiting, the scheduler is asked for its identity every
         :data:`POLL` seconds: one that does not answer within the timeout
         (a ``SIGSTOP``-ed or wedged scheduler) ends the wait with a message
-        naming its address, instead of blocking for as long as it is stopped.
+        naming its address, instead of blocking for as long as it is stopped;
+        workers paused for memory are watched (:class:`~.health.PauseWatch`).
         """
         from distributed.client import CancelledError, FutureCancelledError, FuturesCancelledError
         from distributed.scheduler import KilledWorker
@@ -407,12 +413,14 @@ class DistributedExecutor(Executor):
     def _gather(self, futures, handles):
         """Wait for ``futures``, asking the scheduler every :data:`POLL` s whether it is
         still there, then gather ``handles``."""
+        watch = self._pause_watch
         while True:
             try:
                 self._wait(futures)
                 break
             except TimeoutError:
-                self._identity()  # raises when the scheduler is hung or gone
+                watch.check(self._identity())  # _identity raises when the scheduler is gone
+        watch.since = None
         return self.client.gather(handles)
 
     def _wait(self, futures) -> None:
