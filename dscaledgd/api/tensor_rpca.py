@@ -364,7 +364,7 @@ def _initial(engine: TensorRPCAEngine, ranks, init, z0: float, seed: int, n_powe
     else:
         factors, core = engine.clipped_init(ranks, z0, seed=seed, n_power=n_power, sweeps=sweeps)
         state = State(factors, {"core": core})
-        passes = engine.spec.spectral_passes(n_power) + sweeps
+        passes = engine.spectral_passes(n_power) + sweeps
     return state, _initial_values(engine, state), passes
 
 

@@ -206,7 +206,8 @@ def tucker_complete(
     cache : {"auto", "memory", "stream"}
         For store-backed tensors: keep chunks on the workers or stream them.
     init_power_iter : int
-        Subspace iterations of the spectral initialisation (per mode).
+        Subspace iterations of the spectral initialisation, for the modes whose Gram
+        is not formed exactly (more than 1024 rows, or ``n_k p > 180``).
     callback, progress : as for :func:`complete`.
     checkpoint, checkpoint_interval, resume : checkpoints, as for :func:`complete`.
 
@@ -283,7 +284,7 @@ def _initial(engine: TuckerEngine, ranks, init, seed: int, n_power: int):
     elif init == "spectral":
         factors, _ = engine.spectral(ranks, seed=seed, n_power=n_power)
         state = State(factors, {"core": engine.project(factors)})
-        passes = 1 + engine.d * 2 * (n_power + 2) + 1
+        passes = 1 + engine.spectral_passes(n_power)
     else:
         rng = np.random.default_rng(seed)
         scale = np.sqrt(engine.value_norm2 / (engine.p * np.prod(ranks)))

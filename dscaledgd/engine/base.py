@@ -204,15 +204,17 @@ class FactorEngine:
 
     def from_numpy(self, arrays: list, params: dict | None = None) -> State:
         """Factors given as NumPy arrays, cut into this engine's row blocks."""
-        out = []
-        for k, (F, Fb) in enumerate(zip(arrays, self.factor_bounds)):
-            F = np.ascontiguousarray(F, dtype=np.float64)
-            slots = self._slots(k)
-            blocks = self.fex.scatter(
-                [F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)], placement=slots
-            )
-            out.append(Blocked(self.fex, Fb, F.shape[1], list(blocks), slots))
-        return State(out, dict(params or {}))
+        return State([self.block_factor(k, F) for k, F in enumerate(arrays)], dict(params or {}))
+
+    def block_factor(self, k: int, F) -> Blocked:
+        """Factor ``k`` given as a NumPy array, cut into this engine's row blocks."""
+        Fb = self.factor_bounds[k]
+        F = np.ascontiguousarray(F, dtype=np.float64)
+        slots = self._slots(k)
+        blocks = self.fex.scatter(
+            [F[Fb[a] : Fb[a + 1]].copy() for a in range(len(Fb) - 1)], placement=slots
+        )
+        return Blocked(self.fex, Fb, F.shape[1], list(blocks), slots)
 
 
 def _params(state) -> dict:

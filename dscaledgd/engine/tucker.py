@@ -94,6 +94,16 @@ def _as_coo(chunk):
     return np.argwhere(seen).astype(np.int32), np.ascontiguousarray(Y[seen]), Y.shape
 
 
+def _fiber_gram_task(k, n, parts):
+    """``M_k(Y_C) M_k(Y_C)ᵀ`` of one block ``C`` of the other modes: ``parts`` are its
+    chunks along mode ``k`` with their first row (:func:`~dscaledgd.problems.tucker.fiber_gram`)."""
+    return tk.fiber_gram([(_data(c), off) for c, off in parts], k, n)
+
+
+def _numpy(U):
+    return U if isinstance(U, np.ndarray) else U.gather()
+
+
 def _add_diag(GV, d, V, c):
     """``G V + c diag(d) V`` (the ``(p − 1) diag(G_k)`` correction of ALGORITHMS.md §7)."""
     return GV + V * (c * d)[:, None]
@@ -104,6 +114,16 @@ def _add_diag(GV, d, V, c):
 #: at p = 0.05, 9.1 / 3.9 ms at 0.1, 11.3 / 7.5 ms at 0.2 and 13.6 / 11.0 at 0.3 (r + 10
 #: = 15 columns, one thread); the copy costs one conversion per chunk.
 SPECTRAL_COO_BELOW = 0.25
+
+#: The spectral init forms a mode's Gram ``G_k`` exactly (one data wave, ``Σ_fibers m²``
+#: multiply-adds, an ``n_k × n_k`` result per block of the other modes) when the mode has
+#: at most this many rows, and its fibers at most ``EXACT_GRAM_FILL`` observed entries on
+#: average (``n_k p``); subspace iteration costs ``2 (q + 2)`` waves of ``2 (r + 10)``
+#: flops per entry. Init plus one iteration, r = 5, 2 threads: 0.109 s by subspace
+#: iteration (q = 4) and 0.043 s exactly at 100³ (p = 0.1), 1.43 and 0.74 s at 300³
+#: (p = 0.05) (``benchmarks/bench_tensor.py init``).
+EXACT_GRAM_ROWS = 1024
+EXACT_GRAM_FILL = 180
 
 #: A factor with at most this many rows is one block (every grouped task gets the
 #: whole of it, a few hundred KiB at r = 10); longer ones are cut like the grid's axis.
@@ -385,7 +405,10 @@ class TuckerEngine(FactorEngine):
 
         Returns ``(factors, values)``: orthonormal ``Blocked`` factors and,
         per mode, the eigenvalues (≈ ``p²`` times the squared singular values
-        of ``M_k(X)``). ``chunks`` (with their ``diag``, :meth:`stats_pass`):
+        of ``M_k(X)``). A short, sparsely filled mode (:meth:`exact_gram`) gets
+        its Gram formed exactly in one data wave (:func:`_fiber_gram_task`) and
+        its exact eigenvectors; the others ``n_power`` rounds of randomised
+        subspace iteration. ``chunks`` (with their ``diag``, :meth:`stats_pass`):
         other data on this grid, e.g. tensor RPCA's clipped copy; default the
         observations.
         """
@@ -394,23 +417,74 @@ class TuckerEngine(FactorEngine):
         copies, in_memory = [], True
         if chunks is None:
             chunks, diag, in_memory = self._chunks, self._diag, self.cache == "memory"
-        if self.T.layout == "dense" and in_memory and self.p < SPECTRAL_COO_BELOW:
-            slots = self._chunk_slots()
-            chunks = copies = [
-                self.ex.submit_on(slots[t], _as_coo, c, name="coo") for t, c in enumerate(chunks)
-            ]
-        try:
-            out = randomized_eigh_many(
-                [_ModeGram(self, k, chunks, diag[k]) for k in range(self.d)], self.factor_bounds,
-                [int(r) for r in ranks], seeds=[seed + k for k in range(self.d)],
-                n_power=n_power,
-            )  # fmt: skip
-        finally:
-            self.ex.release(*copies)
-        factors = [U for U, _ in out]
+        exact = [k for k in range(self.d) if self.exact_gram(k)]
+        out = dict(zip(exact, self._exact_eigh(chunks, exact, ranks)))
+        rand = [k for k in range(self.d) if k not in out]
+        if rand:
+            src = chunks
+            if self.T.layout == "dense" and in_memory and self.p < SPECTRAL_COO_BELOW:
+                slots = self._chunk_slots()
+                src = copies = [
+                    self.ex.submit_on(slots[t], _as_coo, c, name="coo")
+                    for t, c in enumerate(chunks)
+                ]
+            try:
+                got = randomized_eigh_many(
+                    [_ModeGram(self, k, src, diag[k]) for k in rand],
+                    [self.factor_bounds[k] for k in rand], [int(ranks[k]) for k in rand],
+                    seeds=[seed + k for k in rand], n_power=n_power,
+                )  # fmt: skip
+            finally:
+                self.ex.release(*copies)
+            out.update(zip(rand, got))
+        values = [np.asarray(out[k][1]) for k in range(self.d)]
         if self._fex is not None:  # client-held from here on
-            factors = list(self.from_numpy([U.gather() for U in factors]).factors)
-        return factors, [np.asarray(w) for _, w in out]
+            return list(self.from_numpy([_numpy(out[k][0]) for k in range(self.d)]).factors), values
+        factors = [
+            self.block_factor(k, U) if isinstance(U, np.ndarray) else U
+            for k, (U, _) in sorted(out.items())
+        ]
+        return factors, values
+
+    def exact_gram(self, k: int) -> bool:
+        """Whether mode ``k``'s spectral Gram is formed exactly: at most
+        :data:`EXACT_GRAM_ROWS` rows and fibers of at most :data:`EXACT_GRAM_FILL` observed
+        entries on average (``n_k p``)."""
+        return self.shape[k] <= EXACT_GRAM_ROWS and self.shape[k] * self.p <= EXACT_GRAM_FILL
+
+    def spectral_passes(self, n_power: int) -> int:
+        """Data waves of :meth:`spectral` (one per exact mode, ``2 (n_power + 2)`` per
+        randomised one) and of the core's :meth:`project`."""
+        return 1 + sum(1 if self.exact_gram(k) else 2 * (n_power + 2) for k in range(self.d))
+
+    def _exact_eigh(self, chunks, modes, ranks) -> list:
+        """``[(U_k, w_k)]`` for ``modes``: ``G_k`` summed from one task per block of the other
+        modes (:func:`_fiber_gram_task`, in the grid's order), in one gather for all modes;
+        the eigenpairs on the client."""
+        if not modes:
+            return []
+        slots = self._chunk_slots()
+        handles = []
+        for k in modes:
+            fibers: dict = {}
+            for t in range(self.T.n_chunks):
+                key = tuple(i for j, i in enumerate(self.index[t]) if j != k)
+                fibers.setdefault(key, []).append(t)
+            parts = [sorted(ts, key=lambda t: self.index[t][k]) for _, ts in sorted(fibers.items())]
+            handles.append([
+                self.ex.submit_on(
+                    slots[ts[0]], _fiber_gram_task, k, self.shape[k],
+                    [(chunks[t], self.T.chunk_slices(t)[k].start) for t in ts], name="gram",
+                )
+                for ts in parts
+            ])  # fmt: skip
+        out = []
+        for k, G in zip(modes, self.ex.gather(handles)):
+            G = sum_small(G)
+            w, V = np.linalg.eigh(G + (self.p - 1.0) * np.diag(np.diag(G)))
+            top = np.argsort(w)[::-1][: int(ranks[k])]
+            out.append((np.ascontiguousarray(V[:, top]), w[top]))
+        return out
 
     def project(self, factors, chunks=None) -> np.ndarray:
         """``(Y/p) ×_k U_kᵀ`` (one pass; the spectral core). ``chunks``: as for

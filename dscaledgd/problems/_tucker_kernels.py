@@ -203,3 +203,21 @@ def _dense_residual(X, Y, zeta, tau, samp):  # pragma: no cover - jitted (no fas
             sz += z * z
             sy += y * y
     return sz, sy, sa, ns, nt
+
+
+@njit(nogil=True, cache=True)
+def _fiber_gram(cols, rows, vals, G):  # pragma: no cover - compiled
+    """``G[r_a, r_b] += v_a v_b`` over every pair of entries of one fiber: ``cols`` sorted,
+    equal ``cols`` are one fiber of the mode (the other modes' position)."""
+    m = len(cols)
+    s = 0
+    while s < m:
+        e = s + 1
+        while e < m and cols[e] == cols[s]:
+            e += 1
+        for a in range(s, e):
+            ra, va = rows[a], vals[a]
+            for b in range(s, e):
+                G[ra, rows[b]] += va * vals[b]
+        s = e
+    return G

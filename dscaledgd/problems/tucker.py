@@ -54,14 +54,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..linalg import mode_product, multi_mode_product, unfold
-from ._tucker_kernels import NO_CLIP, _coo_pass, _coo_values, _dense_residual
+from ._tucker_kernels import NO_CLIP, _coo_pass, _coo_values, _dense_residual, _fiber_gram
 from .completion import spmm
 from .spec import ProblemSpec
 
 __all__ = [
     "SPEC", "chunk_pass", "chunk_residual_sumsq", "chunk_abs_residual", "chunk_stats",
     "chunk_leave_one_out",
-    "chunk_abs_sum", "mode_rmatvec",
+    "chunk_abs_sum", "fiber_gram", "mode_rmatvec",
     "mode_matvec", "chunk_project", "predict", "breve_gram", "x_norm2", "reference_pass",
     "reference_spectral",
 ]  # fmt: skip
@@ -356,6 +356,34 @@ def _other_linear(index, shape, k) -> np.ndarray:
     return np.ravel_multi_index(
         tuple(index[:, j].astype(np.int64) for j in other), tuple(shape[j] for j in other)
     )
+
+
+def fiber_gram(parts, k: int, n: int) -> np.ndarray:
+    """``M_k(Y_C) M_k(Y_C)ᵀ`` (missing entries as 0), ``n × n``, for the chunks ``parts``
+    that share one block ``C`` of the other modes and together span mode ``k``.
+
+    ``parts`` is a list of ``(chunk, offset)``: each chunk (dense with NaN, or coo) and the
+    row of mode ``k`` where it starts. One sweep: the entries sorted (stably, so the
+    summation order is the parts' order) by their position in the other modes, and each
+    fiber's outer product added; ``Σ_fibers m²`` multiply-adds for fibers of ``m`` observed
+    entries. Summing it over the blocks ``C`` gives the mode's Gram ``G_k`` exactly.
+    """
+    cols, rows, vals = [], [], []
+    for chunk, off in parts:
+        coo, shape = _parse(chunk)
+        if coo is None:
+            Y = np.asarray(chunk, dtype=np.float64)
+            index = np.argwhere(~np.isnan(Y))
+            values = Y[~np.isnan(Y)]
+        else:
+            index, values, _ = coo
+        cols.append(_other_linear(index, shape, k))
+        rows.append(index[:, k].astype(np.int64) + int(off))
+        vals.append(np.asarray(values, dtype=np.float64))
+    col = np.concatenate(cols)
+    order = np.argsort(col, kind="stable")
+    G = np.zeros((int(n), int(n)))
+    return _fiber_gram(col[order], np.concatenate(rows)[order], np.concatenate(vals)[order], G)
 
 
 def mode_rmatvec(chunk, k: int, V: np.ndarray) -> np.ndarray:

@@ -227,6 +227,33 @@ def test_mode_matvecs_and_project(shape, ranks, rng):
 
 
 @pytest.mark.parametrize("shape", [(12, 10, 8), (6, 5, 4, 3)])
+def test_fiber_gram_sums_to_the_mode_gram(shape):
+    """Over an uneven grid, per mode: the chunks of each block of the other modes (dense
+    and coo mixed, given in any order) give that block's ``M_k M_kᵀ``; the blocks sum to
+    ``G_k = M_k(Y0) M_k(Y0)ᵀ``, symmetric bit for bit."""
+    Y, _, _ = _problem(shape, (1,) * len(shape), seed=6)
+    Y0 = np.nan_to_num(Y, nan=0.0)
+    bounds = [_split(n, 2 + (j % 2)) for j, n in enumerate(shape)]
+    cells = list(itertools.product(*[range(len(b) - 1) for b in bounds]))
+    for k in range(len(shape)):
+        G = np.zeros((shape[k], shape[k]))
+        others = {tuple(c[j] for j in range(len(shape)) if j != k) for c in cells}
+        for key in sorted(others):
+            parts = []
+            for c in cells:
+                if tuple(c[j] for j in range(len(shape)) if j != k) != key:
+                    continue
+                sl = tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, c))
+                chunk = Y[sl] if c[k] % 2 else _coo(Y[sl])
+                parts.append((chunk, bounds[k][c[k]]))
+            Gc = tk.fiber_gram(parts[::-1], k, shape[k])
+            np.testing.assert_array_equal(Gc, Gc.T)
+            G += Gc
+        Yk = unfold(Y0, k)
+        assert_close(G, Yk @ Yk.T)
+
+
+@pytest.mark.parametrize("shape", [(12, 10, 8), (6, 5, 4, 3)])
 def test_chunk_stats(shape):
     Y, _, _ = _problem(shape, (1,) * len(shape), seed=5)
     obs = ~np.isnan(Y)
