@@ -30,7 +30,7 @@ time.
     python benchmarks/bench_tensor.py throughput [--iters 10]
     python benchmarks/bench_tensor.py layout
     python benchmarks/bench_tensor.py outofcore [--workdir DIR]
-    python benchmarks/bench_tensor.py init [--n 100 300] [--rounds 7]
+    python benchmarks/bench_tensor.py init [--n 100 300] [--init-p 0.1 0.5] [--rounds 7]
 
 BLAS is pinned to one thread per worker thread: this script sets OMP_NUM_THREADS,
 OPENBLAS_NUM_THREADS and MKL_NUM_THREADS to 1 before NumPy is imported (inherited by
@@ -467,29 +467,30 @@ def part_init(args):
     from dscaledgd.engine import tucker as te
 
     warm_up()
-    exact_rows, rows = te.EXACT_GRAM_ROWS, []
-    for n in args.n:
-        p = 0.1 if n == 100 else 0.05
+    limits, rows = (te.EXACT_GRAM_ROWS, te.EXACT_DENSE_ROWS), []
+    cases = [(m, q) for m in args.n for q in args.init_p or [0.1 if m == 100 else 0.05]]
+    for n, p in cases:
         Y, truth, _ = instance(n, 5, p, args.kappa)
         T = dsg.TensorObservations.from_array(Y)
-        ways = {"exact Grams": exact_rows, "subspace iteration (q = 4)": 0}
+        ways = {"exact Grams": limits, "subspace iteration (q = 4)": (0, 0)}
         its, t_init, t_run = {}, {w: [] for w in ways}, {w: [] for w in ways}
         for way, limit in ways.items():
-            te.EXACT_GRAM_ROWS = limit
+            te.EXACT_GRAM_ROWS, te.EXACT_DENSE_ROWS = limit
             its[way] = track(T, 5, truth, 1e-10, 500)[0]
         for _ in range(args.rounds):  # interleaved: the machine's drift hits both alike
             for way, limit in ways.items():
-                te.EXACT_GRAM_ROWS = limit
+                te.EXACT_GRAM_ROWS, te.EXACT_DENSE_ROWS = limit
                 t_init[way].append(replay(T, 5, 1)[0])
                 t_run[way].append(replay(T, 5, its[way])[0])
-        te.EXACT_GRAM_ROWS = exact_rows
+        te.EXACT_GRAM_ROWS, te.EXACT_DENSE_ROWS = limits
         for way in ways:
             rows.append([f"{n}³", p, way, its[way], f"{np.median(t_init[way]):.3f}",
                          f"{np.median(t_run[way]):.3f}"])  # fmt: skip
     report(
         "Tucker spectral start: exact mode Grams vs subspace iteration",
         table(["n", "p", "start", "iterations to 1e-10", "init + 1 it s", "run s"], rows),
-        f"r = 5, κ = {args.kappa}, datasets.tucker_instance seed 0, layout auto (dense), "
+        f"r = 5, κ = {args.kappa}, datasets.tucker_instance seed 0, layout auto (dense; exact "
+        "Grams by fibers below p = 0.25, by BLAS from it), "
         f"thread executor (2 threads), BLAS 1 thread; medians of {args.rounds} rounds, the two "
         "starts interleaved in each. 'run s': the run replayed to the iteration count at "
         "which its tracked run reached relative error 1e-10 (no callback).",
@@ -524,6 +525,7 @@ def main():
     ap.add_argument("--memory-limit", default="1GiB")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--step-size", type=float, default=None, help="outofcore: fixed η")
+    ap.add_argument("--init-p", type=float, nargs="+", default=None, help="init: densities")
     args = ap.parse_args()
     {
         "kappa": part_kappa,

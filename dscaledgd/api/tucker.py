@@ -207,7 +207,7 @@ def tucker_complete(
         For store-backed tensors: keep chunks on the workers or stream them.
     init_power_iter : int
         Subspace iterations of the spectral initialisation, for the modes whose Gram
-        is not formed exactly (more than 1024 rows, or ``n_k p > 180``).
+        is not formed exactly (see docs/tensors.md: long or densely filled modes).
     callback, progress : as for :func:`complete`.
     checkpoint, checkpoint_interval, resume : checkpoints, as for :func:`complete`.
 

@@ -94,10 +94,10 @@ def _as_coo(chunk):
     return np.argwhere(seen).astype(np.int32), np.ascontiguousarray(Y[seen]), Y.shape
 
 
-def _fiber_gram_task(k, n, parts):
+def _fiber_gram_task(k, n, parts, dense):
     """``M_k(Y_C) M_k(Y_C)ᵀ`` of one block ``C`` of the other modes: ``parts`` are its
     chunks along mode ``k`` with their first row (:func:`~dscaledgd.problems.tucker.fiber_gram`)."""
-    return tk.fiber_gram([(_data(c), off) for c, off in parts], k, n)
+    return tk.fiber_gram([(_data(c), off) for c, off in parts], k, n, dense)
 
 
 def _numpy(U):
@@ -123,7 +123,10 @@ SPECTRAL_COO_BELOW = 0.25
 #: iteration (q = 4) and 0.043 s exactly at 100³ (p = 0.1), 1.43 and 0.74 s at 300³
 #: (p = 0.05) (``benchmarks/bench_tensor.py init``).
 EXACT_GRAM_ROWS = 1024
-EXACT_GRAM_FILL = 180
+EXACT_GRAM_FILL = 64
+#: Dense chunks at least ``SPECTRAL_COO_BELOW`` observed form the Gram by BLAS instead,
+#: ``n_k`` flops per cell against subspace iteration's ``2 (q + 2) · 2 (r + 10)``.
+EXACT_DENSE_ROWS = 512
 
 #: A factor with at most this many rows is one block (every grouped task gets the
 #: whole of it, a few hundred KiB at r = 10); longer ones are cut like the grid's axis.
@@ -447,10 +450,17 @@ class TuckerEngine(FactorEngine):
         return factors, values
 
     def exact_gram(self, k: int) -> bool:
-        """Whether mode ``k``'s spectral Gram is formed exactly: at most
-        :data:`EXACT_GRAM_ROWS` rows and fibers of at most :data:`EXACT_GRAM_FILL` observed
-        entries on average (``n_k p``)."""
+        """Whether mode ``k``'s spectral Gram is formed exactly: dense chunks at least
+        :data:`SPECTRAL_COO_BELOW` observed, by BLAS, when the mode has at most
+        :data:`EXACT_DENSE_ROWS` rows; otherwise by fibers, with at most
+        :data:`EXACT_GRAM_ROWS` rows and :data:`EXACT_GRAM_FILL` observed entries per fiber
+        on average (``n_k p``)."""
+        if self._dense_gram():
+            return self.shape[k] <= EXACT_DENSE_ROWS
         return self.shape[k] <= EXACT_GRAM_ROWS and self.shape[k] * self.p <= EXACT_GRAM_FILL
+
+    def _dense_gram(self) -> bool:
+        return self.T.layout == "dense" and self.p >= SPECTRAL_COO_BELOW
 
     def spectral_passes(self, n_power: int) -> int:
         """Data waves of :meth:`spectral` (one per exact mode, ``2 (n_power + 2)`` per
@@ -474,7 +484,8 @@ class TuckerEngine(FactorEngine):
             handles.append([
                 self.ex.submit_on(
                     slots[ts[0]], _fiber_gram_task, k, self.shape[k],
-                    [(chunks[t], self.T.chunk_slices(t)[k].start) for t in ts], name="gram",
+                    [(chunks[t], self.T.chunk_slices(t)[k].start) for t in ts],
+                    self._dense_gram(), name="gram",
                 )
                 for ts in parts
             ])  # fmt: skip

@@ -358,16 +358,26 @@ def _other_linear(index, shape, k) -> np.ndarray:
     )
 
 
-def fiber_gram(parts, k: int, n: int) -> np.ndarray:
+def fiber_gram(parts, k: int, n: int, dense: bool = False) -> np.ndarray:
     """``M_k(Y_C) M_k(Y_C)ᵀ`` (missing entries as 0), ``n × n``, for the chunks ``parts``
     that share one block ``C`` of the other modes and together span mode ``k``.
 
     ``parts`` is a list of ``(chunk, offset)``: each chunk (dense with NaN, or coo) and the
-    row of mode ``k`` where it starts. One sweep: the entries sorted (stably, so the
-    summation order is the parts' order) by their position in the other modes, and each
-    fiber's outer product added; ``Σ_fibers m²`` multiply-adds for fibers of ``m`` observed
-    entries. Summing it over the blocks ``C`` gives the mode's Gram ``G_k`` exactly.
+    row of mode ``k`` where it starts. By default one sweep over the observed entries:
+    sorted (stably, so the summation order is the parts' order) by their position in the
+    other modes, and each fiber's outer product added, ``Σ_fibers m²`` multiply-adds for
+    fibers of ``m`` entries. ``dense=True`` (dense chunks, mostly observed) stacks the
+    unfoldings into one ``n × |C|`` array and multiplies it by its transpose (BLAS).
+    Summing over the blocks ``C`` gives the mode's Gram ``G_k`` exactly.
     """
+    if dense:
+        ncols = int(np.prod(np.shape(parts[0][0]))) // np.shape(parts[0][0])[k]
+        A = np.zeros((int(n), ncols))  # fresh, so aligned: the same BLAS path everywhere
+        for chunk, off in parts:
+            Yk = unfold(np.nan_to_num(np.asarray(chunk, dtype=np.float64), nan=0.0), k)
+            A[int(off) : int(off) + Yk.shape[0]] = Yk
+        G = A @ A.T
+        return 0.5 * (G + G.T)
     cols, rows, vals = [], [], []
     for chunk, off in parts:
         coo, shape = _parse(chunk)

@@ -230,7 +230,8 @@ def test_mode_matvecs_and_project(shape, ranks, rng):
 def test_fiber_gram_sums_to_the_mode_gram(shape):
     """Over an uneven grid, per mode: the chunks of each block of the other modes (dense
     and coo mixed, given in any order) give that block's ``M_k M_kᵀ``; the blocks sum to
-    ``G_k = M_k(Y0) M_k(Y0)ᵀ``, symmetric bit for bit."""
+    ``G_k = M_k(Y0) M_k(Y0)ᵀ``, symmetric bit for bit; the BLAS form of dense chunks
+    (``dense=True``) gives the same."""
     Y, _, _ = _problem(shape, (1,) * len(shape), seed=6)
     Y0 = np.nan_to_num(Y, nan=0.0)
     bounds = [_split(n, 2 + (j % 2)) for j, n in enumerate(shape)]
@@ -248,9 +249,18 @@ def test_fiber_gram_sums_to_the_mode_gram(shape):
                 parts.append((chunk, bounds[k][c[k]]))
             Gc = tk.fiber_gram(parts[::-1], k, shape[k])
             np.testing.assert_array_equal(Gc, Gc.T)
+            dense = [(c if isinstance(c, np.ndarray) else _dense_of(c), o) for c, o in parts]
+            assert_close(tk.fiber_gram(dense, k, shape[k], dense=True), Gc)
             G += Gc
         Yk = unfold(Y0, k)
         assert_close(G, Yk @ Yk.T)
+
+
+def _dense_of(coo):
+    index, values, shape = coo
+    Y = np.full(shape, np.nan)
+    Y[tuple(index.T)] = values
+    return Y
 
 
 @pytest.mark.parametrize("shape", [(12, 10, 8), (6, 5, 4, 3)])
