@@ -46,18 +46,21 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def local_cluster(**kw):
+    """A real LocalCluster on 127.0.0.1: 2 worker processes × 1 thread unless ``kw`` says
+    otherwise (e.g. ``memory_limit``)."""
+    from distributed import LocalCluster
+
+    opts = dict(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1")
+    return LocalCluster(**{**opts, "dashboard_address": "127.0.0.1:0", **kw})
+
+
 @pytest.fixture(scope="session")
 def client():
     """A real 2-process LocalCluster on 127.0.0.1, shared by the session."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-    )
+    cluster = local_cluster()
     c = Client(cluster, set_as_default=False)
     yield c
     c.close()

@@ -10,7 +10,7 @@ import pytest
 
 import dscaledgd as dsg
 
-from .conftest import DATA_DIR
+from .conftest import DATA_DIR, local_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -26,23 +26,13 @@ def _peak_rss_mib():
 def test_out_of_core_on_memory_limited_cluster(tmp_path):
     """A store larger than half the cluster's memory is streamed: every worker's peak
     stays under Dask's pause threshold (80% of its limit), and none is restarted."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     obs = dsg.datasets.make_completion_store(
         tmp_path / "big.zarr", (200_000, 150_000), 5, 52_000_000, cond=5, random_state=0
     )
     assert obs.nbytes > 768 * 2**20  # 832 MB of tiles, more than half of the 2 × 768 MiB
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            memory_limit="768MiB",
-        ) as cl,
-        Client(cl) as c,
-    ):
+    with local_cluster(memory_limit="768MiB") as cl, Client(cl) as c:
         workers = set(c.scheduler_info()["workers"])
         with pytest.warns(dsg.ConvergenceWarning, match="max_iter=3"):
             res = dsg.complete(obs, 5, client=c, max_iter=3, random_state=0, progress=False)

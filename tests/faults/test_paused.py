@@ -17,20 +17,15 @@ import dscaledgd as dsg
 from dscaledgd.engine import executors as ex
 from dscaledgd.engine.health import PauseWatch
 
+from ..conftest import local_cluster
+
 pytestmark = pytest.mark.timeout(120)
 
 
 def _cluster():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    cl = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        memory_limit="2GiB",
-    )
+    cl = local_cluster(memory_limit="2GiB")
     return cl, Client(cl)
 
 
