@@ -50,8 +50,8 @@ class PauseWatch:
         self.warned: set[str] = set()
         self.since: float | None = None
 
-    def check(self, identity: dict) -> None:
-        workers = identity.get("workers", {})
+    def _warn(self, workers: dict) -> list:
+        """One warning per worker newly seen paused; returns the paused ones, sorted."""
         paused = sorted(a for a, w in workers.items() if w.get("status") == "paused")
         for a in paused:
             if a not in self.warned:
@@ -64,8 +64,13 @@ class PauseWatch:
                     "('distributed.worker.memory.pause'), and it runs no task until that "
                     f"falls; the run waits. {_FIX}.",
                     ClusterWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
+        return paused
+
+    def check(self, identity: dict) -> None:
+        workers = identity.get("workers", {})
+        paused = self._warn(workers)
         if not workers or len(paused) < len(workers):
             self.since = None
             return
@@ -84,9 +89,7 @@ class PauseWatch:
         """The error for a scatter that found no running worker within ``timeout``
         (Dask scatters to running workers only), after the warnings of :meth:`check`."""
         workers = identity.get("workers", {})
-        paused = [a for a, w in workers.items() if w.get("status") == "paused"]
-        if paused:
-            self.check({"workers": {a: workers[a] for a in paused}})
+        paused = self._warn(workers)
         seen = ", ".join(f"{a} {w.get('status')}" for a, w in sorted(workers.items()))
         fix = f"{_FIX}." if paused else "Start workers, or raise 'dscaledgd.scheduler-timeout'."
         return ClusterError(

@@ -89,9 +89,7 @@ def _project(chunk, U, rows, scale):
 
 def _as_coo(chunk):
     """A dense chunk's observed entries as a coo chunk (the spectral products' input)."""
-    Y = np.asarray(_data(chunk))
-    seen = ~np.isnan(Y)
-    return np.argwhere(seen).astype(np.int32), np.ascontiguousarray(Y[seen]), Y.shape
+    return tk.as_coo(_data(chunk))
 
 
 def _fiber_gram_task(k, n, parts, dense):

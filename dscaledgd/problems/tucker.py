@@ -61,7 +61,7 @@ from .spec import ProblemSpec
 __all__ = [
     "SPEC", "chunk_pass", "chunk_residual_sumsq", "chunk_abs_residual", "chunk_stats",
     "chunk_leave_one_out",
-    "chunk_abs_sum", "fiber_gram", "mode_rmatvec",
+    "chunk_abs_sum", "as_coo", "fiber_gram", "mode_rmatvec",
     "mode_matvec", "chunk_project", "predict", "breve_gram", "x_norm2", "reference_pass",
     "reference_spectral",
 ]  # fmt: skip
@@ -358,6 +358,13 @@ def _other_linear(index, shape, k) -> np.ndarray:
     )
 
 
+def as_coo(chunk) -> tuple:
+    """A dense chunk (NaN = missing) as a coo chunk ``(index, values, shape)``."""
+    Y = np.asarray(chunk, dtype=np.float64)
+    seen = ~np.isnan(Y)
+    return np.argwhere(seen).astype(np.int32), np.ascontiguousarray(Y[seen]), Y.shape
+
+
 def fiber_gram(parts, k: int, n: int, dense: bool = False) -> np.ndarray:
     """``M_k(Y_C) M_k(Y_C)ᵀ`` (missing entries as 0), ``n × n``, for the chunks ``parts``
     that share one block ``C`` of the other modes and together span mode ``k``.
@@ -381,12 +388,7 @@ def fiber_gram(parts, k: int, n: int, dense: bool = False) -> np.ndarray:
     cols, rows, vals = [], [], []
     for chunk, off in parts:
         coo, shape = _parse(chunk)
-        if coo is None:
-            Y = np.asarray(chunk, dtype=np.float64)
-            index = np.argwhere(~np.isnan(Y))
-            values = Y[~np.isnan(Y)]
-        else:
-            index, values, _ = coo
+        index, values, _ = coo if coo is not None else as_coo(chunk)
         cols.append(_other_linear(index, shape, k))
         rows.append(index[:, k].astype(np.int64) + int(off))
         vals.append(np.asarray(values, dtype=np.float64))
