@@ -147,6 +147,8 @@ def _on_cluster(obs, args, W: int, traffic) -> dict:
         "to_client_MB": d.client_bytes / n / 1e6,
         "from_client_MB": d.scatter_bytes / n / 1e6,
         "tasks": d.tasks / n,
+        "busy_max": max(d.busy_by_worker.values(), default=0.0) / n,
+        "busy_mean": sum(d.busy_by_worker.values()) / W / n,
         "peer_MB_by_name": {k: v / n / 1e6 for k, v in sorted(d.peer_bytes_by_name.items())},
         "tasks_by_name": {k: v / n for k, v in sorted(d.tasks_by_name.items())},
         "status": res.status,
@@ -187,10 +189,14 @@ def _run_child(argv: list[str], src: str | None) -> list[dict]:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", *argv]
     if src:
         cmd += ["--src", src]
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    for r in rows:
-        print(r, file=sys.stderr)
+    rows = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:  # each row as it comes: a run cut short still shows some
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+                print(rows[-1], file=sys.stderr, flush=True)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
     return rows
 
 
@@ -257,6 +263,8 @@ def _report(args, measured) -> None:
         "MB from client/iter",
         "tasks/iter",
         "s/iter cluster",
+        "busiest worker's compute s/iter",
+        "workers busy",
         "s/iter threads (W)",
         "cluster ÷ threads",
     ]
@@ -278,6 +286,10 @@ def _report(args, measured) -> None:
                     f"{r['from_client_MB']:.3f}",
                     f"{r['tasks']:.1f}",
                     f"{r['s_iter']:.3f}",
+                    f"{r['busy_max']:.3f}" if "busy_max" in r else "-",
+                    f"{r['busy_mean'] / (r['window_s'] / args.iters):.0%}"
+                    if "busy_mean" in r
+                    else "-",
                     "-" if thr is None else f"{thr:.3f}",
                     "-" if thr is None else f"{r['s_iter'] / thr:.2f}",
                 ]
@@ -318,6 +330,10 @@ def _report(args, measured) -> None:
         "dscaledgd/engine/placement.py expects to move per data pass, × r × 8 (each block: "
         "once per change of worker along its sum, once to each other worker using it); "
         "passes/iter > 1 where the solver re-seeded or restored. "
+        "'busiest worker's compute' = the most compute seconds one worker's tasks took "
+        "per iteration (distributed's own task timings); 'workers busy' = the workers' mean "
+        "compute time over the window's wall time: the rest is waiting (on transfers, the "
+        "scheduler, the client's step, or the busiest worker). "
         "LocalCluster of W processes × 1 thread on 127.0.0.1; 'threads (W)' = "
         "scheduler='threads' with W threads in this process. **Seconds are only meaningful "
         f"where W ≤ the free cores ({os.cpu_count()} cores here, shared with other work); "

@@ -14,7 +14,11 @@ of what distributed itself records:
   ``update_data`` handler, which ``Client.scatter`` reaches; replication
   between workers does not pass through it);
 * **tasks**: tasks the worker executed (``executing → memory`` transitions),
-  by task name.
+  by task name;
+* **busy seconds**: the compute time of those tasks (the ``compute`` intervals
+  the worker records for the scheduler's occupancy estimates, which exclude the
+  thread pool's and the event loop's overhead), per worker: a window's wall time
+  minus the busiest worker's compute time is what the cluster adds.
 
 The log's own entries are counted as distributed appends them (its deque is
 bounded; the totals are not), so nothing depends on reading the log in time.
@@ -56,6 +60,7 @@ def _zero() -> dict:
         "scatter_bytes": 0,
         "scatters": 0,
         "tasks": 0,
+        "busy_s": 0.0,
         "peer_bytes_by_name": collections.Counter(),
         "tasks_by_name": collections.Counter(),
     }
@@ -114,6 +119,10 @@ class TrafficCounter(WorkerPlugin):
         if finish == "memory" and start in ("executing", "long-running"):
             self.counts["tasks"] += 1
             self.counts["tasks_by_name"][task_name(key)] += 1
+            ts = self.worker.state.tasks.get(key)
+            for ss in getattr(ts, "startstops", ()) if ts is not None else ():
+                if ss.get("action") == "compute":
+                    self.counts["busy_s"] += ss["stop"] - ss["start"]
 
 
 def _read(dask_worker):
@@ -143,6 +152,8 @@ class Traffic:
     tasks: int = 0
     peer_bytes_by_name: dict = field(default_factory=dict)
     tasks_by_name: dict = field(default_factory=dict)
+    #: compute seconds of the tasks each worker executed, by worker address
+    busy_by_worker: dict = field(default_factory=dict)
     workers: int = 0
 
     def __sub__(self, other: Traffic) -> Traffic:
@@ -154,6 +165,7 @@ class Traffic:
             **{k: getattr(self, k) - getattr(other, k) for k in _TOTALS},
             peer_bytes_by_name=sub(self.peer_bytes_by_name, other.peer_bytes_by_name),
             tasks_by_name=sub(self.tasks_by_name, other.tasks_by_name),
+            busy_by_worker=sub(self.busy_by_worker, other.busy_by_worker),
             workers=self.workers,
         )
 
@@ -182,7 +194,8 @@ def snapshot(client) -> Traffic:
     out = Traffic(workers=len(per_worker))
     by_name: collections.Counter = collections.Counter()
     tasks_by_name: collections.Counter = collections.Counter()
-    for c in per_worker.values():
+    for w, c in per_worker.items():
+        out.busy_by_worker[w] = c.get("busy_s", 0.0)
         for k in _TOTALS:
             setattr(out, k, getattr(out, k) + c[k])
         by_name.update(c["peer_bytes_by_name"])

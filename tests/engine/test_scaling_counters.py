@@ -15,6 +15,8 @@ tile's partial (``tiles · n · r · 8``) on row-stripe placements.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -52,7 +54,7 @@ def _measure(client, obs):
 
     def cb(state):
         if state.iteration in (FIRST, LAST):
-            snaps[state.iteration] = (traffic.snapshot(client), state.passes)
+            snaps[state.iteration] = (traffic.snapshot(client), state.passes, time.monotonic())
 
     try:
         res = dsg.complete(
@@ -61,8 +63,12 @@ def _measure(client, obs):
         )  # fmt: skip
     finally:
         client.unregister_worker_plugin(traffic.PLUGIN_NAME)
-    (a, pa), (b, pb) = snaps[FIRST], snaps[LAST]
-    return b - a, pb - pa, res
+    (a, pa, ta), (b, pb, tb) = snaps[FIRST], snaps[LAST]
+    d = b - a
+    # every worker computed, and no worker's compute seconds exceed the window's wall time
+    assert len(d.busy_by_worker) == d.workers, d.busy_by_worker
+    assert all(0 < s < tb - ta for s in d.busy_by_worker.values()), (d.busy_by_worker, tb - ta)
+    return d, pb - pa, res
 
 
 def _check(d, passes, W):
