@@ -112,7 +112,18 @@ def _seconds(res) -> float:
     return float(np.median(t))
 
 
-def _on_cluster(obs, args, W: int, traffic) -> dict:
+def _cpu(c=None) -> float:
+    """CPU seconds (user + system) of this process, or of each worker of ``c``."""
+    import psutil
+
+    if c is None:
+        return sum(psutil.Process().cpu_times()[:2])
+    return c.run(lambda: sum(__import__("psutil").Process().cpu_times()[:2]))
+
+
+def _on_cluster(obs, args, W: int, traffic) -> list[dict]:
+    """One row per submission mode (``--submit``), on one LocalCluster of W workers."""
+    import dask
     from distributed import Client, LocalCluster
 
     from dscaledgd.engine.cluster import worker_malloc_env
@@ -125,22 +136,32 @@ def _on_cluster(obs, args, W: int, traffic) -> dict:
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
         )
+    rows = []
     with cluster, Client(cluster) as c:
         traffic.install(c)
-        snaps = {}
+        for mode in args.submit:
+            snaps = {}
 
-        def cb(state):
-            if state.iteration in (WARMUP, WARMUP + args.iters):
-                snaps[state.iteration] = (traffic.snapshot(c), time.perf_counter(), state.passes)
+            def cb(state, snaps=snaps):
+                if state.iteration in (WARMUP, WARMUP + args.iters):
+                    snaps[state.iteration] = (
+                        traffic.snapshot(c), time.perf_counter(), state.passes, _cpu(), _cpu(c)
+                    )  # fmt: skip
 
-        res = _solve(obs, args, client=c, callback=cb)
-        (a, ta, pa), (b, tb, pb) = snaps[WARMUP], snaps[WARMUP + args.iters]
+            with dask.config.set({"dscaledgd.batch-tasks": mode == "batched"}):
+                res = _solve(obs, args, client=c, callback=cb)
+            (a, ta, pa, ma, wa), (b, tb, pb, mb, wb) = snaps[WARMUP], snaps[WARMUP + args.iters]
+            rows.append(_row(W, mode, res, a, b, tb - ta, pa, pb, mb - ma, wa, wb, args.iters))
+    return rows
+
+
+def _row(W, mode, res, a, b, window, pa, pb, main_cpu, wa, wb, n) -> dict:
     d = b - a
-    n = args.iters
     return {
         "W": W,
+        "submit": mode,
         "s_iter": _seconds(res),
-        "window_s": tb - ta,
+        "window_s": window,
         "passes": [pa, pb],
         "peer_MB": d.peer_bytes / n / 1e6,
         "peer_transfers": d.peer_transfers / n,
@@ -149,6 +170,8 @@ def _on_cluster(obs, args, W: int, traffic) -> dict:
         "tasks": d.tasks / n,
         "busy_max": max(d.busy_by_worker.values(), default=0.0) / n,
         "busy_mean": sum(d.busy_by_worker.values()) / W / n,
+        "main_cpu": main_cpu / n,
+        "worker_cpu_max": max(wb[w] - wa[w] for w in wb) / n,
         "peer_MB_by_name": {k: v / n / 1e6 for k, v in sorted(d.peer_bytes_by_name.items())},
         "tasks_by_name": {k: v / n for k, v in sorted(d.tasks_by_name.items())},
         "status": res.status,
@@ -179,10 +202,11 @@ def child(args) -> None:
     obs = _instance(args)
     print(json.dumps({"instance": str(obs), "nnz": int(obs.nnz)}), flush=True)
     for W in args.workers:
-        row = _on_cluster(obs, args, W, traffic)
-        if not args.no_threads:
-            row["threads_s_iter"] = _threads(obs, args, W)
-        print(json.dumps(row), flush=True)
+        rows = _on_cluster(obs, args, W, traffic)
+        thr = None if args.no_threads else _threads(obs, args, W)
+        for row in rows:
+            row["threads_s_iter"] = thr
+            print(json.dumps(row), flush=True)
 
 
 def _run_child(argv: list[str], src: str | None) -> list[dict]:
@@ -211,6 +235,14 @@ def main():
     ap.add_argument("--cond", type=float, default=2.0)
     ap.add_argument("--tiles", type=int, nargs=2, default=[16, 4])
     ap.add_argument("--iters", type=int, default=20, help="measured iterations (after 2)")
+    ap.add_argument(
+        "--submit",
+        nargs="+",
+        choices=("batched", "single"),
+        default=["batched"],
+        help="how tasks reach the scheduler (dask config dscaledgd.batch-tasks): one graph "
+        "per wait, or task by task; several run side by side on the same cluster",
+    )
     ap.add_argument("--baseline", help="also measure the package in this directory")
     ap.add_argument("--no-threads", action="store_true", help="skip the in-process runs")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -255,6 +287,7 @@ def _report(args, measured) -> None:
     headers = [
         "package",
         "W",
+        "submit",
         "passes/iter",
         "MB between workers/iter",
         "placement model MB/pass",
@@ -265,6 +298,8 @@ def _report(args, measured) -> None:
         "s/iter cluster",
         "busiest worker's compute s/iter",
         "workers busy",
+        "client+scheduler CPU s/iter",
+        "busiest worker's CPU s/iter",
         "s/iter threads (W)",
         "cluster ÷ threads",
     ]
@@ -278,6 +313,7 @@ def _report(args, measured) -> None:
                 [
                     name,
                     r["W"],
+                    r.get("submit", "single"),
                     f"{(pb - pa) / args.iters:.2f}",
                     f"{r['peer_MB']:.2f}",
                     f"{model(r['W']):.2f}" if src == ROOT else "-",
@@ -290,6 +326,8 @@ def _report(args, measured) -> None:
                     f"{r['busy_mean'] / (r['window_s'] / args.iters):.0%}"
                     if "busy_mean" in r
                     else "-",
+                    f"{r['main_cpu']:.3f}" if "main_cpu" in r else "-",
+                    f"{r['worker_cpu_max']:.3f}" if "worker_cpu_max" in r else "-",
                     "-" if thr is None else f"{thr:.3f}",
                     "-" if thr is None else f"{r['s_iter'] / thr:.2f}",
                 ]
@@ -297,7 +335,7 @@ def _report(args, measured) -> None:
             top = sorted(r["peer_MB_by_name"].items(), key=lambda kv: -kv[1])[:5]
             tasks = sorted(r["tasks_by_name"].items(), key=lambda kv: -kv[1])
             detail.append(
-                f"- {name}, W={r['W']}: MB/iter between workers by task name "
+                f"- {name}, W={r['W']}, {r.get('submit', 'single')}: MB/iter between workers by task name "
                 + ", ".join(f"{k} {v:.2f}" for k, v in top)
                 + "; tasks/iter by name "
                 + ", ".join(f"{k} {v:.1f}" for k, v in tasks)
@@ -330,6 +368,12 @@ def _report(args, measured) -> None:
         "dscaledgd/engine/placement.py expects to move per data pass, × r × 8 (each block: "
         "once per change of worker along its sum, once to each other worker using it); "
         "passes/iter > 1 where the solver re-seeded or restored. "
+        "'submit': how the tasks reached the scheduler (dscaledgd/engine/batching.py: "
+        "'batched' = one graph per wait, 'single' = one client.submit per task; dask "
+        "config dscaledgd.batch-tasks). 'client+scheduler CPU' = CPU seconds per "
+        "iteration of this process, which runs the LocalCluster's scheduler and the "
+        "client; 'busiest worker's CPU' = the most CPU seconds per iteration of one "
+        "worker process (its tasks and its own overhead). "
         "'busiest worker's compute' = the most compute seconds one worker's tasks took "
         "per iteration (distributed's own task timings); 'workers busy' = the workers' mean "
         "compute time over the window's wall time: the rest is waiting (on transfers, the "

@@ -572,6 +572,7 @@ def finalize_blocks(ex, blocks: list, grid, bounds):
     rb, cb = bounds
     shapes = [(int(rb[i + 1] - rb[i]), int(cb[j + 1] - cb[j])) for i in range(a) for j in range(b)]
     if _lasting(ex):
+        ex.flush()
         parts = [da.from_delayed(f, shape=sh, dtype=np.float64) for f, sh in zip(blocks, shapes)]
     else:
         parts = [da.from_array(x) for x in ex.gather(list(blocks))]

@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..exceptions import ClusterError
+from . import batching
 from .health import PauseWatch
 from .replicas import PREFIX
 from .replicas import install as install_keep_replicas
@@ -80,6 +81,9 @@ class Executor:
 
     def release(self, *handles) -> None:
         """Drop references to task results (futures are released on the cluster)."""
+
+    def flush(self) -> None:
+        """Start the tasks submitted so far (before their handles leave the engine)."""
 
     def reroot(self, handles: list, placement: Sequence[int] | None = None) -> list:
         """Fresh handles for the same data, with no task history behind them.
@@ -217,6 +221,8 @@ class DistributedExecutor(Executor):
             self._wait_for_workers()
             workers = self._identity().get("workers", {})
         self._addrs = sorted(workers)
+        #: tasks sent as one graph per wait (:mod:`.batching`); None: task by task
+        self._batch = batching.Batch(client) if batching.supported() else None
         self._keep_replicas()
         self.nthreads = max(1, sum(w.get("nthreads", 1) for w in workers.values()))
         limits = [w.get("memory_limit") or 0 for w in workers.values()]
@@ -226,7 +232,15 @@ class DistributedExecutor(Executor):
         return f"dscaledgd-{name}-{self._run}-{next(self._seq)}"
 
     def submit(self, fn, *args, name: str, **kwargs):
+        if self._batch is not None:
+            addrs = self._addrs or self._workers()
+            return self._batch.submit(self.key(name), fn, args, kwargs, addrs)
         return self.client.submit(fn, *args, key=self.key(name), pure=False, **kwargs)
+
+    def flush(self) -> None:
+        """Send the tasks submitted since the last wait (:mod:`.batching`)."""
+        if self._batch is not None:
+            self._batch.flush()
 
     @property
     def n_workers(self) -> int:
@@ -368,6 +382,8 @@ class DistributedExecutor(Executor):
     def submit_on(self, slot: int, fn, *args, name: str, **kwargs):
         """Submit preferring worker ``slot`` (other workers may still run it)."""
         addrs = self._addrs or self._workers()
+        if self._batch is not None:
+            return self._batch.submit(self.key(name), fn, args, kwargs, [addrs[slot % len(addrs)]])
         return self.client.submit(
             fn,
             *args,
@@ -391,6 +407,7 @@ class DistributedExecutor(Executor):
         from distributed.scheduler import KilledWorker
 
         futures = list(_futures_of(handles))
+        self.flush()
         with self._connected():
             try:
                 return self._gather(futures, handles)
@@ -445,9 +462,15 @@ class DistributedExecutor(Executor):
         return self.scatter(data, placement=placement)
 
     def release(self, *handles):
+        # tasks that use a handle must reach the scheduler before its release does:
+        # releasing the last reference to a key nothing known depends on forgets it
+        self.flush()
+        self._release(handles)
+
+    def _release(self, handles):
         for h in handles:
             if isinstance(h, list | tuple):
-                self.release(*h)
+                self._release(h)
             elif hasattr(h, "release"):
                 h.release()
 

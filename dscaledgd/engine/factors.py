@@ -158,6 +158,7 @@ class Blocked:
 
         if self.ex.kind != "distributed":
             return da.from_array(self.gather(), chunks=(tuple(np.diff(self.bounds)), self.ncols))
+        self.ex.flush()
         parts = [
             da.from_delayed(b, shape=self.block_shape(a), dtype=np.float64)
             for a, b in enumerate(self.blocks)
