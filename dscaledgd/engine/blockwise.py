@@ -20,6 +20,8 @@ import numpy as np
 from .factors import fold_on, getitem, tree_sum
 
 __all__ = [
+    "Slice",
+    "slot_groups",
     "map_groups",
     "GroupPass",
     "grid_indices",
@@ -29,6 +31,29 @@ __all__ = [
     "map_reduce_groups",
     "CHUNKS_PER_TASK",
 ]
+
+
+class Slice:
+    """Chunk ``t``'s parts inside a task that ran several chunks: element ``base + j`` of
+    ``handle``'s result is part ``j`` (:func:`map_reduce` with ``slots``)."""
+
+    __slots__ = ("handle", "base")
+
+    def __init__(self, handle, base: int):
+        self.handle, self.base = handle, int(base)
+
+
+def slot_groups(slots: Sequence[int], per_slot: int, max_size: int) -> list[list[int]]:
+    """The chunks of each slot (C order), cut into at least ``per_slot`` groups of at
+    most ``max_size`` chunks, as even as can be: the chunks of one task each."""
+    by_slot: dict = {}
+    for t, s in enumerate(slots):
+        by_slot.setdefault(s, []).append(t)
+    groups = []
+    for ts in by_slot.values():
+        k = min(len(ts), max(per_slot, -(-len(ts) // max_size)))
+        groups += [list(g) for g in np.array_split(ts, k)]
+    return groups
 
 
 def grid_indices(grid: Sequence[int]) -> list[tuple[int, ...]]:
@@ -56,7 +81,9 @@ def map_reduce(
     grid : blocks per axis
     task : callable
         ``task(t, idx)`` submits the kernel of chunk ``t`` (C order) at block
-        index ``idx`` and returns its handle.
+        index ``idx`` and returns its handle; with ``slots``, it may instead return a
+        :class:`Slice` of a task that ran several chunks of one slot (parts ``base``,
+        ``base + 1``, … of its result are chunk ``t``'s).
     outputs : sequence of ``(key, axis)``, one per part of a task's result
         ``axis`` an int: the part is tree-summed per block along that grid
         axis, giving ``out[key]``, a list of ``grid[axis]`` handles (parts
@@ -92,11 +119,18 @@ def map_reduce(
     flat: dict = {}
     single = len(outputs) == 1
     for t, idx in enumerate(grid_indices(grid)):
-        h = task(t, idx)
+        h, base = task(t, idx), None
+        if isinstance(h, Slice):
+            if slots is None or combine:
+                raise ValueError("a Slice of a grouped task needs slots and no combine")
+            h, base = h.handle, h.base
         for part, (key, axis) in enumerate(outputs):
             summed = axis is not None and key not in combine
             if slots is not None and (summed or axis is None):
-                p = (h, None if single else part, slots[t], t)
+                index = None if single else part
+                if base is not None:
+                    index = base + (index or 0)
+                p = (h, index, slots[t], t)
             elif single:
                 p = h
             elif select_in_sum and summed:
@@ -138,8 +172,8 @@ def map_reduce(
     return out
 
 
-def _pick_all(results, index):
-    return [r if index is None else r[index] for r in results]
+def _pick_all(results, indices):
+    return [r if i is None else r[i] for r, i in zip(results, indices)]
 
 
 class Collected:
@@ -156,13 +190,13 @@ class Collected:
     def of(cls, ex, parts, name: str = "collect") -> Collected:
         """From ``(handle, index, slot, chunk)`` quadruples (see :func:`map_reduce`)."""
         by_slot: dict = {}
-        for h, _, s, t in parts:
-            by_slot.setdefault(s, []).append((h, t))
-        index = parts[0][1] if parts else None
+        for h, i, s, t in parts:
+            by_slot.setdefault(s, []).append((h, i, t))
         handles, chunks = [], []
         for s, items in by_slot.items():
-            handles.append(ex.submit_on(s, _pick_all, [h for h, _ in items], index, name=name))
-            chunks.append([t for _, t in items])
+            hs, idx, ts = zip(*items)
+            handles.append(ex.submit_on(s, _pick_all, list(hs), list(idx), name=name))
+            chunks.append(list(ts))
         return cls(handles, chunks)
 
     def in_order(self, gathered: list) -> list:

@@ -22,6 +22,8 @@ import pytest
 
 import dscaledgd as dsg
 from dscaledgd.engine import traffic
+from dscaledgd.engine.blockwise import Slice, map_reduce, slot_groups
+from dscaledgd.engine.completion import TILES_PER_TASK
 from dscaledgd.engine.executors import ThreadExecutor
 from dscaledgd.engine.factors import fold_on
 from dscaledgd.engine.placement import Placement
@@ -79,9 +81,10 @@ def _check(d, passes, W):
     print(f"W={W}: {per_pass / 1e6:.3f} MB/pass, band bound {band_bound(W) / 1e6:.3f} MB")
     assert per_pass <= slack, (W, per_pass, band_bound(W), d.peer_bytes_by_name)
     assert per_pass <= general
-    # no selection tasks; every tile's kernel once per pass
+    # no selection tasks; one gradient task per group of a worker's tiles per pass
     assert "part" not in d.tasks_by_name, d.tasks_by_name
-    assert d.tasks_by_name["grad"] == passes * TILES[0] * TILES[1]
+    per_worker = -(-TILES[0] * TILES[1] // W)
+    assert d.tasks_by_name["grad"] == passes * W * -(-per_worker // TILES_PER_TASK)
 
 
 @pytest.mark.filterwarnings("ignore::dscaledgd.ConvergenceWarning")
@@ -136,3 +139,52 @@ def test_a_fold_cut_anywhere_gives_the_same_bits():
             want = ref if scale == 1.0 else ex.gather(fold_on(ex, futs, [0] * 11, scale=scale))
             np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(ref, np.sum(parts, axis=0), rtol=1e-12, atol=1e-6)
+
+
+def test_slot_groups_cover_each_slots_chunks_once_in_order():
+    rb, cb = np.linspace(0, 1600, 17).astype(int), np.linspace(0, 400, 5).astype(int)
+    slots = Placement((16, 4), [rb, cb], 3).slots
+    for per_slot, size in ((1, 8), (2, 8), (1, 3), (4, 100)):
+        groups = slot_groups(slots, per_slot, size)
+        assert sorted(t for g in groups for t in g) == list(range(64))
+        for g in groups:
+            assert len({slots[t] for t in g}) == 1 and g == sorted(g)
+            assert len(g) <= size or per_slot > 1
+        for s in set(slots):
+            mine = [g for g in groups if slots[g[0]] == s]
+            n = slots.count(s)
+            assert len(mine) == min(n, max(per_slot, -(-n // size)))
+            assert max(map(len, mine)) - min(map(len, mine)) <= 1  # even
+
+
+def test_grouped_tasks_give_the_bits_of_one_task_per_chunk():
+    """map_reduce over Slices of grouped tasks adds the same parts in the same order."""
+    rng = np.random.default_rng(1)
+    grid = (4, 3)
+    data = [rng.standard_normal((5, 2)) * 10.0 ** rng.integers(-6, 6) for _ in range(12)]
+    ex = ThreadExecutor(0)
+    tiles = ex.scatter(data)
+
+    def kernel(x):
+        return x * 1.5, x[::-1] - 0.25, np.array([x.sum()])
+
+    def kernels(xs):
+        return tuple(p for x in xs for p in kernel(x))
+
+    slots = [0, 0, 1, 1, 1, 0, 2, 2, 2, 2, 0, 1]
+    outputs = [("A", 0), ("B", 1), ("v", None)]
+    ref = map_reduce(
+        ex, grid, lambda t, idx: ex.submit(kernel, tiles[t], name="k"), outputs, slots=slots
+    )
+    parts = {}
+    for g in slot_groups(slots, 1, 2):
+        h = ex.submit(kernels, [tiles[t] for t in g], name="k")
+        parts.update((t, Slice(h, 3 * j)) for j, t in enumerate(g))
+    got = map_reduce(ex, grid, lambda t, idx: parts[t], outputs, slots=slots)
+    for key in ("A", "B"):
+        for a, b in zip(ex.gather(ref[key]), ex.gather(got[key])):
+            np.testing.assert_array_equal(a, b)
+    v_ref = ref["v"].in_order(ex.gather(ref["v"].handles))
+    v_got = got["v"].in_order(ex.gather(got["v"].handles))
+    np.testing.assert_array_equal(np.concatenate(v_ref), np.concatenate(v_got))
+    np.testing.assert_array_equal(np.concatenate(v_got), [x.sum() for x in data])
