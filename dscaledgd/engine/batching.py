@@ -2,13 +2,12 @@
 
 ``Client.submit`` sends one ``update-graph`` message per task, and the scheduler
 handles each one on its own: it deserialises it, orders it, and transitions it.
-A ScaledGD iteration on a 16 × 4 grid submits 157 (1 worker) to 220 (16 workers)
-tasks. The scheduler of a LocalCluster runs in the client's process, which then
-spends more CPU per iteration than the tasks compute: measured on 2 cores, 1 worker,
-a 4000² instance with 10⁶ entries, 0.20 s of main-process CPU per iteration task
-by task and 0.12 s batched, against 0.056 s of task compute
-(``/tmp``-free reproduction: ``benchmarks/bench_scaling.py``, whose table shows how
-busy the workers were; docs/design.md, "Tasks per iteration").
+A ScaledGD iteration on a 16 × 4 grid submits 100–220 tasks. The scheduler of a
+LocalCluster runs in the client's process, and that process was the busiest one of
+a 16-worker run. Side by side on 16 cores, sending each wait's tasks as one graph
+cut its CPU per iteration from 0.67 to 0.43 s and the iteration from 0.63 to 0.55 s
+(``benchmarks/bench_scaling.py --submit batched single``; docs/design.md, "Tasks
+per iteration").
 
 A :class:`Batch` keeps the tasks an engine submits and sends them as one graph:
 
