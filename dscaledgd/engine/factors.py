@@ -244,13 +244,9 @@ def tree_sum(ex, parts: list, scale: float = 1.0, fan_in: int = 4, name="sum", i
     return ex.submit(_sum, level, scale, name=name)
 
 
-def _fold(running, parts, indices, scale, running_index=None):
+def _fold(running, parts, indices, scale):
     """``running + Σ s·part`` added left to right: the arithmetic of :func:`_sum`, so
-    a fold cut into several calls gives the bits of one call over all the parts.
-    ``running_index``: ``running`` is a task result and its element of that index
-    is the running sum."""
-    if running is not None and running_index is not None:
-        running = running[running_index]
+    a fold cut into several calls gives the bits of one call over all the parts."""
     out = None if running is None else running.copy()
     for p, i in zip(parts, indices):
         x = p if i is None else p[i]
@@ -281,19 +277,15 @@ def fold_on(
     indices = [None] * n if indices is None else list(indices)
     if n == 1 and scale == 1.0 and indices[0] is None:
         return parts[0]
-    running, k, first = None, 0, None
-    if n > 1 and scale == 1.0 and slots[1] != slots[0]:
-        # a lone first part needs no task: the next run starts from it (same bits)
-        running, first, k = parts[0], indices[0], 1
+    running, k = None, 0
     while k < n:
         e = k + 1
         while e < n and e - k < max_run and slots[e] == slots[k]:
             e += 1
-        args = (running, list(parts[k:e]), indices[k:e], scale)
-        if first is not None:
-            args += (first,)
-        running = ex.submit_on(slots[k], _fold, *args, name=name)
-        k, first = e, None
+        running = ex.submit_on(
+            slots[k], _fold, running, list(parts[k:e]), indices[k:e], scale, name=name
+        )
+        k = e
     return running
 
 
