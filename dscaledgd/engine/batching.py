@@ -22,7 +22,8 @@ A :class:`Batch` keeps the tasks an engine submits and sends them as one graph:
 dask config ``dscaledgd.batch-tasks: false`` submits task by task.
 
 Each task keeps the worker it was meant for. Per-key worker restrictions travel
-as the graph's ``workers`` annotation. That annotation is a callable, the
+as the graph's ``workers`` annotation (tasks submitted without a worker go in
+graphs of their own, unrestricted). That annotation is a callable, the
 pinned dict's bound ``get``, which the scheduler calls with each key and can
 unpickle without importing dscaledgd. ``allow_other_workers`` is ``True``, as
 with ``submit_on``. A handle is a real ``distributed.Future``, made when the
@@ -73,7 +74,7 @@ class Batch:
         self.client = client
         self._lock = threading.Lock()  # the pending groups
         self._send_lock = threading.Lock()  # one flush at a time, in order
-        self._groups: list = []  # [(annotations, {key: task}, {key: workers})]
+        self._groups: list = []  # [((annotations, pinned), {key: task}, {key: workers})]
         self._inputs: list = []  # futures the pending tasks read
         self._timer = False
         self._error: BaseException | None = None  # a timer's flush that failed
@@ -81,9 +82,9 @@ class Batch:
     def __len__(self) -> int:
         return sum(len(tasks) for _, tasks, _ in self._groups)
 
-    def submit(self, key: str, fn, args, kwargs, workers: list[str]):
-        """Queue ``fn(*args, **kwargs)`` under ``key``, preferring ``workers``; return
-        its future."""
+    def submit(self, key: str, fn, args, kwargs, workers: list[str] | None = None):
+        """Queue ``fn(*args, **kwargs)`` under ``key``, preferring ``workers`` (``None``:
+        any worker, no restriction); return its future."""
         import dask
         from dask._task_spec import Task, parse_input
         from distributed import Future, futures_of  # noqa: F401
@@ -98,15 +99,16 @@ class Batch:
         # futures until the graph is sent, or a dropped last handle would release an
         # input before the scheduler knows a task needs it
         inputs = futures_of([args, kwargs])
-        ann = dask.get_annotations()
+        kind = (dask.get_annotations(), workers is not None)
         with self._lock:
             # the handle exists before the task can be sent: a flush that sent it first
             # would drop the only reference, and the scheduler would forget the key
             fut = Future(key, self.client)
-            if not self._groups or self._groups[-1][0] != ann:
-                self._groups.append((ann, {}, {}))
+            if not self._groups or self._groups[-1][0] != kind:
+                self._groups.append((kind, {}, {}))
             self._groups[-1][1][key] = task
-            self._groups[-1][2][key] = list(workers)
+            if workers is not None:
+                self._groups[-1][2][key] = list(workers)
             self._inputs.extend(inputs)
             start = not self._timer
             self._timer = True
@@ -122,7 +124,8 @@ class Batch:
             self._error = exc
 
     def flush(self) -> None:
-        """Send the pending tasks, if any: one graph per run of equal annotations.
+        """Send the pending tasks, if any: one graph per run of tasks with equal
+        annotations, pinned or not.
 
         Flushes are sent in the order they take their tasks (``_send_lock``): a
         timer's flush still serialising on the event loop must not be overtaken by
@@ -137,7 +140,7 @@ class Batch:
                 inputs, self._inputs = self._inputs, []
             if self.client.status in ("closing", "closed"):
                 return
-            for ann, tasks, where in groups:
+            for (ann, _), tasks, where in groups:
                 contextvars.Context().run(self._send, ann, tasks, where)
             del inputs  # their releases, if any, now follow the graphs
 
@@ -148,6 +151,7 @@ class Batch:
         # a random token, as client.submit gives: tokenizing the graph would hash every
         # argument (and refuse one that does not hash deterministically)
         expr = LLGExpr(tasks, _determ_token=uuid.uuid4().hex)
-        with dask.annotate(**ann, workers=where.get, allow_other_workers=True):
+        pin = {"workers": where.get, "allow_other_workers": True} if where else {}
+        with dask.annotate(**ann, **pin):
             self.client.get(expr, list(tasks), sync=False)
         # the futures client.get made are dropped here; the caller's handles hold the keys

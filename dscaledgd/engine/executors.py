@@ -233,8 +233,7 @@ class DistributedExecutor(Executor):
 
     def submit(self, fn, *args, name: str, **kwargs):
         if self._batch is not None:
-            addrs = self._addrs or self._workers()
-            return self._batch.submit(self.key(name), fn, args, kwargs, addrs)
+            return self._batch.submit(self.key(name), fn, args, kwargs)
         return self.client.submit(fn, *args, key=self.key(name), pure=False, **kwargs)
 
     def flush(self) -> None:
