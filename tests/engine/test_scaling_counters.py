@@ -73,13 +73,14 @@ def _measure(client, obs):
     return d, pb - pa, res
 
 
-def _check(d, passes, W):
-    n1, n2 = SHAPE
+def _check(d, passes, W, shape=SHAPE):
+    n1, n2 = shape
     per_pass = d.peer_bytes / passes
     general = 2 * (W - 1) * (n1 + n2) * RANK * 8
-    slack = 1.05 * band_bound(W) + 64 * 1024  # r×r matrices and message framing
-    print(f"W={W}: {per_pass / 1e6:.3f} MB/pass, band bound {band_bound(W) / 1e6:.3f} MB")
-    assert per_pass <= slack, (W, per_pass, band_bound(W), d.peer_bytes_by_name)
+    bound = band_bound(W, shape)
+    slack = 1.05 * bound + 64 * 1024  # r×r matrices and message framing
+    print(f"W={W}: {per_pass / 1e6:.3f} MB/pass, band bound {bound / 1e6:.3f} MB")
+    assert per_pass <= slack, (W, per_pass, bound, d.peer_bytes_by_name)
     assert per_pass <= general
     # no selection tasks; one gradient task per group of a worker's tiles per pass
     assert "part" not in d.tasks_by_name, d.tasks_by_name
@@ -107,6 +108,31 @@ def test_bytes_moved_per_iteration_grow_with_workers_not_tiles(client, instance)
     h2, h4 = res2.history["loss"], res4.history["loss"]
     assert len(h2) == len(h4)
     np.testing.assert_allclose(h4, h2, rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::dscaledgd.ConvergenceWarning")
+def test_bytes_moved_at_8_workers_where_a_row_blocks_sum_crosses_4_workers():
+    """On 8 workers a wide matrix's 8 × 4 grid is laid out in 2 × 4 bands: each of a row
+    block's 4 partials sits on its own worker, and each worker must send on one partial
+    of its grouped task, not the task's whole result (a regression seen only on such
+    layouts: RESULTS.md, 2026-11-27 15:05)."""
+    from distributed import Client, LocalCluster
+
+    shape = SHAPE[::-1]
+    assert Placement(TILES, [np.linspace(0, n, g + 1).astype(int) for n, g in zip(shape, TILES)],
+                     8).layout == "2x4 bands"  # fmt: skip
+    obs, _ = dsg.datasets.make_completion(shape, RANK, 0.02, cond=10, tiles=TILES, random_state=0)
+
+    with (
+        LocalCluster(
+            n_workers=8, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+        ) as cluster,
+        Client(cluster, set_as_default=False) as c8,
+    ):  # fmt: skip
+        d8, p8, _ = _measure(c8, obs)
+    _check(d8, p8, 8, shape)
 
 
 # ------------------------------------------------------------ without a cluster
