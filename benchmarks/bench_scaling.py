@@ -19,6 +19,13 @@ value).
 
     python benchmarks/bench_scaling.py --workers 1 2 4 8 16 [--shape 16000 16000]
         [--rank 10] [--nnz 5e6] [--cond 2] [--tiles 16 4] [--iters 20] [--baseline DIR]
+        [--submit batched single] [--no-threads]
+
+It also reports where the time goes: the busiest worker's compute seconds (from
+distributed's own task timings), how busy the workers were, and the CPU seconds of
+the client+scheduler process and of the busiest worker process. ``--submit batched
+single`` runs both ways of sending tasks to the scheduler (dask config
+``dscaledgd.batch-tasks``) on the same cluster, side by side.
 
 The default instance keeps the issue's proportions (100M observations on 200k × 200k,
 tiles 16 × 4: a tile holds several times the bytes of a factor block) at a size that
