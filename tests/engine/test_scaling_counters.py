@@ -28,6 +28,8 @@ from dscaledgd.engine.executors import ThreadExecutor
 from dscaledgd.engine.factors import fold_on
 from dscaledgd.engine.placement import Placement
 
+from ..conftest import local_cluster
+
 SHAPE, RANK, TILES = (4000, 3000), 5, (8, 4)
 #: measured passes: iterations FIRST..LAST (numba and caches warm; no re-root inside)
 FIRST, LAST = 2, 6
@@ -88,20 +90,19 @@ def _check(d, passes, W, shape=SHAPE):
     assert d.tasks_by_name["grad"] == passes * W * -(-per_worker // TILES_PER_TASK)
 
 
+def _measure_on(n_workers: int, obs):
+    """:func:`_measure` on a fresh loopback LocalCluster of ``n_workers`` × 1 thread."""
+    from distributed import Client
+
+    with local_cluster(n_workers=n_workers) as cluster, Client(cluster) as c:
+        return _measure(c, obs)
+
+
 @pytest.mark.filterwarnings("ignore::dscaledgd.ConvergenceWarning")
 def test_bytes_moved_per_iteration_grow_with_workers_not_tiles(client, instance):
-    from distributed import Client, LocalCluster
-
     d2, p2, res2 = _measure(client, instance)  # the session's 2 workers
     _check(d2, p2, 2)
-    with (
-        LocalCluster(
-            n_workers=4, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster, set_as_default=False) as c4,
-    ):  # fmt: skip
-        d4, p4, res4 = _measure(c4, instance)
+    d4, p4, res4 = _measure_on(4, instance)
     _check(d4, p4, 4)
     assert d4.peer_bytes / p4 > d2.peer_bytes / p2  # more workers share more blocks
     # the placement changes where the additions run, not what they add
@@ -117,21 +118,11 @@ def test_bytes_moved_at_8_workers_where_a_row_blocks_sum_crosses_4_workers():
     block's 4 partials sits on its own worker, and each worker must send on one partial
     of its grouped task, not the task's whole result (a regression seen only on such
     layouts: RESULTS.md, 2026-11-27 15:05)."""
-    from distributed import Client, LocalCluster
-
     shape = SHAPE[::-1]
     assert Placement(TILES, [np.linspace(0, n, g + 1).astype(int) for n, g in zip(shape, TILES)],
                      8).layout == "2x4 bands"  # fmt: skip
     obs, _ = dsg.datasets.make_completion(shape, RANK, 0.02, cond=10, tiles=TILES, random_state=0)
-
-    with (
-        LocalCluster(
-            n_workers=8, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-        ) as cluster,
-        Client(cluster, set_as_default=False) as c8,
-    ):  # fmt: skip
-        d8, p8, _ = _measure(c8, obs)
+    d8, p8, _ = _measure_on(8, obs)
     _check(d8, p8, 8, shape)
 
 
