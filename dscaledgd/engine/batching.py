@@ -87,7 +87,7 @@ class Batch:
         any worker, no restriction); return its future."""
         import dask
         from dask._task_spec import Task, parse_input
-        from distributed import Future, futures_of  # noqa: F401
+        from distributed import Future, futures_of
 
         task = Task(
             key,
