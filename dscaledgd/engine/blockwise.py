@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .factors import fold_on, getitem, tree_sum
+from .factors import fold_blocks_on, fold_on, getitem, tree_sum
 
 __all__ = [
     "Slice",
@@ -157,9 +157,16 @@ def map_reduce(
             return tree_sum(ex, [h for h, _ in parts], scale, name=name, index=index)
         return tree_sum(ex, parts, scale, name=name)
 
+    if slots is not None:  # the chunk tasks leave now, while the client builds the sums
+        ex.flush()
     for key, blocks in per_block.items():
         if key in combine:
             out[key] = [combine[key](i, b) for i, b in enumerate(blocks)]
+        elif slots is not None:  # blocks hopping through the same workers fold together
+            parts = [tuple(zip(*b)) for b in blocks]  # (handles, indices, slots, chunks)
+            out[key] = fold_blocks_on(
+                ex, [(h, w, i) for h, i, w, _ in parts], scale=scales.get(key, 1.0), name=name
+            )
         else:
             out[key] = [total(b, scales.get(key, 1.0)) for b in blocks]
     for key, (axis, parts) in flat.items():

@@ -25,7 +25,7 @@ from dscaledgd.engine import traffic
 from dscaledgd.engine.blockwise import Slice, map_reduce, slot_groups
 from dscaledgd.engine.completion import TILES_PER_TASK
 from dscaledgd.engine.executors import ThreadExecutor
-from dscaledgd.engine.factors import fold_on
+from dscaledgd.engine.factors import fold_blocks_on, fold_on
 from dscaledgd.engine.placement import Placement
 
 from ..conftest import local_cluster
@@ -156,6 +156,45 @@ def test_a_fold_cut_anywhere_gives_the_same_bits():
             want = ref if scale == 1.0 else ex.gather(fold_on(ex, futs, [0] * 11, scale=scale))
             np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(ref, np.sum(parts, axis=0), rtol=1e-12, atol=1e-6)
+
+
+def test_blocks_on_the_same_workers_fold_together_with_the_same_bits():
+    """fold_blocks_on: blocks hopping through the same slots share one task per hop
+    (hops + blocks - 1 tasks), every block's sum has fold_on's bits."""
+    rng = np.random.default_rng(2)
+    ex = ThreadExecutor(0)
+    parts = ex.scatter(
+        [rng.standard_normal((6, 2)) * 10.0 ** rng.integers(-8, 8) for _ in range(8)]
+    )
+    picked = ex.scatter([tuple(rng.standard_normal((6, 2)) for _ in range(3)) for _ in range(4)])
+    path = [0, 1, 1, 2, 3]  # 4 hops
+    blocks = [
+        (parts[:5], path, None),  # these three share the path: 4 + 3 - 1 = 6 tasks
+        (parts[3:8], path, None),
+        ([picked[k] for k in (0, 1, 2, 3, 3)], path, [0, 2, 1, 0, 2]),
+        (parts[:3], [2, 2, 0], None),  # a path of its own: fold_on, 2 tasks
+        ([parts[4]], [1], None),  # one part: itself, no task
+        (parts[:6], [5] * 6, None),  # one slot, two runs of at most 4: 2 tasks
+    ]
+    calls = []
+    submit_on = ex.submit_on
+
+    def counting(slot, fn, *a, **kw):
+        calls.append((slot, fn.__name__))
+        return submit_on(slot, fn, *a, **kw)
+
+    ex.submit_on = counting
+    for scale in (1.0, 0.37):
+        calls.clear()
+        got = fold_blocks_on(ex, blocks, scale=scale)
+        assert len(calls) == 6 + 2 + 2 + (scale != 1.0)  # a lone part is scaled by a task
+        assert [s for s, f in calls if f == "_fold_many"] == [0, 1, 2]
+        assert (got[4] is parts[4]) == (scale == 1.0)
+        ex.submit_on = submit_on
+        for (ps, sl, idx), g in zip(blocks, got):
+            want = fold_on(ex, ps, sl, indices=idx, scale=scale)
+            np.testing.assert_array_equal(ex.gather(g), ex.gather(want))
+        ex.submit_on = counting
 
 
 def test_slot_groups_cover_each_slots_chunks_once_in_order():
