@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..problems.spec import State, Update
-from .factors import Blocked, combine, random_blocked, sum_small
+from .factors import Blocked, _stats, combine, random_blocked, sum_small
 
 __all__ = ["PassStats", "FactorEngine", "machine_memory"]
 
@@ -42,6 +42,10 @@ class PassStats:
 
 def _colmax_sq(X, W):
     return np.max((X @ W) ** 2, axis=0) if len(X) else np.zeros(W.shape[1])
+
+
+def _colmax_sq_many(blocks, W):
+    return np.max(np.vstack([_colmax_sq(X, W) for X in blocks]), axis=0)
 
 
 def machine_memory() -> int:
@@ -117,6 +121,21 @@ class FactorEngine:
             for k in range(self.n_factors)
         ]
 
+    def slot_stats_parts(self, state: list, G: list) -> list:
+        """:meth:`stats_parts` with one task per worker slot, not one per block, on a
+        cluster: per factor a :class:`~.blockwise.Collected` (gather its ``handles``;
+        ``in_order`` gives the per-block results of :meth:`stats_parts`)."""
+        from .blockwise import Collected
+
+        out = []
+        for k, (F, Gk) in enumerate(zip(state, G)):
+            w = self._weights[k][0] if self._weights else [None] * F.nblocks
+            slots = F.slots or Gk.slots
+            args = zip(F.blocks, Gk.blocks, w)
+            items = [(slots[a], a, fgw) for a, fgw in enumerate(args)]
+            out.append(Collected.map(self.ex, _stats, items, name="stats"))
+        return out
+
     def grams(self, state) -> list:
         """``F_kᵀF_k`` of every factor (one gather)."""
         parts = self.fex.gather([F.gram_parts() for F in state])
@@ -149,15 +168,22 @@ class FactorEngine:
         The coherence statistic of a component with row-space direction
         ``F_k W_k`` (:mod:`dscaledgd.solvers.reseed`).
         """
-        parts = [
-            [
-                self.fex.submit(_colmax_sq, b, Wk, name="coherence")
-                if F.slots is None
-                else self.fex.submit_on(F.slots[a], _colmax_sq, b, Wk, name="coherence")
-                for a, b in enumerate(F.blocks)
-            ]
-            for F, Wk in zip(state, W)
-        ]
+        parts = []
+        for F, Wk in zip(state, W):
+            if F.slots is None:
+                parts.append(
+                    [self.fex.submit(_colmax_sq, b, Wk, name="coherence") for b in F.blocks]
+                )
+                continue
+            mine: dict = {}  # one task per worker slot (a maximum: the order does not matter)
+            for s, b in zip(F.slots, F.blocks):
+                mine.setdefault(s, []).append(b)
+            parts.append(
+                [
+                    self.fex.submit_on(s, _colmax_sq_many, bs, Wk, name="coherence")
+                    for s, bs in mine.items()
+                ]
+            )
         flat = self.fex.gather([p for per in parts for p in per])
         out, i = [], 0
         for per in parts:

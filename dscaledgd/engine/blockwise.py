@@ -179,6 +179,10 @@ def map_reduce(
     return out
 
 
+def _map_all(fn, calls):
+    return [fn(*args) for args in calls]
+
+
 def _pick_all(results, indices):
     return [r if i is None else r[i] for r, i in zip(results, indices)]
 
@@ -204,6 +208,18 @@ class Collected:
             hs, idx, ts = zip(*items)
             handles.append(ex.submit_on(s, _pick_all, list(hs), list(idx), name=name))
             chunks.append(list(ts))
+        return cls(handles, chunks)
+
+    @classmethod
+    def map(cls, ex, fn, items, name: str) -> Collected:
+        """``fn(*args)`` for each ``(slot, chunk, args)`` of ``items``, one task per slot."""
+        by_slot: dict = {}
+        for s, t, args in items:
+            by_slot.setdefault(s, []).append((t, args))
+        handles, chunks = [], []
+        for s, calls in by_slot.items():
+            handles.append(ex.submit_on(s, _map_all, fn, [a for _, a in calls], name=name))
+            chunks.append([t for t, _ in calls])
         return cls(handles, chunks)
 
     def in_order(self, gathered: list) -> list:

@@ -217,6 +217,8 @@ class CompletionPass:
     small: list
     #: the per-tile loss sums, fetched by one task per worker (:class:`Collected`)
     values: Collected | None = None
+    #: per factor, the Gram tasks of one worker slot each (``small[0]`` is their handles)
+    stats: list | None = None
 
 
 class CompletionEngine(FactorEngine):
@@ -474,11 +476,18 @@ class CompletionEngine(FactorEngine):
             Blocked(ex, Fb, state[k].ncols, out[f"G{k}"], self.block_slots[k])
             for k, Fb in enumerate(self.factor_bounds)
         ]
-        small = self.stats_parts(state, G)
+        stats = small = None
+        if groups is None:
+            small = self.stats_parts(state, G)
+        else:  # a cluster: one Gram task per worker
+            stats = self.slot_stats_parts(state, G)
+            small = [c.handles for c in stats]
         vres = []
         if self._vtiles is not None:  # held-out RMSE, in the same gather
             vres = self._per_tile(_tile_residual, self._vtiles, state, "validation")
-        return CompletionPass(G=G, small=[small, out["v"].handles, vres], values=out["v"])
+        return CompletionPass(
+            G=G, small=[small, out["v"].handles, vres], values=out["v"], stats=stats
+        )
 
     def _grad_groups(self) -> list | None:
         """The tiles of each gradient task on a cluster (:data:`TILES_PER_TASK`, at least
@@ -494,6 +503,8 @@ class CompletionEngine(FactorEngine):
     def scalars(self, pas: CompletionPass) -> PassStats:
         """The one gather of an iteration: losses and r×r Grams."""
         stats, values, vres = self.ex.gather(pas.small)
+        if pas.stats is not None:  # per worker slot: back to per block, in block order
+            stats = [c.in_order(s) for c, s in zip(pas.stats, stats)]
         value, sumsq = sum_small(pas.values.in_order(values))  # tile order, on any cluster
         extra = {}
         if vres:
