@@ -162,11 +162,13 @@ class FactorEngine:
         """Make ``state`` resident with no task history (bounds the scheduler's graph)."""
         return State([F.reroot() for F in state], dict(_params(state)))
 
-    def column_max_sq(self, state: list, W: list) -> list:
+    def column_max_sq(self, state: list, W: list, wait: bool = True):
         """Per factor ``k``, ``max_i ((F_k W_k)_{ij})²`` for every column ``j`` (one gather).
 
         The coherence statistic of a component with row-space direction
-        ``F_k W_k`` (:mod:`dscaledgd.solvers.reseed`).
+        ``F_k W_k`` (:mod:`dscaledgd.solvers.reseed`). ``wait=False`` submits the
+        tasks and returns a function that gathers them (the loop submits the next
+        step before it waits: :func:`dscaledgd.solvers.loop.run`).
         """
         parts = []
         for F, Wk in zip(state, W):
@@ -184,12 +186,16 @@ class FactorEngine:
                     for s, bs in mine.items()
                 ]
             )
-        flat = self.fex.gather([p for per in parts for p in per])
-        out, i = [], 0
-        for per in parts:
-            out.append(np.max(np.vstack(flat[i : i + len(per)]), axis=0))
-            i += len(per)
-        return out
+
+        def fetch() -> list:
+            flat = self.fex.gather([p for per in parts for p in per])
+            out, i = [], 0
+            for per in parts:
+                out.append(np.max(np.vstack(flat[i : i + len(per)]), axis=0))
+                i += len(per)
+            return out
+
+        return fetch() if wait else fetch
 
     def with_random(self, state: State, M: list, N: list, seeds: list) -> State:
         """``F_k M_k + Z_k N_k`` with ``Z_k`` Gaussian (entries ``N(0, 1/n_k)``, seeded by

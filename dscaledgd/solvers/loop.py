@@ -123,12 +123,26 @@ def run(
     """
     drv = Driver(cfg, desc)
 
-    def evaluate(st, it):
+    def submit(st, it):
+        """The pass at ``st``, submitted (the first half of ``evaluate``)."""
         if drv.passes and drv.passes % cfg.materialize_every == 0:
             st = engine.materialize(st)
         pas = engine.pass_(st, it)
         drv.passes += 1
+        return st, pas
+
+    def finish(st, pas, it):
         return _Point(st, pas, with_ridge(engine.scalars(pas), cfg.reg), it=it)
+
+    def evaluate(st, it):
+        return finish(*submit(st, it), it)
+
+    def prepared(cur, step):
+        """``(step, P, update)`` of the proposed ``step`` from ``cur``; raises
+        GramSolveError."""
+        P = precond.matrices(cur.stats, step, ridge=cfg.reg)
+        step = rule.scale(cur.stats, step, P)  # step sizes that need P (ScaledSM)
+        return step, P, make_update(precond, P, cur.stats, cur.state, step, cfg.reg)
 
     try:
         if resume is None:
@@ -152,6 +166,7 @@ def run(
             n_iter, quiet = resume_.restore_objects(resume, rule, guard, reseed, drv)
             drv.resumed(n_iter)
         status, message, saved, rel_step = None, "", n_iter, None
+        ahead = None  # the next step, submitted while a re-seed check was pending
         while status is None:
             if cur.stats.residual <= cfg.tol:
                 status = "converged"
@@ -182,18 +197,22 @@ def run(
                 else:
                     message += f"{cur.stats.residual:.3g} > tol={cfg.tol:g}"
                 break
-            step = rule.propose(cur.stats)
             reason = None
             with engine.ex.span("dscaledgd-iter"):
-                try:  # the ridge's curvature belongs in the preconditioner: λ + reg_k
-                    P = precond.matrices(cur.stats, step, ridge=cfg.reg)
-                    step = rule.scale(cur.stats, step, P)  # step sizes that need P (ScaledSM)
-                    update = make_update(precond, P, cur.stats, cur.state, step, cfg.reg)
-                except GramSolveError as exc:
-                    reason = f"Gram solve failed ({exc})"
-                if reason is None:
-                    new = evaluate(engine.step(cur.state, cur.pas, update), n_iter + 1)
+                if ahead is not None and ahead[0] is cur:  # submitted already
+                    _, step, P, st, pas = ahead
+                    new = finish(st, pas, n_iter + 1)
                     reason = guard.check(new.stats)
+                else:
+                    step = rule.propose(cur.stats)
+                    try:  # the ridge's curvature belongs in the preconditioner: λ + reg_k
+                        step, P, update = prepared(cur, step)
+                    except GramSolveError as exc:
+                        reason = f"Gram solve failed ({exc})"
+                    if reason is None:
+                        new = evaluate(engine.step(cur.state, cur.pas, update), n_iter + 1)
+                        reason = guard.check(new.stats)
+                ahead = None
             if reason is not None:
                 ev = drv.event(
                     {
@@ -255,7 +274,11 @@ def run(
                 )
             if reseed is not None and status is None and n_iter < cfg.max_iter:
                 # (never at the last iteration: a fresh re-seed would be what is returned)
-                out = reseed(engine, cur.state, cur.stats, rule.c, cfg.seed)
+                due = checkpoint is not None and checkpoint.due(n_iter, cfg.max_iter)
+                out, ahead = _reseed_check(
+                    reseed, engine, cur, n_iter, rule, cfg, drv, n_iter != saved and due,
+                    prepared, submit,
+                )  # fmt: skip
                 pt = evaluate(out[0], n_iter) if out is not None else None
                 if pt is not None and _finite(pt.stats):
                     pt.k, pt.reseeded = cur.k, True
@@ -286,6 +309,40 @@ def run(
     if cur.reseeded:  # the returned re-seeded point takes its iterate's history entry
         drv.overwrite(cur.k, cur.stats)
     return drv.finish(cur.state, status, message, n_iter, cur.k)
+
+
+def _reseed_check(reseed, engine, cur, n_iter, rule, cfg, drv, saving: bool, prepared, submit):
+    """``reseed`` at the accepted point ``cur``: ``(its result, the step ahead)``.
+
+    A re-seed's coherence check (:meth:`~.reseed.CoherentReseed.prepare`) needs a
+    gather. Rather than wait for it, the next iteration's step from ``cur`` is
+    submitted first (``ahead``: the tasks the loop's next turn would submit), so
+    that the check and the step share one wait. A re-seed drops that step and its
+    pass (the pass count is restored); otherwise the next turn uses it. Only where
+    the next turn steps from ``cur`` at once: not converged, no checkpoint to save
+    (``saving``). The iterates, and so the bits, are those of a run that waits.
+    """
+    prepare = getattr(reseed, "prepare", None)
+    if prepare is None:
+        return reseed(engine, cur.state, cur.stats, rule.c, cfg.seed), None
+    pending = prepare(engine, cur.state, cur.stats)
+    if pending is None:
+        return None, None
+    ahead, passes = None, drv.passes
+    if cur.stats.residual > cfg.tol and not saving:
+        try:
+            step, P, update = prepared(cur, rule.propose(cur.stats))
+        except GramSolveError:
+            update = None  # the next turn meets the same error, and handles it
+        if update is not None:
+            with engine.ex.span("dscaledgd-iter"):
+                st, pas = submit(engine.step(cur.state, cur.pas, update), n_iter + 1)
+            ahead = (cur, step, P, st, pas)
+    out = pending(rule.c, cfg.seed)
+    if out is not None:
+        drv.passes = passes  # the step ahead is dropped
+        ahead = None
+    return out, ahead
 
 
 def _quiet(rule, cfg, prev, cur, best, best_before, step, P) -> tuple[bool, float]:

@@ -78,6 +78,14 @@ class CoherentReseed:
 
     def __call__(self, engine, state: list, stats, c: float, seed: int):
         """The re-seeded state and an event record, or ``None`` if nothing changes."""
+        pending = self.prepare(engine, state, stats)
+        return None if pending is None else pending(c, seed)
+
+    def prepare(self, engine, state: list, stats):
+        """Submit the coherence check of ``state`` and return, without waiting, a
+        function ``(c, seed) ->`` what :meth:`__call__` returns; ``None`` when there
+        is nothing to check (no gather). The loop submits the next step in between.
+        """
         if self.events >= self.max_events or len(state) != 2 or stats.err2 <= 0:
             return None
         if min(F.n for F in state) <= self.tau:
@@ -91,7 +99,11 @@ class CoherentReseed:
         if len(cand) == 0:
             return None
         # one gather for both factors: n · (max_i of each candidate column)²
-        mL, mR = engine.column_max_sq(state, [WL[:, cand], WR[:, cand]])
+        fetch = engine.column_max_sq(state, [WL[:, cand], WR[:, cand]], wait=False)
+        return lambda c, seed: self._decide(engine, state, fetch(), s, WL, WR, cand, level, c, seed)
+
+    def _decide(self, engine, state, colmax, s, WL, WR, cand, level, c, seed):
+        mL, mR = colmax
         coh = np.maximum(state[0].n * mL, state[1].n * mR)
         bad = cand[coh > self.tau]
         if len(bad) == 0:

@@ -180,3 +180,45 @@ def test_no_reseed_at_the_last_iteration(monkeypatch):
         res = dsg.complete(obs, 3, scheduler="sync", max_iter=3, random_state=0)
     assert res.n_iter == 3
     assert seen == [1, 2]  # after iterations 1 and 2, not after 3
+
+
+class _Waiting:
+    """A CoherentReseed without ``prepare``: the loop waits for the check, then steps."""
+
+    def __init__(self):
+        self.inner = CoherentReseed()
+
+    def __call__(self, *args):
+        return self.inner(*args)
+
+
+def test_the_step_submitted_ahead_of_a_reseed_check_changes_no_bit(monkeypatch):
+    """The loop submits the next step before it waits for a coherence check (one wait
+    for both); a re-seed drops that step. The run is the waiting run's, bit for bit.
+    (The process-cluster run of this instance goes through the same loop:
+    test_reseeded_run_is_the_same_on_a_process_cluster.)"""
+    from dscaledgd.api import _core
+
+    obs, _ = _issue_instance(1000)
+    kw = dict(tol=1e-12, max_iter=300, random_state=0, scheduler="threads")
+    checks = []
+    prepare = CoherentReseed.prepare
+
+    def counted(self, *args):
+        pending = prepare(self, *args)
+        checks.append(pending is not None)
+        return pending
+
+    monkeypatch.setattr(CoherentReseed, "prepare", counted)
+    a = dsg.complete(obs, 8, **kw)
+    n_checks = sum(checks)
+    monkeypatch.setattr(_core, "_reseed", lambda engine, rule, params: _Waiting())
+    b = dsg.complete(obs, 8, **kw)
+    assert n_checks >= 10 and sum(checks) == 2 * n_checks  # both looked as often
+    assert [e for e in a.info["events"]] == [e for e in b.info["events"]]
+    assert sum(e["event"] == "reseeded" for e in a.info["events"]) >= 1  # a dropped step
+    assert a.n_iter == b.n_iter and a.info["passes"] == b.info["passes"]
+    for key in ("loss", "residual"):
+        np.testing.assert_array_equal(a.history[key], b.history[key])
+    for x, y in zip(a.compute_factors(), b.compute_factors()):
+        np.testing.assert_array_equal(x, y)
