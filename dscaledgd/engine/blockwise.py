@@ -110,9 +110,12 @@ def map_reduce(
         block's parts are then added in chunk order as a left fold cut into one
         task per run of parts on one worker (:func:`~.factors.fold_on`: each
         worker adds its own parts before anything moves, the sum ends on the slot
-        of the block's last chunk), and ``None`` outputs are collected by one task
-        per slot (``out[key]`` is then a :class:`Collected`). No selection tasks;
-        ``select_in_sum`` is ignored. The bits do not depend on the slots.
+        of the block's last chunk; blocks whose folds hop through the same slots
+        share one task per hop, :func:`~.factors.fold_blocks_on`), and ``None``
+        outputs are collected by one task per slot (``out[key]`` is then a
+        :class:`Collected`). The chunk tasks are sent to the scheduler before the
+        sums are built. No selection tasks; ``select_in_sum`` is ignored. The bits
+        do not depend on the slots.
     """
     scales, combine = scales or {}, combine or {}
     per_block: dict = {}
