@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..problems.spec import State, Update
-from .factors import Blocked, _stats, combine, random_blocked, sum_small
+from .factors import Blocked, _al, _stats, combine, random_blocked, sum_small
 
 __all__ = ["PassStats", "FactorEngine", "machine_memory"]
 
@@ -41,6 +41,7 @@ class PassStats:
 
 
 def _colmax_sq(X, W):
+    X, W = _al(X), _al(W)  # one layout for BLAS, whatever the message did
     return np.max((X @ W) ** 2, axis=0) if len(X) else np.zeros(W.shape[1])
 
 

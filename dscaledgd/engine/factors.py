@@ -43,8 +43,16 @@ def _al(a):
     which rounds differently: the iterates lost their bit-identity across
     executors after the first re-rooting of the factors. Factor blocks are
     ``n_k × r``, so the copy is cheap.
+
+    The copy is C-ordered, and so is every array this returns: BLAS rounds
+    ``X @ A`` differently for a Fortran-ordered ``A`` (the client's r×r matrices
+    from LAPACK are), and an aligned-only rule copied such an ``A`` to C order only
+    when its message happened to leave it unaligned: two runs on one cluster
+    differed in the last bits from the spectral start on.
     """
-    return a if a is None or a.flags.aligned else np.array(a, order="C")
+    if a is None or (a.flags.aligned and a.flags.c_contiguous):
+        return a
+    return np.array(a, order="C")
 
 
 def _gram(X):
@@ -64,7 +72,8 @@ def _stats(F, G, w=None):
 
 
 def _combine(X, A, G, B, gscale=None):
-    X, G = _al(X), _al(G)
+    # the r×r A and B arrive inside the task's message, so they may be unaligned too
+    X, G, A, B = _al(X), _al(G), _al(A), _al(B)
     out = X @ A if A is not None else 0.0
     if G is not None:
         if gscale is not None:

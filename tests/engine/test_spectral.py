@@ -88,3 +88,24 @@ def test_block_kernels_give_the_same_bits_for_unaligned_blocks(offset):
     for a, b in zip(factors._stats(Y, G), factors._stats(X, G)):
         assert np.array_equal(a, b)
     assert np.array_equal(factors._combine(Y, A, Y, B), factors._combine(X, A, X, B))
+
+
+@pytest.mark.parametrize("offset", [0, 6])
+def test_an_r_by_r_operand_gives_the_same_bits_in_either_order_and_at_any_byte(offset):
+    """The client's r × r matrices come from LAPACK in Fortran order and reach a worker
+    inside a message, aligned or not. BLAS rounds ``X @ A`` differently for a Fortran-
+    and a C-ordered ``A``; the update gives one answer for every layout (two runs on one
+    cluster differed in the last bits when only unaligned operands were copied)."""
+    from dscaledgd.engine import factors
+
+    rng = np.random.default_rng(3)
+    X, G = rng.standard_normal((750, 18)), rng.standard_normal((750, 18))
+    A, B = rng.standard_normal((18, 18)), rng.standard_normal((18, 18))
+    # (on this machine's OpenBLAS, X @ A and X @ asfortranarray(A) differ in the last bits)
+    buf = bytearray(A.nbytes + 128)
+    start = (-np.frombuffer(buf, np.uint8).ctypes.data) % 64 + offset
+    Af = np.ndarray(A.shape, dtype=np.float64, buffer=memoryview(buf)[start:], order="F")
+    Af[...] = A
+    want = factors._combine(X, A, G, B)
+    assert np.array_equal(factors._combine(X, Af, G, np.asfortranarray(B)), want)
+    assert np.array_equal(factors._combine(np.asfortranarray(X), A, G, B), want)
