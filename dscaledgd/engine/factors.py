@@ -72,7 +72,7 @@ def _stats(F, G, w=None):
 
 
 def _combine(X, A, G, B, gscale=None):
-    # the r×r A and B arrive inside the task's message, so they may be unaligned too
+    # the r×r A and B come from the client (LAPACK: often Fortran order) inside the message
     X, G, A, B = _al(X), _al(G), _al(A), _al(B)
     out = X @ A if A is not None else 0.0
     if G is not None:

@@ -201,8 +201,6 @@ def run(
             with engine.ex.span("dscaledgd-iter"):
                 if ahead is not None and ahead[0] is cur:  # submitted already
                     _, step, P, st, pas = ahead
-                    new = finish(st, pas, n_iter + 1)
-                    reason = guard.check(new.stats)
                 else:
                     step = rule.propose(cur.stats)
                     try:  # the ridge's curvature belongs in the preconditioner: λ + reg_k
@@ -210,9 +208,11 @@ def run(
                     except GramSolveError as exc:
                         reason = f"Gram solve failed ({exc})"
                     if reason is None:
-                        new = evaluate(engine.step(cur.state, cur.pas, update), n_iter + 1)
-                        reason = guard.check(new.stats)
+                        st, pas = submit(engine.step(cur.state, cur.pas, update), n_iter + 1)
                 ahead = None
+                if reason is None:
+                    new = finish(st, pas, n_iter + 1)
+                    reason = guard.check(new.stats)
             if reason is not None:
                 ev = drv.event(
                     {
