@@ -312,37 +312,40 @@ class ScaledSGD(_Estimator, func="scaled_sgd", defaults={"rank": 3}):
         return self
 
     def partial_fit(self, samples, y=None):
-        """Apply ``samples`` once, in their order, to the current ``X_`` and ``P_``."""
-        from .api.scaled_sgd import _check, check_samples, evaluator, initial_factors
-        from .solvers.online import inverse_gram, run_batch
+        """Apply ``samples`` once to the current ``X_`` and ``P_``: in process in their
+        order, or, with a cluster named (``client``/``address``/``scheduler``),
+        ``n_blocks`` or streamed samples (Dask, Zarr, CSV/Parquet), as one stratified
+        pass on the workers (see :func:`dscaledgd.api.scaled_sgd.partial_batch`)."""
+        from .api.scaled_sgd import partial_batch
 
         func = "ScaledSGD.partial_fit"
         config = (self.rank, self.loss, self.method)
-        if hasattr(self, "X_") and config != self._config:
+        fitted = hasattr(self, "X_")
+        if fitted and config != self._config:
             raise InvalidParameterError(
                 f"{func}: rank, loss and method must stay those of the first call "
                 f"{self._config}; got {config}. Start a new estimator to change them."
             )
-        n_rows = self.X_.shape[0] if hasattr(self, "X_") else self.n_rows
-        I, J, K, Y, d = check_samples(func, samples, self.loss, n_rows)
-        if not hasattr(self, "X_"):
-            _check(func, self.rank, d, self.loss, self.method, self.step_size,
-                           self.epochs, self.tol, self.reinvert_every)  # fmt: skip
-            self.X_ = initial_factors(d, int(self.rank), _rng(self.random_state))
-            scaled = self.method == "scaledsgd"
-            self.P_ = inverse_gram(self.X_) if scaled else np.eye(int(self.rank))
+        if not fitted or not hasattr(self, "_rng"):
+            self._rng = _rng(self.random_state)
+        out = partial_batch(
+            func, samples, (self.X_, self.P_) if fitted else None, rank=self.rank,
+            loss=self.loss, method=self.method, step_size=self.step_size,
+            n_rows=self.X_.shape[0] if fitted else self.n_rows, rng=self._rng,
+            checks=(self.epochs, self.tol, self.reinvert_every), client=self.client,
+            address=self.address, scheduler=self.scheduler, n_blocks=self.n_blocks,
+            sync_every=self.sync_every, columns=self.columns,
+        )  # fmt: skip
+        if not fitted:
+            self.X_, self.P_ = out["X"], out["P"]
             self._config, self.history_, self.n_iter_ = config, {"loss": []}, 0
-        evaluate = evaluator((I, J, K, Y), self.loss)
-        lr = run_batch((I, J, K, Y), self.X_, self.P_, loss=self.loss,
-                       scaled=self.method == "scaledsgd", lr=self.step_size,
-                       evaluate=evaluate)  # fmt: skip
-        f, extra = evaluate(self.X_)
-        self.history_["loss"].append(f)
-        self.history_.setdefault("step_size", []).append(lr)
-        for k, v in extra.items():
+        self.history_["loss"].append(out["loss"])
+        self.history_.setdefault("step_size", []).append(out["lr"])
+        for k, v in out["extra"].items():
             self.history_.setdefault(k, []).append(v)
         self.n_iter_ += 1
-        self.converged_ = bool(f <= self.tol)
+        self.converged_ = bool(out["loss"] <= self.tol)
+        self.partial_info_ = out["info"]
         return self
 
     def score(self, samples) -> float:

@@ -225,10 +225,11 @@ def test_bad_parameters_are_refused(kw, match):
 
 def test_the_docs_example_runs(tmp_path, monkeypatch):
     import re
+    import textwrap
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "docs", "scaled-sgd.md")) as fh:
-        block, streamed = re.findall(r"```python\n(.*?)```", fh.read(), re.S)[:2]
+        block, streamed, batches = re.findall(r"```python\n(.*?)```", fh.read(), re.S)[:3]
     monkeypatch.chdir(tmp_path)
     ns2: dict = {}
     with pytest.warns(ConvergenceWarning, match="max_iter=2 epochs"):  # BPR: a fixed budget
@@ -242,3 +243,8 @@ def test_the_docs_example_runs(tmp_path, monkeypatch):
     est = ns["est"]
     assert est.X_.shape == (30, 3) and est.n_iter_ == 4
     assert est.history_["loss"][-1] < est.history_["loss"][0]
+    ns3: dict = {}
+    exec(compile(textwrap.dedent(batches), "docs/scaled-sgd.md", "exec"), ns3)
+    est3 = ns3["est"]  # five batches streamed through partial_fit on threads
+    assert est3.partial_info_["executor"] == "threads" and est3.n_iter_ == 5
+    assert est3.history_["auc"][-1] > 0.95

@@ -19,11 +19,13 @@ from ..problems import pairwise as pw
 from ..problems.pairwise import check_samples
 from ..result import SolveResult
 from ..solvers.driver import LoopConfig
-from ..solvers.online import inverse_gram, run_epochs, sequential_epoch
+from ..solvers.online import inverse_gram, run_batch, run_epochs, sequential_epoch
 from ..storage.checkpoints import arrays_digest
 from ._core import checkpoints_for
 
-__all__ = ["scaled_sgd", "check_samples", "METHODS_SGD", "initial_factors", "evaluator"]
+__all__ = [
+    "scaled_sgd", "check_samples", "METHODS_SGD", "initial_factors", "evaluator", "partial_batch",
+]  # fmt: skip
 
 METHODS_SGD = ("scaledsgd", "sgd")
 
@@ -187,8 +189,7 @@ def scaled_sgd(
     ckpt = checkpoints_for(func, checkpoint, checkpoint_interval, resume)  # before any data
     rng = resolve_rng(random_state)
     scaled = method == "scaledsgd"
-    in_process = (client is None and address is None and scheduler is None and n_blocks is None
-                  and _in_memory(samples))  # fmt: skip
+    in_process = _in_process(samples, client, address, scheduler, n_blocks)
     test = None
     if validation is not None:
         test = check_samples(f"{func} (validation)", validation, loss, n_rows)[:4]
@@ -208,16 +209,10 @@ def scaled_sgd(
                     None, step_size, epochs, tol, eval_every, reinvert_every, loss, callback,
                     progress, {"executor": "in-process"}, ckpt)  # fmt: skip
     from ..engine.cluster import executor_for
-    from ..engine.online import StratifiedEpochs
 
     with executor_for(client, address=address, scheduler=scheduler) as ex:
-        W = ex.n_workers if ex.kind == "distributed" else ex.nthreads
-        g = 3 if loss == "bpr" else 2
-        engine = StratifiedEpochs(
-            ex, samples, loss=loss, scaled=scaled, n_rows=n_rows,
-            n_blocks=n_blocks if n_blocks is not None else g * max(1, W),
-            sync_every=sync_every, seed=int(rng.integers(2**62)), columns=columns,
-        )  # fmt: skip
+        engine = _stratified(ex, samples, loss, scaled, n_rows, n_blocks, sync_every, rng,
+                             columns)  # fmt: skip
         try:
             _check(func, rank, engine.d, loss, method, step_size, epochs, tol, reinvert_every)
             extra = {"executor": ex.kind, "n_blocks": engine.n_blocks,
@@ -231,6 +226,76 @@ def scaled_sgd(
             return res
         finally:
             engine.close()
+
+
+def partial_batch(func, samples, state, *, rank, loss, method, step_size, n_rows, rng,
+                  checks=(1, 0.0, 1), client=None, address=None, scheduler=None,
+                  n_blocks=None, sync_every=None, columns=None) -> dict:  # fmt: skip
+    """One pass over a batch (``ScaledSGD.partial_fit``), from ``state = (X, P)`` (changed
+    in place) or, when ``None``, from the start :func:`scaled_sgd` draws from ``rng``.
+
+    Where it runs follows :func:`scaled_sgd`: NumPy samples with no cluster named
+    run in process, one after another in the batch's order; streamed samples, a
+    ``client``/``address``/``scheduler`` or ``n_blocks`` run one stratified pass of
+    :mod:`dscaledgd.engine.online` on the workers (the order of the stratified
+    schedule, drawn from ``rng``). ``checks = (epochs, tol, reinvert_every)`` are
+    validated with the other parameters on the first call. Returns ``X``, ``P``,
+    the step used (``lr``), the batch's objective after the pass (``loss``), the
+    extra history entries (``extra``) and where it ran (``info``)."""
+    scaled = method == "scaledsgd"
+
+    def start(d):
+        if state is not None:
+            return state
+        _check(func, rank, d, loss, method, step_size, *checks)
+        X = initial_factors(d, int(rank), rng)
+        return X, (inverse_gram(X) if scaled else np.eye(int(rank)))
+
+    def run(epoch, d, evaluate, info):
+        X, P = start(d)
+        lr, f, extra = run_batch(epoch, X, P, scaled=scaled, lr=float(step_size), rng=rng,
+                                 evaluate=evaluate)  # fmt: skip
+        return {"X": X, "P": P, "lr": lr, "loss": f, "extra": extra, "info": info}
+
+    if _in_process(samples, client, address, scheduler, n_blocks):
+        I, J, K, Y, d = check_samples(func, samples, loss, n_rows)
+        data = (I, J, K, Y)
+        return run(sequential_epoch(data, loss, scaled, shuffle=False), d,
+                   evaluator(data, loss), {"executor": "in-process"})  # fmt: skip
+    from ..engine.cluster import executor_for
+
+    with executor_for(client, address=address, scheduler=scheduler) as ex:
+        engine = _stratified(ex, samples, loss, scaled, n_rows, n_blocks, sync_every, rng,
+                             columns, func)  # fmt: skip
+        try:
+            out = run(engine, engine.d, engine.objective,
+                      {"executor": ex.kind, "n_blocks": engine.n_blocks,
+                       "samples": engine.n_samples})  # fmt: skip
+            out["info"]["syncs"] = engine.syncs
+            return out
+        finally:
+            engine.close()
+
+
+def _stratified(ex, samples, loss, scaled, n_rows, n_blocks, sync_every, rng, columns,
+                func="scaled_sgd"):  # fmt: skip
+    """The samples cut into the cells of the stratified schedule on ``ex``'s workers
+    (default: 2 row blocks per worker for pairs, 3 for triplets)."""
+    from ..engine.online import StratifiedEpochs
+
+    W = ex.n_workers if ex.kind == "distributed" else ex.nthreads
+    g = 3 if loss == "bpr" else 2
+    return StratifiedEpochs(
+        ex, samples, loss=loss, scaled=scaled, n_rows=n_rows,
+        n_blocks=n_blocks if n_blocks is not None else g * max(1, W),
+        sync_every=sync_every, seed=int(rng.integers(2**62)), columns=columns, func=func,
+    )  # fmt: skip
+
+
+def _in_process(samples, client, address, scheduler, n_blocks) -> bool:
+    """No cluster named, no ``n_blocks`` and NumPy samples: the one-process run."""
+    named = (client, address, scheduler, n_blocks)
+    return all(v is None for v in named) and _in_memory(samples)
 
 
 def _in_memory(samples) -> bool:

@@ -62,20 +62,20 @@ class _Lazy:
         return np.asarray(self.obj.compute(scheduler="sync"))
 
 
-def sample_blocks(samples, loss: str, columns=None) -> list:
+def sample_blocks(samples, loss: str, columns=None, func: str = "scaled_sgd") -> list:
     """The blocks of ``samples``: ``[(offset, data)]`` with ``data`` a tuple of NumPy
     columns, or a :class:`_Lazy` block read where its task runs. Accepts NumPy columns
     or arrays, Dask arrays (``(m, 3|4)``, or a tuple of 1-D), a Zarr array or its
     path, and a CSV or Parquet file (``columns``: the names of ``i, j, [k,] y``)."""
     want = 4 if loss == "bpr" else 3
-    arr = _as_dask(samples, want, columns)
+    arr = _as_dask(samples, want, columns, func)
     if arr is None:
         return [(0, samples)]
     if arr.ndim != 2 or arr.shape[1] != want:
         other = "pairs (i, j, y)" if loss == "bpr" else "triplets (i, j, k, y)"
         what = "triplets (i, j, k, y)" if loss == "bpr" else "pairs (i, j, y)"
         raise InputDataError(
-            f"scaled_sgd: loss={loss!r} takes {what}: an (m, {want}) array. Got shape "
+            f"{func}: loss={loss!r} takes {what}: an (m, {want}) array. Got shape "
             f"{arr.shape}"
             + (
                 f" (that is {other})." if arr.ndim == 2 and arr.shape[1] == 7 - want else "."
@@ -87,14 +87,14 @@ def sample_blocks(samples, loss: str, columns=None) -> list:
     return [(int(o), _Lazy(b, int(o))) for o, b in zip(offsets, blocks)]
 
 
-def read_samples(samples, loss: str, columns=None):
+def read_samples(samples, loss: str, columns=None, func: str = "scaled_sgd"):
     """The whole of ``samples`` (any input :func:`sample_blocks` takes) as one NumPy
     ``(m, 3|4)`` array or the NumPy input itself: for held-out sets, which are read once."""
-    arr = _as_dask(samples, 4 if loss == "bpr" else 3, columns)
+    arr = _as_dask(samples, 4 if loss == "bpr" else 3, columns, func)
     return samples if arr is None else np.asarray(arr.compute())
 
 
-def _as_dask(samples, want, columns):
+def _as_dask(samples, want, columns, func):
     import os
 
     import dask.array as da
@@ -109,9 +109,9 @@ def _as_dask(samples, want, columns):
         path = os.fspath(samples)
         low = path.lower()
         if low.endswith((".csv", ".parquet", ".pq", ".csv.gz")):
-            return _table(path, want, columns)
+            return _table(path, want, columns, func)
         if not os.path.exists(path):
-            raise InputDataError(f"scaled_sgd: the samples path {path!r} does not exist.")
+            raise InputDataError(f"{func}: the samples path {path!r} does not exist.")
         return da.from_zarr(path)
     try:
         import zarr
@@ -123,14 +123,14 @@ def _as_dask(samples, want, columns):
     return None
 
 
-def _table(path, want, columns):
+def _table(path, want, columns, func):
     import dask.dataframe as dd
 
     default = ["i", "j", "k", "y"] if want == 4 else ["i", "j", "y"]
     names = list(columns) if columns is not None else default
     if len(names) != want:
         raise InputDataError(
-            f"scaled_sgd: columns={columns!r} names {len(names)} columns; this loss needs "
+            f"{func}: columns={columns!r} names {len(names)} columns; this loss needs "
             f"{want} (i, j, {'k, ' if want == 4 else ''}y)."
         )
     reader = dd.read_parquet if path.lower().endswith((".parquet", ".pq")) else dd.read_csv
@@ -138,7 +138,7 @@ def _table(path, want, columns):
     missing = [n for n in names if n not in df.columns]
     if missing:
         raise InputDataError(
-            f"scaled_sgd: the columns {missing} are missing from {path!r} (it has "
+            f"{func}: the columns {missing} are missing from {path!r} (it has "
             f"{list(df.columns)}). Name the columns with columns=(...)."
         )
     return df[names].astype("float64").to_dask_array(lengths=True)
@@ -148,14 +148,14 @@ def _load(data):
     return data.load() if isinstance(data, _Lazy) else data
 
 
-def _block_max(data, loss: str, offset: int):
-    I, J, K, Y, d = pw.check_samples("scaled_sgd", _load(data), loss, offset=offset)
+def _block_max(data, loss: str, offset: int, func: str):
+    I, J, K, Y, d = pw.check_samples(func, _load(data), loss, offset=offset)
     return d, len(Y)
 
 
-def _split(data, loss, d, bounds, sched, offset):
+def _split(data, loss, d, bounds, sched, offset, func):
     """Check a block and cut it into its cells: ``[(I, J, K, Y) local to the cell's group]``."""
-    I, J, K, Y, _ = pw.check_samples("scaled_sgd", _load(data), loss, n_rows=d, offset=offset)
+    I, J, K, Y, _ = pw.check_samples(func, _load(data), loss, n_rows=d, offset=offset)
     cols = [I, J, K] if loss == "bpr" else [I, J]
     cell = strata.cells_of(cols, bounds, sched)
     by_cell = np.argsort(cell, kind="stable")  # one pass, not one per cell; order kept
@@ -199,15 +199,16 @@ class StratifiedEpochs:
     (the ``epoch`` interface of :func:`dscaledgd.solvers.online.run_epochs`)."""
 
     def __init__(self, ex, samples, *, loss: str, scaled: bool, n_rows: int | None,
-                 n_blocks: int, sync_every: int | None, seed: int, columns=None):  # fmt: skip
+                 n_blocks: int, sync_every: int | None, seed: int, columns=None,
+                 func: str = "scaled_sgd"):  # fmt: skip
         self.ex, self.loss, self.scaled = ex, loss, scaled
         g = 3 if loss == "bpr" else 2
-        blocks = sample_blocks(samples, loss, columns)
+        blocks = sample_blocks(samples, loss, columns, func)
         if len(blocks) == 1 and not isinstance(blocks[0][1], _Lazy):
-            blocks = self._cut(blocks[0][1], loss)
+            blocks = self._cut(blocks[0][1], loss, func)
         handles = [ex.scatter([b])[0] if not isinstance(b, _Lazy) else b for _, b in blocks]
         if n_rows is None:
-            stats = ex.gather([ex.submit(_block_max, h, loss, o, name="sgd-scan")
+            stats = ex.gather([ex.submit(_block_max, h, loss, o, func, name="sgd-scan")
                                for (o, _), h in zip(blocks, handles)])  # fmt: skip
             n_rows = max(s[0] for s in stats)
         self.d = int(n_rows)
@@ -218,7 +219,8 @@ class StratifiedEpochs:
         self.bounds = strata.block_bounds(self.d, B)
         W = max(1, ex.n_workers)
         self.slots = [q % W for _, q in self.sched.cells]
-        parts = [ex.submit(_split, h, loss, self.d, self.bounds, self.sched, o, name="sgd-split")
+        parts = [ex.submit(_split, h, loss, self.d, self.bounds, self.sched, o, func,
+                           name="sgd-split")
                  for (o, _), h in zip(blocks, handles)]  # fmt: skip
         ncell = len(self.sched.cells)
         self.cells = []
@@ -233,14 +235,14 @@ class StratifiedEpochs:
         ex.release(*parts, *[h for h in handles if not isinstance(h, _Lazy)])
         self.n_samples = int(sum(self.counts))
         if self.n_samples == 0:
-            raise InputDataError("scaled_sgd: no samples were given.")
+            raise InputDataError(f"{func}: no samples were given.")
         self.sync_every = int(sync_every) if sync_every else max(1, math.ceil(self.n_samples / 100))
         self.rows = [strata.local_rows(self.sched.group(c), self.bounds) for c in range(ncell)]
         self.syncs = 0
 
     @staticmethod
-    def _cut(data, loss):
-        I, J, K, Y, _ = pw.check_samples("scaled_sgd", data, loss)
+    def _cut(data, loss, func):
+        I, J, K, Y, _ = pw.check_samples(func, data, loss)
         cols = (I, J, K, Y) if loss == "bpr" else (I, J, Y)
         return [(lo, tuple(c[lo:lo + BLOCK_SAMPLES] for c in cols))
                 for lo in range(0, len(Y), BLOCK_SAMPLES)]  # fmt: skip

@@ -314,21 +314,24 @@ def group_step(cell, X_local, P, G, lr: float, loss: str, scaled: bool, seed, pa
     return X, X.T @ X - G0, info["sm_refusals"], finite
 
 
-def run_batch(samples, X, P, *, loss: str, scaled: bool, lr: float, evaluate) -> float:
-    """One pass over ``samples`` in their order (``partial_fit``), with the epoch's
-    safeguard: a non-finite result, or an objective above :data:`BLOWUP` times the
-    batch's objective before, is undone and the pass rerun at half the step. Returns
-    the step used; raises ``FloatingPointError`` after :data:`MAX_RESTORES` halvings."""
+def run_batch(epoch, X, P, *, scaled: bool, lr: float, rng, evaluate) -> tuple:
+    """One pass over a batch (``partial_fit``): ``epoch`` (the interface of
+    :func:`run_epochs`: :func:`sequential_epoch` in the batch's order, or the
+    stratified epoch) run once, with the epoch's safeguard: a non-finite result, or an
+    objective above :data:`BLOWUP` times the batch's objective before, is undone and
+    the pass rerun at half the step. Returns ``(step used, objective, extra)``; raises
+    ``FloatingPointError`` after :data:`MAX_RESTORES` halvings."""
     info = {"sm_refusals": 0}
-    order = np.arange(len(samples[0]))
     f0 = max(evaluate(X)[0], 1e-300)
     X0, P0 = X.copy(), P.copy()
     for _ in range(MAX_RESTORES + 1):
-        ok = _apply(samples, order, X, P, lr, loss, scaled, info)
+        ok = epoch(X, P, lr, rng, info, None, None)
         if ok and scaled and drift(X, P) > DRIFT_TOL:
             ok = _reinvert(X, P)
-        if ok and evaluate(X)[0] <= BLOWUP * f0:
-            return lr
+        if ok:
+            f, extra = evaluate(X)
+            if f <= BLOWUP * f0:
+                return lr, f, extra
         X[...], P[...] = X0, P0
         lr *= 0.5
     raise FloatingPointError(
