@@ -278,8 +278,11 @@ class ScaledSGD(_Estimator, func="scaled_sgd", defaults={"rank": 3}):
     """Online ScaledSGD for ``M ≈ X Xᵀ`` (see :func:`dscaledgd.scaled_sgd`).
 
     Parameters are those of :func:`dscaledgd.scaled_sgd`. ``fit`` runs the
-    epochs; ``partial_fit`` applies one batch once, in its order, keeping ``X``
-    and ``P`` between calls (the first call starts them as ``fit`` does).
+    epochs; ``partial_fit`` applies one batch once, keeping ``X`` and ``P``
+    between calls (the first call starts them as ``fit`` does): in process in
+    the batch's order, or, where ``fit`` would run the stratified epochs (a
+    cluster named, ``n_blocks``, streamed samples), as one stratified pass on
+    the workers.
 
     Attributes
     ----------
@@ -289,6 +292,9 @@ class ScaledSGD(_Estimator, func="scaled_sgd", defaults={"rank": 3}):
     history_ : dict
         Per epoch (``fit``) or per batch (``partial_fit``): ``loss`` (the
         objective on the samples just used), and ``auc`` for BPR.
+    partial_info_ : dict
+        Where the last ``partial_fit`` batch ran (``executor``; for a stratified
+        pass also ``n_blocks``, ``samples`` and ``syncs``).
     n_iter_, converged_, result_
 
     Examples
