@@ -9,8 +9,10 @@ What is checked:
 * batches streamed from Zarr give the NumPy batches' iterates;
 * 12 passes over 3 batches of the κ = 1e4 instance reach the objective of
   12 epochs of ``fit`` (within 2×);
-* a batch with a row outside the first call's ``X`` is refused, naming the
-  parameter, and leaves ``X_``, ``P_`` and the history as they were.
+* a batch with a row outside the first call's ``X`` (on the cluster), a
+  label outside {0, 1}, a NaN, pairs where BPR needs triplets or a negative
+  index (stratified on threads) is refused naming ``ScaledSGD.partial_fit``
+  and leaves ``X_``, ``P_`` and the history as they were.
 """
 
 from __future__ import annotations
@@ -110,3 +112,26 @@ def test_a_batch_outside_the_rows_is_refused_and_changes_nothing(client):
     np.testing.assert_array_equal(est.X_, X)
     np.testing.assert_array_equal(est.P_, P)
     assert est.history_["loss"] == hist and est.n_iter_ == 1
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda I, J, K, Y: (I, J, K, np.where(np.arange(len(Y)) == 2, 2.0, Y)),
+         r"ScaledSGD.partial_fit: loss='bpr' needs labels y in \{0, 1\}.*sample 2 has y = 2.0"),
+        (lambda I, J, K, Y: (I, J, K, np.where(np.arange(len(Y)) == 2, np.nan, Y)),
+         "ScaledSGD.partial_fit: the value of sample 2 is nan, not finite"),
+        (lambda I, J, K, Y: (I, J, Y), "ScaledSGD.partial_fit: loss='bpr' takes triplets"),
+        (lambda I, J, K, Y: (I - 5, J, K, Y), "ScaledSGD.partial_fit: a i index is negative"),
+    ],
+)  # fmt: skip
+def test_a_bad_streamed_batch_is_refused_and_changes_nothing(bad, match):
+    I, J, K, Y = planted_triplets(60, 600, 5)
+    est = dsg.ScaledSGD(rank=3, loss="bpr", step_size=0.5, scheduler="threads", random_state=0)
+    est.partial_fit((I, J, K, Y))
+    X, P = est.X_.copy(), est.P_.copy()
+    with pytest.raises(InputDataError, match=match):
+        est.partial_fit(bad(I[:50], J[:50], K[:50], Y[:50]))
+    np.testing.assert_array_equal(est.X_, X)
+    np.testing.assert_array_equal(est.P_, P)
+    assert est.n_iter_ == 1 and len(est.history_["loss"]) == 1
