@@ -345,6 +345,9 @@ class ScaledSGD(_Estimator, func="scaled_sgd", defaults={"rank": 3}):
         if not fitted:
             self.X_, self.P_ = out["X"], out["P"]
             self._config, self.history_, self.n_iter_ = config, {"loss": []}, 0
+        # after fit the history holds arrays (one entry per epoch): batches extend them
+        self.history_ = {k: v if isinstance(v, list) else np.asarray(v).tolist()
+                         for k, v in self.history_.items()}  # fmt: skip
         self.history_["loss"].append(out["loss"])
         self.history_.setdefault("step_size", []).append(out["lr"])
         for k, v in out["extra"].items():

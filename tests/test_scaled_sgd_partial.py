@@ -135,3 +135,14 @@ def test_a_bad_streamed_batch_is_refused_and_changes_nothing(bad, match):
     np.testing.assert_array_equal(est.X_, X)
     np.testing.assert_array_equal(est.P_, P)
     assert est.n_iter_ == 1 and len(est.history_["loss"]) == 1
+
+
+def test_partial_fit_after_fit_continues_from_the_fitted_factors():
+    s = ill_pairs(0, 20)
+    kw = dict(rank=3, step_size=0.3, random_state=0)
+    est = dsg.ScaledSGD(epochs=3, **kw).fit(s)
+    X = est.X_.copy()
+    f = est.history_["loss"][-1]
+    est.partial_fit(s)  # a fourth pass, in process, in the given order
+    assert est.n_iter_ == 4 and len(est.history_["loss"]) == 5  # start + 3 epochs + 1 batch
+    assert est.history_["loss"][-1] < f and not np.array_equal(est.X_, X)
