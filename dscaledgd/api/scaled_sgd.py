@@ -35,6 +35,12 @@ def initial_factors(d: int, rank: int, rng) -> np.ndarray:
     return rng.standard_normal((d, rank))
 
 
+def _initial_state(d: int, rank: int, scaled: bool, rng) -> tuple:
+    """``(X, P)`` at the start: :func:`initial_factors`, and ``(XᵀX)⁻¹`` (``I`` for SGD)."""
+    X = initial_factors(d, int(rank), rng)
+    return X, (inverse_gram(X) if scaled else np.eye(int(rank)))
+
+
 def evaluator(samples, loss: str):
     """``X ↦ (objective, extra)``: the mean per-sample objective, and for BPR the AUC."""
     I, J, K, Y = samples
@@ -248,8 +254,7 @@ def partial_batch(func, samples, state, *, rank, loss, method, step_size, n_rows
         if state is not None:
             return state
         _check(func, rank, d, loss, method, step_size, *checks)
-        X = initial_factors(d, int(rank), rng)
-        return X, (inverse_gram(X) if scaled else np.eye(int(rank)))
+        return _initial_state(d, rank, scaled, rng)
 
     def run(epoch, d, evaluate, info):
         X, P = start(d)
@@ -317,8 +322,7 @@ def _bind(ckpt, params, d, fingerprint) -> None:
 
 def _run(func, epoch, evaluate, d, rank, scaled, rng, params, test, ex, step_size, epochs, tol,
          eval_every, reinvert_every, loss, callback, progress, extra, ckpt):  # fmt: skip
-    X = initial_factors(d, int(rank), rng)
-    P = inverse_gram(X) if scaled else np.eye(int(rank))
+    X, P = _initial_state(d, rank, scaled, rng)
     resumed = ckpt.load() if ckpt is not None else None
     cfg = LoopConfig(tol=float(tol), max_iter=int(epochs), callback=callback, progress=progress)
     every = None
