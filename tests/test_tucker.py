@@ -328,6 +328,7 @@ def test_same_result_on_every_scheduler(client, layout):
     X, Y = _instance((20, 16, 12), 2, kappa=10)
     chunks = (10, 16, 12) if layout == "dense" else (10, 8, 12)  # one chunk per worker, or 2
     T = dsg.TensorObservations.from_array(Y, chunks=chunks, layout=layout)
+    assert T.density <= 0.5  # dense chunks travel packed to the workers
     kw = dict(random_state=1, tol=1e-8)
     if layout == "coo":  # the whole solve once (dense: 76 iterations); 20 iterations for coo
         kw.update(max_iter=20, tol=1e-300, stall_tol=0.0)
@@ -345,6 +346,31 @@ def test_same_result_on_every_scheduler(client, layout):
         np.testing.assert_array_equal(
             runs["distributed"].factors[0].compute(), ref.factors[0].compute()
         )
+
+
+def test_dense_chunks_travel_packed_and_are_rebuilt_on_the_workers(client):
+    """An in-memory dense tensor at most half observed goes to the workers as a bit per
+    entry plus the observed values; the chunks rebuilt there are those of read_chunk,
+    and the packed copies stay (a lost worker's chunks are rebuilt from them)."""
+    from dscaledgd.engine import tucker as te
+    from dscaledgd.engine.executors import DistributedExecutor
+
+    X, Y = _instance((20, 16, 12), 2)  # p = 0.3
+    T = dsg.TensorObservations.from_array(Y, chunks=(10, 8, 12), layout="dense")
+    ex = DistributedExecutor(client)
+    eng = te.TuckerEngine(T, ex)
+    try:
+        assert T.density <= te.PACK_BELOW and len(eng._packed) == T.n_chunks
+        for c, got in enumerate(ex.gather(list(eng._chunks))):
+            np.testing.assert_array_equal(got, T.read_chunk(c))
+    finally:
+        eng.close()
+    full_T = dsg.TensorObservations.from_array(X, chunks=(10, 8, 12), layout="dense")
+    eng = te.TuckerEngine(full_T, ex)  # fully observed (tensor RPCA): sent as it is
+    try:
+        assert eng._packed == [] and eng.p == 1.0
+    finally:
+        eng.close()
 
 
 @pytest.mark.slow

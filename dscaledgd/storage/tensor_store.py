@@ -161,6 +161,23 @@ def dense_to_coo(x: np.ndarray):
     return index, np.ascontiguousarray(x[where]), tuple(x.shape)
 
 
+def pack_dense(x: np.ndarray):
+    """A dense chunk (NaN = missing) packed to travel: ``(bits, values, shape)``, one bit
+    per entry (observed or not) and the observed values, both in C order: ``1/8 + 8p``
+    bytes per entry instead of 8. :func:`unpack_dense` gives back the same bits."""
+    seen = ~np.isnan(x)
+    return np.packbits(seen, axis=None), x[seen], tuple(x.shape)
+
+
+def unpack_dense(packed) -> np.ndarray:
+    """The dense chunk (float64, NaN = missing) of :func:`pack_dense`'s output."""
+    bits, values, shape = packed
+    seen = np.unpackbits(bits, count=math.prod(shape)).view(bool).reshape(shape)
+    out = np.full(shape, np.nan)
+    out[seen] = values
+    return out
+
+
 def coo_to_dense(chunk) -> np.ndarray:
     """A coo kernel-format chunk as a dense float64 array, NaN at missing entries."""
     index, values, shape = chunk

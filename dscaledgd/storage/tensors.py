@@ -35,6 +35,7 @@ from .tensor_store import (
     no_observed_entry,
     open_arrays,
     open_store,
+    pack_dense,
     read_checked,
     resolve_chunks,
     write_store,
@@ -156,6 +157,19 @@ class TensorObservations(StoreBacked):
             return np.array(self._dense[self._grid.slices(c)], order="C")
         lo, hi = self.chunk_ptr[c], self.chunk_ptr[c + 1]
         return self._index[lo:hi], self._values[lo:hi], self._grid.extent(c)
+
+    def packed_chunk(self, c: int):
+        """Chunk ``c`` of a dense in-memory tensor packed to travel to a worker
+        (:func:`~dscaledgd.storage.tensor_store.pack_dense`; ``unpack_dense`` there
+        rebuilds :meth:`read_chunk`'s array)."""
+        c = self._check_chunk(c, "packed_chunk")
+        if self.path is not None or self.layout != "dense":
+            raise InvalidParameterError(
+                "packed_chunk needs an in-memory TensorObservations with layout='dense'; "
+                f"this one is {'store-backed' if self.path else 'in memory'} with layout="
+                f"{self.layout!r}. Use read_chunk(c) (or chunk_ref(c) for a store)."
+            )
+        return pack_dense(self._dense[self._grid.slices(c)])
 
     def _coo_chunk(self, c: int):
         x = self.read_chunk(c)

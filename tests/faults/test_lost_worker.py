@@ -78,11 +78,27 @@ def _rpca():
     return (Y, 3), {"alpha": 0.1, "tol": 1e-6}, _product
 
 
+def _tucker():
+    """Dense chunks sent packed and rebuilt on the workers: a lost worker's chunks are
+    rebuilt again from the packed copy the other workers keep."""
+    core, U = dsg.datasets.tucker_instance((30, 24, 20), (2, 2, 2), kappa=3, random_state=0)
+    X = dsg.datasets.tucker_tensor(core, U)
+    mask = dsg.datasets.bernoulli_mask(X.shape, 0.3, random_state=1)
+    T = dsg.TensorObservations.from_array(np.where(mask, X, np.nan), chunks=(10, 12, 20))
+    assert T.layout == "dense" and T.n_chunks == 6
+
+    def predict(res):
+        return dsg.datasets.tucker_tensor(res.core, res.compute_factors())
+
+    return (T, 2), {"tol": 1e-9}, predict
+
+
 CASES = {
     "complete": lambda _: _completion(),
     "complete-streamed": _completion_streamed,
     "sense": lambda _: _sensing(),
     "rpca": lambda _: _rpca(),
+    "tucker_complete": lambda _: _tucker(),
 }
 SLOW = ("rpca", "complete-streamed")
 

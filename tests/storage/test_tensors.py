@@ -595,3 +595,38 @@ def test_chunks_load_on_distributed_workers(rng, tmp_path, client):
         for c, got in enumerate(client.gather(futures)):
             np.testing.assert_array_equal(_dense(got), X[t.chunk_slices(c)])
         np.testing.assert_array_equal(client.compute(t.to_dask()).result(), X)
+
+
+@pytest.mark.parametrize("shape", [(7, 6, 5), (1, 1, 1), (9, 1, 3, 2)])
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.4, 1.0])
+def test_packed_dense_chunks_unpack_to_the_same_bits(rng, shape, p):
+    """A dense chunk travels to a worker packed (a bit per entry and the observed values)
+    and is rebuilt there bit for bit: signed zeros kept, sizes not a multiple of 8,
+    empty and full chunks."""
+    X = rng.standard_normal(shape)
+    X.flat[:: max(1, X.size // 3)] = -0.0
+    X[rng.random(shape) >= p] = np.nan
+    X.flat[0] = 1.5  # one observed entry at least (an empty tensor is refused)
+    t = T.from_array(X, chunks=tuple(max(1, n // 2) for n in shape), layout="dense")
+    for c in range(t.n_chunks):
+        packed = t.packed_chunk(c)
+        bits, values, sh = packed
+        assert sh == t.read_chunk(c).shape and values.size == t.chunk_ptr[c + 1] - t.chunk_ptr[c]
+        assert bits.nbytes == -(-np.prod(sh) // 8)
+        back = tensor_store.unpack_dense(pickle.loads(pickle.dumps(packed)))
+        ref = t.read_chunk(c)
+        assert back.dtype == np.float64 and back.flags.c_contiguous
+        np.testing.assert_array_equal(np.isnan(back), np.isnan(ref))
+        np.testing.assert_array_equal(back.view(np.int64)[~np.isnan(ref)],
+                                      ref.view(np.int64)[~np.isnan(ref)])  # fmt: skip
+
+
+def test_packed_chunk_needs_a_dense_in_memory_tensor(rng, tmp_path):
+    X = _tensor(rng, (6, 5, 4))
+    with pytest.raises(
+        InvalidParameterError, match="packed_chunk needs an in-memory.*layout='coo'"
+    ):
+        T.from_array(X, layout="coo").packed_chunk(0)
+    stored = T.from_array(X, layout="dense", path=str(tmp_path / "d"))
+    with pytest.raises(InvalidParameterError, match="store-backed.*chunk_ref"):
+        stored.packed_chunk(0)
