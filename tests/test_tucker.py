@@ -356,13 +356,18 @@ def test_dense_chunks_travel_packed_and_are_rebuilt_on_the_workers(client):
     from dscaledgd.engine.executors import DistributedExecutor
 
     X, Y = _instance((20, 16, 12), 2)  # p = 0.3
-    T = dsg.TensorObservations.from_array(Y, chunks=(10, 8, 12), layout="dense")
+    T = dsg.TensorObservations.from_array(Y, chunks=(5, 8, 12), layout="dense")
     ex = DistributedExecutor(client)
     eng = te.TuckerEngine(T, ex)
     try:
         assert T.density <= te.PACK_BELOW and len(eng._packed) == T.n_chunks
         for c, got in enumerate(ex.gather(list(eng._chunks))):
             np.testing.assert_array_equal(got, T.read_chunk(c))
+        # mode 0's exact Gram adds chunks of both workers: the far ones travel packed
+        assert all(eng.exact_gram(k) for k in range(3)) and len(set(eng._chunk_slots())) == 2
+        ref = te.TuckerEngine(T, ThreadExecutor(0)).spectral((2, 2, 2), seed=0)[0]
+        for U, Ur in zip(eng.spectral((2, 2, 2), seed=0)[0], ref):
+            np.testing.assert_array_equal(np.asarray(U.gather()), np.asarray(Ur.gather()))
     finally:
         eng.close()
     full_T = dsg.TensorObservations.from_array(X, chunks=(10, 8, 12), layout="dense")

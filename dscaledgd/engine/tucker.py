@@ -35,13 +35,14 @@ built.
 
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import Future as LocalFuture
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..problems import tucker as tk
-from ..storage.tensor_store import ChunkRef, load_chunk, unpack_dense
+from ..storage.tensor_store import ChunkRef, PackedChunk, load_chunk, unpack_dense
 from .base import FactorEngine
 from .blockwise import chunk_groups, map_groups, map_reduce_groups
 from .executors import ThreadExecutor
@@ -63,7 +64,11 @@ def _travels_packed(T) -> bool:
 
 
 def _data(chunk):
-    return load_chunk(chunk) if isinstance(chunk, ChunkRef) else chunk
+    """A chunk in kernel format from what a task got: a store reference, a packed chunk
+    (rebuilt here), or the chunk itself."""
+    if isinstance(chunk, ChunkRef):
+        return load_chunk(chunk)
+    return unpack_dense(chunk) if isinstance(chunk, PackedChunk) else chunk
 
 
 def _rows(U, rows):
@@ -492,21 +497,29 @@ class TuckerEngine(FactorEngine):
         if not modes:
             return []
         slots = self._chunk_slots()
-        handles = []
+        packed = self._packed if chunks is self._chunks else []
+
+        def part(t, slot):  # a chunk held by another worker travels packed when it can
+            far = packed and slots[t] != slot
+            return packed[t] if far else chunks[t], self.T.chunk_slices(t)[k].start
+
+        handles, load = [], Counter()
         for k in modes:
             fibers: dict = {}
             for t in range(self.T.n_chunks):
                 key = tuple(i for j, i in enumerate(self.index[t]) if j != k)
                 fibers.setdefault(key, []).append(t)
             parts = [sorted(ts, key=lambda t: self.index[t][k]) for _, ts in sorted(fibers.items())]
-            handles.append([
-                self.ex.submit_on(
-                    slots[ts[0]], _fiber_gram_task, k, self.shape[k],
-                    [(chunks[t], self.T.chunk_slices(t)[k].start) for t in ts],
+            row = []
+            for ts in parts:  # on the worker holding most of its chunks, the least loaded
+                held = Counter(slots[t] for t in ts)
+                slot = min(held, key=lambda s: (-held[s], load[s], s))
+                load[slot] += 1
+                row.append(self.ex.submit_on(
+                    slot, _fiber_gram_task, k, self.shape[k], [part(t, slot) for t in ts],
                     self._dense_gram(), name="gram",
-                )
-                for ts in parts
-            ])  # fmt: skip
+                ))  # fmt: skip
+            handles.append(row)
         out = []
         for k, G in zip(modes, self.ex.gather(handles)):
             G = sum_small(G)

@@ -161,20 +161,29 @@ def dense_to_coo(x: np.ndarray):
     return index, np.ascontiguousarray(x[where]), tuple(x.shape)
 
 
-def pack_dense(x: np.ndarray):
-    """A dense chunk (NaN = missing) packed to travel: ``(bits, values, shape)``, one bit
-    per entry (observed or not) and the observed values, both in C order: ``1/8 + 8p``
-    bytes per entry instead of 8. :func:`unpack_dense` gives back the same bits."""
+@dataclass(frozen=True, eq=False)
+class PackedChunk:
+    """A dense chunk (NaN = missing) packed to travel (:func:`pack_dense`): one bit per
+    entry (observed or not) and the observed values, both in C order."""
+
+    bits: np.ndarray
+    values: np.ndarray
+    shape: tuple
+
+
+def pack_dense(x: np.ndarray) -> PackedChunk:
+    """``x`` as a :class:`PackedChunk`: ``1/8 + 8p`` bytes per entry instead of 8.
+    :func:`unpack_dense` gives back the same bits."""
     seen = ~np.isnan(x)
-    return np.packbits(seen, axis=None), x[seen], tuple(x.shape)
+    return PackedChunk(np.packbits(seen, axis=None), x[seen], tuple(x.shape))
 
 
-def unpack_dense(packed) -> np.ndarray:
+def unpack_dense(packed: PackedChunk) -> np.ndarray:
     """The dense chunk (float64, NaN = missing) of :func:`pack_dense`'s output."""
-    bits, values, shape = packed
-    seen = np.unpackbits(bits, count=math.prod(shape)).view(bool).reshape(shape)
-    out = np.full(shape, np.nan)
-    out[seen] = values
+    n = math.prod(packed.shape)
+    seen = np.unpackbits(packed.bits, count=n).view(bool).reshape(packed.shape)
+    out = np.full(packed.shape, np.nan)
+    out[seen] = packed.values
     return out
 
 

@@ -610,9 +610,9 @@ def test_packed_dense_chunks_unpack_to_the_same_bits(rng, shape, p):
     t = T.from_array(X, chunks=tuple(max(1, n // 2) for n in shape), layout="dense")
     for c in range(t.n_chunks):
         packed = t.packed_chunk(c)
-        bits, values, sh = packed
+        sh, values = packed.shape, packed.values
         assert sh == t.read_chunk(c).shape and values.size == t.chunk_ptr[c + 1] - t.chunk_ptr[c]
-        assert bits.nbytes == -(-np.prod(sh) // 8)
+        assert packed.bits.nbytes == -(-np.prod(sh) // 8)
         back = tensor_store.unpack_dense(pickle.loads(pickle.dumps(packed)))
         ref = t.read_chunk(c)
         assert back.dtype == np.float64 and back.flags.c_contiguous
