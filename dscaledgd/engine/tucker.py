@@ -499,7 +499,7 @@ class TuckerEngine(FactorEngine):
         slots = self._chunk_slots()
         packed = self._packed if chunks is self._chunks else []
 
-        def part(t, slot):  # a chunk held by another worker travels packed when it can
+        def part(t, slot, k):  # a chunk held by another worker travels packed when it can
             far = packed and slots[t] != slot
             return packed[t] if far else chunks[t], self.T.chunk_slices(t)[k].start
 
@@ -516,7 +516,7 @@ class TuckerEngine(FactorEngine):
                 slot = min(held, key=lambda s: (-held[s], load[s], s))
                 load[slot] += 1
                 row.append(self.ex.submit_on(
-                    slot, _fiber_gram_task, k, self.shape[k], [part(t, slot) for t in ts],
+                    slot, _fiber_gram_task, k, self.shape[k], [part(t, slot, k) for t in ts],
                     self._dense_gram(), name="gram",
                 ))  # fmt: skip
             handles.append(row)

@@ -3,7 +3,8 @@
 Real ``dask scheduler`` and three nanny-less ``dask worker`` processes on
 127.0.0.1; one worker is SIGKILLed by PID during the initialisation or
 during the iterations of ``complete`` (in memory, and streamed from a Zarr
-store), ``sense`` and ``rpca``. The run must
+store), ``sense``, ``rpca`` and ``tucker_complete`` (dense chunks sent
+packed and rebuilt on the workers). The run must
 finish with the same answer as an undisturbed run on threads (≤ 1e-9
 relative, the agreement of undisturbed distributed runs), because every
 scattered item has two copies and everything else is recomputed from its
