@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..problems import tucker as tk
-from ..storage.tensor_store import ChunkRef, PackedChunk, load_chunk, unpack_dense
+from ..storage.chunk_formats import PackedChunk, unpack_dense
+from ..storage.tensor_store import ChunkRef, load_chunk
 from .base import FactorEngine
 from .blockwise import chunk_groups, map_groups, map_reduce_groups
 from .executors import ThreadExecutor
@@ -57,7 +58,7 @@ PACK_BELOW = 0.5
 
 def _travels_packed(T) -> bool:
     """Whether the dense chunks of in-memory ``T`` go to the workers packed
-    (:func:`~dscaledgd.storage.tensor_store.pack_dense`: a bit per entry and the observed
+    (:func:`~dscaledgd.storage.chunk_formats.pack_dense`: a bit per entry and the observed
     values), to be rebuilt there: when at most :data:`PACK_BELOW` of the entries are
     observed (``1/8 + 8p`` bytes an entry against 8)."""
     return T.layout == "dense" and T.density <= PACK_BELOW

@@ -42,6 +42,7 @@ import numpy as np
 from .._version import __version__
 from ..exceptions import InputDataError, InvalidParameterError
 from . import chunks, layout
+from .chunk_formats import coo_to_dense, dense_to_coo
 from .integrity import _is_int, _seen
 
 __all__ = ["ChunkRef", "ChunkSink", "Grid", "load_chunk", "open_store", "write_store"]
@@ -153,48 +154,7 @@ def resolve_chunks(func: str, chunks_, shape: tuple, default: tuple) -> tuple[in
     return tuple(out)
 
 
-# ---------------------------------------------------------- chunk formats
-def dense_to_coo(x: np.ndarray):
-    """A dense chunk (NaN = missing) in coo kernel format."""
-    where = np.nonzero(~np.isnan(x))
-    index = np.ascontiguousarray(np.stack(where, axis=1), dtype=np.int32)
-    return index, np.ascontiguousarray(x[where]), tuple(x.shape)
-
-
-@dataclass(frozen=True, eq=False)
-class PackedChunk:
-    """A dense chunk (NaN = missing) packed to travel (:func:`pack_dense`): one bit per
-    entry (observed or not) and the observed values, both in C order."""
-
-    bits: np.ndarray
-    values: np.ndarray
-    shape: tuple
-
-
-def pack_dense(x: np.ndarray) -> PackedChunk:
-    """``x`` as a :class:`PackedChunk`: ``1/8 + 8p`` bytes per entry instead of 8.
-    :func:`unpack_dense` gives back the same bits."""
-    seen = ~np.isnan(x)
-    return PackedChunk(np.packbits(seen, axis=None), x[seen], tuple(x.shape))
-
-
-def unpack_dense(packed: PackedChunk) -> np.ndarray:
-    """The dense chunk (float64, NaN = missing) of :func:`pack_dense`'s output."""
-    n = math.prod(packed.shape)
-    seen = np.unpackbits(packed.bits, count=n).view(bool).reshape(packed.shape)
-    out = np.full(packed.shape, np.nan)
-    out[seen] = packed.values
-    return out
-
-
-def coo_to_dense(chunk) -> np.ndarray:
-    """A coo kernel-format chunk as a dense float64 array, NaN at missing entries."""
-    index, values, shape = chunk
-    out = np.full(shape, np.nan)
-    out[tuple(index.T)] = values
-    return out
-
-
+# ----------------------------------- chunks of a grid (their formats: chunk_formats.py)
 def coo_chunks(idx: np.ndarray, vals: np.ndarray, grid: Grid):
     """Global entries (``idx`` int64 ``(m, d)`` in range) as coo chunks, in C order.
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._validation import RANDOM_STATE, Interval, check_choice, check_param, resolve_rng
 from ..exceptions import InvalidParameterError
+from .chunk_formats import pack_dense
 from .chunks import StoreBacked
 from .coo import _physical_memory
 from .integrity import _is_int
@@ -35,7 +36,6 @@ from .tensor_store import (
     no_observed_entry,
     open_arrays,
     open_store,
-    pack_dense,
     read_checked,
     resolve_chunks,
     write_store,
@@ -160,7 +160,7 @@ class TensorObservations(StoreBacked):
 
     def packed_chunk(self, c: int):
         """Chunk ``c`` of a dense in-memory tensor packed to travel to a worker
-        (:func:`~dscaledgd.storage.tensor_store.pack_dense`; ``unpack_dense`` there
+        (:func:`~dscaledgd.storage.chunk_formats.pack_dense`; ``unpack_dense`` there
         rebuilds :meth:`read_chunk`'s array)."""
         c = self._check_chunk(c, "packed_chunk")
         if self.path is not None or self.layout != "dense":

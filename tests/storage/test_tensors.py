@@ -15,6 +15,7 @@ import zarr
 from dscaledgd import InputDataError, InvalidParameterError, Observations
 from dscaledgd.exceptions import DataWarning
 from dscaledgd.storage import tensor_store, tensors
+from dscaledgd.storage.chunk_formats import unpack_dense
 from dscaledgd.storage.tensor_store import coo_to_dense, default_chunks
 from dscaledgd.storage.tensors import DENSE_MIN_DENSITY, TensorObservations, load_chunk
 
@@ -613,7 +614,7 @@ def test_packed_dense_chunks_unpack_to_the_same_bits(rng, shape, p):
         sh, values = packed.shape, packed.values
         assert sh == t.read_chunk(c).shape and values.size == t.chunk_ptr[c + 1] - t.chunk_ptr[c]
         assert packed.bits.nbytes == -(-np.prod(sh) // 8)
-        back = tensor_store.unpack_dense(pickle.loads(pickle.dumps(packed)))
+        back = unpack_dense(pickle.loads(pickle.dumps(packed)))
         ref = t.read_chunk(c)
         assert back.dtype == np.float64 and back.flags.c_contiguous
         np.testing.assert_array_equal(np.isnan(back), np.isnan(ref))
