@@ -236,15 +236,15 @@ def _fixed_iters(T, r, iters, **kw):
 
 
 @contextlib.contextmanager
-def factors_on_workers():
-    """The engine as before client-held factors (issue 13): every factor on the workers."""
+def one_task_per_group():
+    """The engine as before a worker's groups ran as one task (issue 13): a task per group."""
     from dscaledgd.engine import tucker as et
 
-    old, et.CLIENT_FACTOR_ROWS = et.CLIENT_FACTOR_ROWS, 0
+    old, et.BUNDLE = et.BUNDLE, False
     try:
         yield
     finally:
-        et.CLIENT_FACTOR_ROWS = old
+        et.BUNDLE = old
 
 
 def _kernel_work(T, core, U):
@@ -316,7 +316,7 @@ def part_throughput(args):
                 kerns.append(kernel_time(work, core))
                 thrs.append(_per_iter(_fixed_iters(T, r, args.iters)))
                 dists.append(_per_iter(_fixed_iters(T, r, args.iters, scheduler=None, client=c)))
-                with factors_on_workers():
+                with one_task_per_group():
                     olds.append(_per_iter(_fixed_iters(T, r, args.iters, scheduler=None, client=c)))
                 with dask.config.set({"dscaledgd.batch-tasks": False}):
                     singles.append(
@@ -328,6 +328,7 @@ def part_throughput(args):
             rounds.append(
                 f"- {layout}: LocalCluster rounds {', '.join(f'{d:.3f}' for d in dists)} s; "
                 f"task by task {', '.join(f'{d:.3f}' for d in singles)} s; "
+                f"a task per group {', '.join(f'{d:.3f}' for d in olds)} s; "
                 f"in-process {', '.join(f'{t:.3f}' for t in thrs)} s; kernel "
                 f"{', '.join(f'{k:.3f}' for k in kerns)} s"
             )
@@ -343,7 +344,7 @@ def part_throughput(args):
             del T, work
     body = table(
         ["layout", "grid", "MiB", "oracle s/iter", "one chunk 1 thread s", "kernel 2 threads s",
-         "in-process s/iter", "LocalCluster, factors on workers s/iter",
+         "in-process s/iter", "LocalCluster, a task per group s/iter",
          "LocalCluster, task by task s/iter", "LocalCluster s/iter", "÷ target", "overhead vs in-process",
          "overhead vs kernel"], rows,
     )  # fmt: skip
@@ -361,9 +362,9 @@ def part_throughput(args):
         "(dense NumPy, forms Ŭ_k) per iteration, one thread. '÷ target' = LocalCluster "
         "s/iter ÷ the issue's single-process oracle figure (0.19 s dense, 0.14 s coo); "
         "target ≤ 1.5. Overhead = (LocalCluster − x) / LocalCluster; target ≤ 20%. "
-        "'factors on workers' = the same LocalCluster run with the factors, their sums, "
-        "Grams and updates on the workers (the engine before client-held factors, "
-        "CLIENT_FACTOR_ROWS = 0), alternated with it in each round. 'task by task' = the "
+        "'a task per group' = the same LocalCluster run with one task per group of "
+        "chunks (engine.tucker.BUNDLE = False) instead of one per worker thread, alternated "
+        "with it in each round. 'task by task' = the "
         "same LocalCluster run with one client.submit per task (dask config "
         "dscaledgd.batch-tasks: false) instead of one graph per wait "
         "(dscaledgd/engine/batching.py), alternated likewise.\n\n" + "\n".join(rounds)

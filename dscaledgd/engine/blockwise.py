@@ -23,6 +23,7 @@ __all__ = [
     "Slice",
     "slot_groups",
     "map_groups",
+    "bundles",
     "GroupPass",
     "grid_indices",
     "map_reduce",
@@ -271,6 +272,30 @@ def _run_group(fn, calls, shared, places, kinds):
     return tuple(acc)
 
 
+def _run_groups(fn, work, shared, kinds):
+    """Several groups in one task (a worker's share of a pass): each group's sums, apart
+    (``work`` is ``[(calls, places), ...]``, one pair per group, as :func:`_run_group`)."""
+    return [_run_group(fn, calls, shared, places, kinds) for calls, places in work]
+
+
+def bundles(slots: Sequence[int], per_slot: int) -> list[list[int]]:
+    """The groups of each task when a worker's groups run as ``per_slot`` tasks (one per
+    thread): runs of consecutive groups with the same slot, cut into ``per_slot``
+    near-equal runs."""
+    runs: list[list[int]] = []
+    for g, s in enumerate(slots):
+        if runs and slots[runs[-1][0]] == s:
+            runs[-1].append(g)
+        else:
+            runs.append([g])
+    out = []
+    for run in runs:
+        k = max(1, min(int(per_slot), len(run)))
+        cuts = [len(run) * i // k for i in range(k + 1)]
+        out += [run[a:b] for a, b in zip(cuts, cuts[1:])]
+    return out
+
+
 def _pick(result, path):
     for p in path:
         result = result[p]
@@ -339,9 +364,17 @@ class GroupPass:
     additions in the same order, so the same bits.
     """
 
-    def __init__(self, handles: list, outputs, per_block: dict, flat: dict):
+    def __init__(self, handles: list, outputs, per_block: dict, flat: dict, where=None):
         self.handles, self.outputs = handles, list(outputs)
         self.per_block, self.flat = per_block, flat
+        self.where = where  # group g is item where[g][1] of task where[g][0]; None: task g
+
+    def group_results(self, gathered: list) -> list:
+        """Each group's result, in group order, from the gathered results of
+        :attr:`handles` (tasks of several groups are unpacked)."""
+        if self.where is None:
+            return list(gathered)
+        return [gathered[i][k] for i, k in self.where]
 
     def reduce(self, results: list, add=None, scales: dict | None = None, fan_in: int = 4):
         """``{key: [per block] or one}`` from ``results[g]`` (handles or values) of group g."""
@@ -367,24 +400,51 @@ class GroupPass:
 
 
 def map_groups(
-    ex, groups, fn, call, place, outputs, *, shared=(), slots=None, task_name="pass"
+    ex,
+    groups,
+    fn,
+    call,
+    place,
+    outputs,
+    *,
+    shared=(),
+    slots=None,
+    task_name="pass",
+    tasks=None,
 ) -> GroupPass:
-    """Submit the tasks of :func:`map_reduce_groups` (one per group); sum nothing yet."""
+    """Submit the tasks of :func:`map_reduce_groups` (one per group); sum nothing yet.
+
+    ``tasks``: the groups of each task (:func:`bundles`, consecutive groups on one slot),
+    or None for one task per group. A task of several groups returns each group's sums
+    apart (:meth:`GroupPass.group_results` sorts them out), so the additions are those of
+    one task per group, whatever the bundling."""
     kinds = tuple(kind for _, kind in outputs)
     per_block: dict = {key: {} for key, kind in outputs if kind == "block"}
     flat: dict = {key: [] for key, kind in outputs if kind == "all"}
-    handles = []
+    work = []
     for g, ts in enumerate(groups):
         places = [tuple(place(t)) for t in ts]
-        args = (_run_group, fn, [tuple(call(t)) for t in ts], tuple(shared), places, kinds)
-        if slots is None:
-            handles.append(ex.submit(*args, name=task_name))
-        else:
-            handles.append(ex.submit_on(slots[g], *args, name=task_name))
+        work.append(([tuple(call(t)) for t in ts], places))
         for j, (key, kind) in enumerate(outputs):
             if kind == "all":
                 flat[key].append(g)
                 continue
             for b in dict.fromkeys(pl[j][0] for pl in places):
                 per_block[key].setdefault(b, []).append(g)
-    return GroupPass(handles, outputs, per_block, flat)
+
+    def submit(g, *args):
+        if slots is None:
+            return ex.submit(*args, name=task_name)
+        return ex.submit_on(slots[g], *args, name=task_name)
+
+    if tasks is None:
+        handles = [submit(g, _run_group, fn, *w[:1], tuple(shared), w[1], kinds)
+                   for g, w in enumerate(work)]  # fmt: skip
+        return GroupPass(handles, outputs, per_block, flat)
+    handles = [submit(gs[0], _run_groups, fn, [work[g] for g in gs], tuple(shared), kinds)
+               for gs in tasks]  # fmt: skip
+    where = [None] * len(groups)
+    for i, gs in enumerate(tasks):
+        for k, g in enumerate(gs):
+            where[g] = (i, k)
+    return GroupPass(handles, outputs, per_block, flat, where=where)

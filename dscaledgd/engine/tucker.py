@@ -45,12 +45,17 @@ from ..problems import tucker as tk
 from ..storage.chunk_formats import PackedChunk, unpack_dense
 from ..storage.tensor_store import ChunkRef, load_chunk
 from .base import FactorEngine
-from .blockwise import chunk_groups, map_groups, map_reduce_groups
+from .blockwise import bundles, chunk_groups, map_groups, map_reduce_groups
 from .executors import ThreadExecutor
-from .factors import Blocked, sum_small
+from .factors import Blocked, _al, sum_small
 
 __all__ = ["TuckerEngine"]
 
+
+#: On a cluster, a pass with client-held factors runs a worker's groups as one task per
+#: worker thread (:func:`~dscaledgd.engine.blockwise.bundles`); False: one task per group
+#: (``bench_tensor.py throughput`` measures both)
+BUNDLE = True
 
 #: An in-memory dense tensor at most this dense travels to the workers packed.
 PACK_BELOW = 0.5
@@ -73,11 +78,14 @@ def _data(chunk):
 
 
 def _rows(U, rows):
-    """The chunk's rows of each factor block (``rows[k] = (lo, hi)`` within block ``k``)."""
-    return [u[lo:hi] for u, (lo, hi) in zip(U, rows)]
+    """The chunk's rows of each factor block (``rows[k] = (lo, hi)`` within block ``k``),
+    from aligned C-ordered blocks (:func:`~dscaledgd.engine.factors._al`: a block that
+    came in a message may start at any byte, and BLAS then rounds differently)."""
+    return [_al(u)[lo:hi] for u, (lo, hi) in zip(U, rows)]
 
 
 def _pass(chunk, U, rows, core, scale, zeta, tau):
+    core = _al(core)
     G, core_grad, sums = tk.chunk_pass(_data(chunk), _rows(U, rows), core, scale, zeta, tau)
     return (*G, core_grad, sums)
 
@@ -89,16 +97,16 @@ def _stats(chunk):
 
 
 def _residual(chunk, U, rows, core):
-    return tk.chunk_residual_sumsq(_data(chunk), _rows(U, rows), core)
+    return tk.chunk_residual_sumsq(_data(chunk), _rows(U, rows), _al(core))
 
 
 def _rmatvec(chunk, V, rows, k):
     lo, hi = rows
-    return tk.mode_rmatvec(_data(chunk), k, V[lo:hi])
+    return tk.mode_rmatvec(_data(chunk), k, _al(V)[lo:hi])
 
 
 def _matvec(chunk, W, k):
-    return tk.mode_matvec(_data(chunk), k, W)
+    return tk.mode_matvec(_data(chunk), k, _al(W))
 
 
 def _project(chunk, U, rows, scale):
@@ -248,6 +256,9 @@ class TuckerEngine(FactorEngine):
         self.groups = chunk_groups(T.n_chunks)
         w = ex.n_workers
         self.slots = [min(w - 1, g * w // len(self.groups)) for g in range(len(self.groups))]
+        self.tasks = None  # one task per group; on a cluster, one per worker thread
+        if ex.kind == "distributed" and BUNDLE:
+            self.tasks = bundles(self.slots, max(1, ex.nthreads // max(w, 1)))
         self.p = float(T.density)
         self.value_norm2 = float(T.value_norm2)
         self.grad_scale, self.loss_scale = self.spec.scales(self.p, False, "l2")
@@ -380,11 +391,11 @@ class TuckerEngine(FactorEngine):
             val = (self.val_kernel, self._call(self._vchunks, state), lambda t: (None,))
         if self._fex is not None:  # client-held factors: reduce here after the one gather
             gp = map_groups(ex, self.groups, *args, outputs, shared=shared,
-                            slots=self.slots, task_name="grad")  # fmt: skip
+                            slots=self.slots, task_name="grad", tasks=self.tasks)  # fmt: skip
             vgp = None
             if val is not None:
                 vgp = map_groups(ex, self.groups, *val, [("r", "all")], shared=(core,),
-                                 slots=self.slots, task_name="val")  # fmt: skip
+                                 slots=self.slots, task_name="val", tasks=self.tasks)  # fmt: skip
             return TuckerPass(None, core, [], groups=(gp, vgp), state=state, it=it)
         out = self.grouped(*args, outputs, shared=shared, task_name="grad")
         G = [
@@ -401,13 +412,13 @@ class TuckerEngine(FactorEngine):
         gp, vgp = pas.groups
         state = pas.state
         res = self.ex.gather([gp.handles, vgp.handles if vgp is not None else []])
-        out = gp.reduce(res[0])
+        out = gp.reduce(gp.group_results(res[0]))
         fex = self._fex
         pas.G = [
             Blocked(fex, Fb, state[k].ncols, fex.scatter(out[f"G{k}"]))
             for k, Fb in enumerate(self.factor_bounds)
         ]
-        vres = [vgp.reduce(res[1])["r"]] if vgp is not None else []
+        vres = [vgp.reduce(vgp.group_results(res[1]))["r"]] if vgp is not None else []
         return [fex.gather(self.stats_parts(state, pas.G)), out["v"], out["core"], vres]
 
     def scalars(self, pas: TuckerPass):
