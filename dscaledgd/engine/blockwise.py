@@ -412,7 +412,8 @@ def map_groups(
     task_name="pass",
     tasks=None,
 ) -> GroupPass:
-    """Submit the tasks of :func:`map_reduce_groups` (one per group); sum nothing yet.
+    """Submit the tasks of :func:`map_reduce_groups` (one per group, or per bundle of
+    groups); sum nothing yet.
 
     ``tasks``: the groups of each task (:func:`bundles`, consecutive groups on one slot),
     or None for one task per group. A task of several groups returns each group's sums
@@ -438,7 +439,7 @@ def map_groups(
         return ex.submit_on(slots[g], *args, name=task_name)
 
     if tasks is None:
-        handles = [submit(g, _run_group, fn, *w[:1], tuple(shared), w[1], kinds)
+        handles = [submit(g, _run_group, fn, w[0], tuple(shared), w[1], kinds)
                    for g, w in enumerate(work)]  # fmt: skip
         return GroupPass(handles, outputs, per_block, flat)
     handles = [submit(gs[0], _run_groups, fn, [work[g] for g in gs], tuple(shared), kinds)
