@@ -854,13 +854,15 @@ def test_callback_sees_every_iteration_and_can_stop(small):
     [
         ([0, 0, 1, 1], 1, [[0, 1], [2, 3]]),
         ([0, 0, 1, 1], 2, [[0], [1], [2], [3]]),
-        ([0, 0, 0, 1, 1], 2, [[0], [1, 2], [3], [4]]),
-        ([0, 0, 0, 0, 0], 4, [[0], [1], [2], [3, 4]]),
+        ([0, 0, 0, 1, 1], 2, [[0, 1], [2], [3], [4]]),
+        ([0, 0, 0, 0, 0], 4, [[0, 1], [2], [3], [4]]),
         ([0], 3, [[0]]),
-        ([0, 1, 0], 1, [[0], [1], [2]]),  # a task's groups share a slot and are consecutive
+        ([0, 1, 0], 1, [[0, 2], [1]]),  # a task's groups share a slot
     ],
 )
-def test_bundles_cut_each_workers_run_of_groups_into_one_task_per_thread(slots, per_slot, expected):
-    from dscaledgd.engine.blockwise import bundles
+def test_a_workers_groups_run_as_one_task_per_thread(slots, per_slot, expected):
+    """The engine's tasks on a cluster: ``slot_groups`` (the completion engine's tile
+    grouping) over the groups' slots, uncapped."""
+    from dscaledgd.engine.blockwise import slot_groups
 
-    assert bundles(slots, per_slot) == expected
+    assert slot_groups(slots, per_slot, len(slots)) == expected

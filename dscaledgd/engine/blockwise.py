@@ -23,7 +23,6 @@ __all__ = [
     "Slice",
     "slot_groups",
     "map_groups",
-    "bundles",
     "GroupPass",
     "grid_indices",
     "map_reduce",
@@ -278,24 +277,6 @@ def _run_groups(fn, work, shared, kinds):
     return [_run_group(fn, calls, shared, places, kinds) for calls, places in work]
 
 
-def bundles(slots: Sequence[int], per_slot: int) -> list[list[int]]:
-    """The groups of each task when a worker's groups run as ``per_slot`` tasks (one per
-    thread): runs of consecutive groups with the same slot, cut into ``per_slot``
-    near-equal runs."""
-    runs: list[list[int]] = []
-    for g, s in enumerate(slots):
-        if runs and slots[runs[-1][0]] == s:
-            runs[-1].append(g)
-        else:
-            runs.append([g])
-    out = []
-    for run in runs:
-        k = max(1, min(int(per_slot), len(run)))
-        cuts = [len(run) * i // k for i in range(k + 1)]
-        out += [run[a:b] for a, b in zip(cuts, cuts[1:])]
-    return out
-
-
 def _pick(result, path):
     for p in path:
         result = result[p]
@@ -415,7 +396,7 @@ def map_groups(
     """Submit the tasks of :func:`map_reduce_groups` (one per group, or per bundle of
     groups); sum nothing yet.
 
-    ``tasks``: the groups of each task (:func:`bundles`, consecutive groups on one slot),
+    ``tasks``: the groups of each task (:func:`slot_groups`: groups on one slot),
     or None for one task per group. A task of several groups returns each group's sums
     apart (:meth:`GroupPass.group_results` sorts them out), so the additions are those of
     one task per group, whatever the bundling."""

@@ -22,8 +22,7 @@ from ..problems import tensor_rpca as trp
 from ..problems import tucker as tk
 from ..problems.sparsify import MAD_NORMAL
 from ..storage.tensor_store import coo_to_dense
-from .factors import _al
-from .tucker import TuckerEngine, _data, _rows
+from .tucker import TuckerEngine, _data, _model, _rows
 
 __all__ = ["TensorRPCAEngine"]
 
@@ -36,8 +35,7 @@ def _rpca_pass(chunk, U, rows, core, scale, zeta, tau, edges):
     """The Tucker pass with the clip level, plus the histogram of a sample of ``|Y − X|``
     (appended to the sums)."""
     samp = np.full(trp.SAMPLE_PER_CHUNK, np.nan)
-    core = _al(core)
-    G, core_grad, sums = tk.chunk_pass(_data(chunk), _rows(U, rows), core, scale, zeta, tau, samp)
+    G, core_grad, sums = tk.chunk_pass(_data(chunk), *_model(U, rows, core), scale, zeta, tau, samp)
     return (*G, core_grad, np.concatenate([sums, trp.residual_histogram(samp, edges)]))
 
 
@@ -53,7 +51,7 @@ HOOI_MAX_BYTES = 1 << 28
 
 
 def _abs_residual(chunk, U, rows, core):
-    return tk.chunk_abs_residual(_data(chunk), _rows(U, rows), _al(core))
+    return tk.chunk_abs_residual(_data(chunk), *_model(U, rows, core))
 
 
 class TensorRPCAEngine(TuckerEngine):

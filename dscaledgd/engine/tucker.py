@@ -45,7 +45,7 @@ from ..problems import tucker as tk
 from ..storage.chunk_formats import PackedChunk, unpack_dense
 from ..storage.tensor_store import ChunkRef, load_chunk
 from .base import FactorEngine
-from .blockwise import bundles, chunk_groups, map_groups, map_reduce_groups
+from .blockwise import chunk_groups, map_groups, map_reduce_groups, slot_groups
 from .executors import ThreadExecutor
 from .factors import Blocked, _al, sum_small
 
@@ -53,7 +53,7 @@ __all__ = ["TuckerEngine"]
 
 
 #: On a cluster, a pass with client-held factors runs a worker's groups as one task per
-#: worker thread (:func:`~dscaledgd.engine.blockwise.bundles`); False: one task per group
+#: worker thread (:func:`~dscaledgd.engine.blockwise.slot_groups`); False: one task per group
 #: (``bench_tensor.py throughput`` measures both)
 BUNDLE = True
 
@@ -84,9 +84,13 @@ def _rows(U, rows):
     return [_al(u)[lo:hi] for u, (lo, hi) in zip(U, rows)]
 
 
+def _model(U, rows, core):
+    """``(the chunk's factor rows, core)`` for a kernel, both aligned (:func:`_rows`)."""
+    return _rows(U, rows), _al(core)
+
+
 def _pass(chunk, U, rows, core, scale, zeta, tau):
-    core = _al(core)
-    G, core_grad, sums = tk.chunk_pass(_data(chunk), _rows(U, rows), core, scale, zeta, tau)
+    G, core_grad, sums = tk.chunk_pass(_data(chunk), *_model(U, rows, core), scale, zeta, tau)
     return (*G, core_grad, sums)
 
 
@@ -97,7 +101,7 @@ def _stats(chunk):
 
 
 def _residual(chunk, U, rows, core):
-    return tk.chunk_residual_sumsq(_data(chunk), _rows(U, rows), _al(core))
+    return tk.chunk_residual_sumsq(_data(chunk), *_model(U, rows, core))
 
 
 def _rmatvec(chunk, V, rows, k):
@@ -258,7 +262,8 @@ class TuckerEngine(FactorEngine):
         self.slots = [min(w - 1, g * w // len(self.groups)) for g in range(len(self.groups))]
         self.tasks = None  # one task per group; on a cluster, one per worker thread
         if ex.kind == "distributed" and BUNDLE:
-            self.tasks = bundles(self.slots, max(1, ex.nthreads // max(w, 1)))
+            per_worker = max(1, ex.nthreads // max(w, 1))
+            self.tasks = slot_groups(self.slots, per_worker, len(self.groups))
         self.p = float(T.density)
         self.value_norm2 = float(T.value_norm2)
         self.grad_scale, self.loss_scale = self.spec.scales(self.p, False, "l2")
