@@ -331,7 +331,7 @@ def part_cluster(args) -> None:
     each = lambda j: ", ".join(f"{v:.4f}" for v in per[:, j])  # noqa: E731
     over = lambda j: ", ".join(f"{(v - t) / v:.0%}" for t, v in per[:, [0, j]])  # noqa: E731
     rows = [
-        ["chunk kernels only (2-thread pool)", f"{kern:.4f}", "", res_t.n_iter],
+        ["chunk kernels only (2-thread pool)", f"{kern:.4f}", "", ""],
         ["tensor_rpca, threads", f"{it_t:.4f}", each(0), res_t.n_iter],
         ["tensor_rpca, LocalCluster (2 workers)", f"{it_c:.4f}", each(1), res_c.n_iter],
         ["tensor_rpca, LocalCluster, task by task", f"{it_s:.4f}", each(2), res_s.n_iter],
