@@ -21,7 +21,7 @@ import numpy as np
 from ..problems import tensor_rpca as trp
 from ..problems import tucker as tk
 from ..problems.sparsify import MAD_NORMAL
-from ..storage.tensor_store import coo_to_dense
+from ..storage.chunk_formats import coo_to_dense
 from .tucker import TuckerEngine, _data, _model, _rows
 
 __all__ = ["TensorRPCAEngine"]

@@ -14,7 +14,8 @@ import warnings
 import numpy as np
 
 from ..exceptions import DataWarning, InputDataError, InvalidParameterError
-from .tensor_store import ChunkRef, Grid, coo_to_dense, load_chunk, no_observed_entry
+from .chunk_formats import coo_to_dense
+from .tensor_store import ChunkRef, Grid, load_chunk, no_observed_entry
 
 
 def _module_is(x, name: str) -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._validation import RANDOM_STATE, Interval, check_choice, check_param, resolve_rng
 from ..exceptions import InvalidParameterError
-from .chunk_formats import pack_dense
+from .chunk_formats import dense_to_coo, pack_dense
 from .chunks import StoreBacked
 from .coo import _physical_memory
 from .integrity import _is_int
@@ -31,7 +31,6 @@ from .tensor_store import (
     Grid,
     coo_chunks,
     default_chunks,
-    dense_to_coo,
     load_chunk,
     no_observed_entry,
     open_arrays,

@@ -15,8 +15,8 @@ import zarr
 from dscaledgd import InputDataError, InvalidParameterError, Observations
 from dscaledgd.exceptions import DataWarning
 from dscaledgd.storage import tensor_store, tensors
-from dscaledgd.storage.chunk_formats import unpack_dense
-from dscaledgd.storage.tensor_store import coo_to_dense, default_chunks
+from dscaledgd.storage.chunk_formats import coo_to_dense, unpack_dense
+from dscaledgd.storage.tensor_store import default_chunks
 from dscaledgd.storage.tensors import DENSE_MIN_DENSITY, TensorObservations, load_chunk
 
 from ..conftest import edit_store_attrs
