@@ -6,6 +6,11 @@ p in [0.15, 0.35], linear spectrum, κ log-uniform in [10, 1000], every 4th in
 relative error 1e-10 within 3000 data passes, and reports the data passes each
 rule needs (spectral initialisation excluded: it is the same for all).
 
+``--family small`` draws smaller instances instead (n1, n2 in [120, 400], r 3..10,
+p in [0.2, 0.45], κ log-uniform in [1, 100]: the size of the docs' first example),
+where η = 0.7 can settle into a cycle at the edge of stability that the guard does not
+see; ``--compare-stagnation`` adds a column with the default's stagnation restore off.
+
 The bar (issue 2): the default reaches 1e-10 on all 20 with at most 1.5x the
 passes of the best fixed η, and never produces NaN/inf.
 
@@ -19,11 +24,14 @@ through the library's own loop and engine (see docs/step_rule.md):
   iterate and shrinking η by 0.7 on each blow-up.
 
     python benchmarks/bench_steprule.py [--n 20] [--max-passes 3000] [--rules lm polyak shrink]
+        [--family bench|small] [--compare-stagnation]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import time
 import warnings
 
@@ -147,6 +155,31 @@ def draw(idx: int):
     return dict(seed=7000 + idx, n1=n1, n2=n2, r=r, p=round(p, 4), kappa=round(kappa, 1))
 
 
+def draw_small(idx: int):
+    """The small family: n1, n2 in [120, 400], r 3..10, p in [0.2, 0.45], κ log-uniform
+    in [1, 100] (the size of the docs' first example, 300 × 200 at p = 0.27)."""
+    g = np.random.default_rng(9000 + idx)
+    n1, n2 = int(g.integers(120, 401)), int(g.integers(100, 401))
+    r = int(g.integers(3, 11))
+    p = float(g.uniform(0.2, 0.45))
+    kappa = float(np.exp(g.uniform(0.0, np.log(100.0))))
+    return dict(seed=11000 + idx, n1=n1, n2=n2, r=r, p=round(p, 4), kappa=round(kappa, 1))
+
+
+@contextlib.contextmanager
+def no_stagnation_restore():
+    """The default rule as it was before the stagnation restore (completion's
+    ``stagnation_patience`` off), for a side-by-side column."""
+    from dscaledgd.engine.completion import CompletionEngine
+
+    spec = CompletionEngine.spec
+    CompletionEngine.spec = dataclasses.replace(spec, stagnation_patience=None)
+    try:
+        yield
+    finally:
+        CompletionEngine.spec = spec
+
+
 def passes_to(obs, truth, r, target, max_passes, **kw):
     """Data passes until the relative error first reaches ``target`` (or a status)."""
     n, res = steps_to(obs, truth, r, target, max_passes, count="passes", **kw)
@@ -161,12 +194,24 @@ def main():
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--max-passes", type=int, default=3000)
     ap.add_argument("--rules", nargs="*", default=[], choices=sorted(RULES))
+    ap.add_argument(
+        "--family",
+        choices=("bench", "small"),
+        default="bench",
+        help="instance family: 'bench' (600-1000 rows) or 'small' (120-400)",
+    )
+    ap.add_argument(
+        "--compare-stagnation",
+        action="store_true",
+        help="also run the default without its stagnation restore",
+    )
     args = ap.parse_args()
-    rows, ratios, discarded, idx = [], [], 0, 0
+    pick = draw if args.family == "bench" else draw_small
+    rows, ratios, old_ratios, discarded, idx = [], [], [], 0, 0
     extra_ok = {name: [] for name in args.rules}
     all_finite = True
     while len(rows) < args.n:
-        prm = draw(idx)
+        prm = pick(idx)
         idx += 1
         obs, truth = dsg.datasets.make_completion(
             (prm["n1"], prm["n2"]), prm["r"], prm["p"], cond=prm["kappa"], random_state=prm["seed"]
@@ -187,6 +232,13 @@ def main():
         all_finite &= d_finite and all(v[2] for v in fixed.values())
         ratio = d_passes / best if d_passes else float("inf")
         ratios.append(ratio)
+        if args.compare_stagnation:
+            with no_stagnation_restore():
+                o_passes, o_status, o_finite = passes_to(
+                    obs, truth, prm["r"], 1e-10, args.max_passes
+                )
+            all_finite &= o_finite
+            old_ratios.append(o_passes / best if o_passes else float("inf"))
         cell = lambda v: str(v[0]) if v[0] is not None else v[1]  # noqa: E731
         extra = []
         for name in args.rules:
@@ -206,6 +258,11 @@ def main():
                 f"{best} (η={best_eta})",
                 d_passes if d_passes else d_status,
                 f"{ratio:.2f}",
+                *(
+                    [o_passes if o_passes else o_status, f"{old_ratios[-1]:.2f}"]
+                    if args.compare_stagnation
+                    else []
+                ),
                 *extra,
             ]
         )
@@ -223,23 +280,42 @@ def main():
         "best fixed",
         "default",
         "ratio",
+        *(["no stagnation restore", "ratio"] if args.compare_stagnation else []),
         *args.rules,
     ]
+    fam = (
+        "n1, n2 in [600, 1000], r 3-10, p in [0.15, 0.35], κ log-uniform in [10, 1000], "
+        "every 4th in [500, 1000]"
+        if args.family == "bench"
+        else "n1, n2 in [120, 400] (n2 from 100), r 3-10, p in [0.2, 0.45], κ log-uniform "
+        "in [1, 100]"
+    )
+    old_line = ""
+    if args.compare_stagnation:
+        old_ok = sum(np.isfinite(old_ratios))
+        old_line = (
+            f" Without the stagnation restore (completion's stagnation_patience off, the "
+            f"rule before it): {old_ok}/{len(rows)} solved, ratio max "
+            f"{max(old_ratios):.2f}, median {np.median(old_ratios):.2f}."
+        )
     summary = (
         f"Default rule solved {ok}/{len(rows)} instances to relative error 1e-10; "
         f"ratio to the best fixed η: max {max(ratios):.2f}, median {np.median(ratios):.2f}. "
         f"Bar: every instance solved with ratio <= 1.5. {discarded} candidate(s) were discarded "
         f"because no fixed η solved them within {args.max_passes} passes. NaN/inf in any "
-        f"returned factors: {'none' if all_finite else 'YES'}.\n\n"
+        f"returned factors: {'none' if all_finite else 'YES'}.{old_line}\n\n"
         + "".join(
             f" Rule '{n}': within 1.5x of the best fixed η on {sum(v)}/{len(v)}."
             for n, v in extra_ok.items()
         )
-        + "\n\nCells are data passes to relative error 1e-10 (spectral initialisation excluded); "
+        + f"\n\nInstances ({args.family}): {fam}; linear spectrum; kept when some fixed η "
+        "solves them. Cells are data passes to relative error 1e-10 (spectral initialisation "
+        "excluded); "
         "'div' = the run diverged (stopped by the blow-up guard), 'stall e' = not reached "
         f"after {args.max_passes} passes (error e)."
     )
-    report("Default step rule vs fixed η (20 random instances)", table(headers, rows), summary)
+    title = f"Default step rule vs fixed η ({len(rows)} random instances, {args.family})"
+    report(title, table(headers, rows), summary)
 
 
 if __name__ == "__main__":

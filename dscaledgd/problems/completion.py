@@ -58,7 +58,12 @@ def _scales(p: float, symmetric: bool, loss: str):
 
 #: the constants of matrix completion (η = 0.7 of the default rule: docs/step_rule.md)
 SPEC = ProblemSpec(
-    "completion", default_eta=0.7, damping_fraction=1.0, reseed_coherent=True, scales=_scales
+    "completion",
+    default_eta=0.7,
+    damping_fraction=1.0,
+    reseed_coherent=True,
+    scales=_scales,
+    stagnation_patience=30,
 )
 
 #: Loss names understood by the kernels, mapped to the kernel's loss code.

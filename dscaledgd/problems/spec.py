@@ -54,6 +54,13 @@ class ProblemSpec:
         ``(H_k + ε tr(H_k)/r_k I)⁻¹`` and, for the small parameters,
         ``(F_kᵀF_k + ε tr(F_kᵀF_k)/r_k I)⁻¹`` (tensor RPCA's ``ε``,
         ALGORITHMS.md §8; scale-free, unlike an absolute ``ε``).
+    stagnation_patience : int or None
+        Under the adaptive rule, restore the best iterate (and shrink ``η``,
+        as after a guard restore) when the loss has not reached a new best
+        for this many iterations and sits more than 1% above it: the
+        iteration is cycling or drifting at the stability edge rather than
+        converging (docs/step_rule.md, "Stagnation restore"). ``None``: off
+        (problems whose loss changes its definition as they run).
     """
 
     name: str
@@ -65,6 +72,7 @@ class ProblemSpec:
     spectral_passes: Callable = field(default=lambda q: 2 * q + 2, repr=False)
     guard_on: str = "factors"
     relative_ridge: float = 0.0
+    stagnation_patience: int | None = None
 
 
 @dataclass(frozen=True)

@@ -191,8 +191,10 @@ def run(
                     )
                 elif rule.stall_on_step and rel_step is not None:  # l1: the residual has f*
                     message += (
-                        f"{cur.stats.residual:.3g} (outliers keep it large) and relative "
-                        f"step |dX|/|X| {rel_step:.3g} > stall_tol={cfg.stall_tol:g}"
+                        f"{cur.stats.residual:.3g} and relative step |dX|/|X| "
+                        f"{rel_step:.3g} > stall_tol={cfg.stall_tol:g} (the l1 loss ends a "
+                        "run on the relative step, as outliers can keep the residual large; "
+                        "geometric steps shrink by rho each iteration: raise max_iter)"
                     )
                 else:
                     message += f"{cur.stats.residual:.3g} > tol={cfg.tol:g}"
@@ -241,7 +243,8 @@ def run(
             best_before = best.stats.loss
             prev, cur = cur, new
             n_iter += 1
-            if cur.stats.loss < best.stats.loss:
+            improved = cur.stats.loss < best.stats.loss
+            if improved:
                 best = cur
             cur.k = drv.record(cur.stats, step)
             drv.progress(cur.stats, step)
@@ -272,6 +275,20 @@ def run(
                     f"{what} stall_tol={cfg.stall_tol:g} for {cfg.patience} iterations; "
                     f"relative residual {cur.stats.residual:.3g}"
                 )
+            stuck = rule.stagnant(cur.stats.loss, best.stats.loss, improved)
+            if stuck is not None and status is None and rule.recover():
+                drv.event(
+                    {
+                        "iteration": n_iter,
+                        "event": "restored",
+                        "reason": stuck,
+                        "step_size": step.eta,
+                        "passes": drv.passes,
+                    }
+                )
+                logger.info("stagnation at iteration %d (%s)", n_iter, stuck)
+                cur, quiet = best, 0  # the best accepted iterate and its gradient
+                continue
             if reseed is not None and status is None and n_iter < cfg.max_iter:
                 # (never at the last iteration: a fresh re-seed would be what is returned)
                 due = checkpoint is not None and checkpoint.due(n_iter, cfg.max_iter)
