@@ -4,7 +4,7 @@ Every public function declares its constraints as a dict
 ``{name: [constraint, ...]}``; a value is valid when it satisfies any one of
 them. The message format is the same everywhere::
 
-    The 'rank' parameter of complete must be an int in [1, 800). Got 0.
+    The 'rank' parameter of complete must be an int in [1, 800]. Got 0.
 """
 
 from __future__ import annotations

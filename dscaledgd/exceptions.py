@@ -6,6 +6,9 @@ and how to fix it (DESIGN.md §6).
 
 from __future__ import annotations
 
+import os
+import sys
+
 __all__ = [
     "InvalidParameterError",
     "InputDataError",
@@ -16,6 +19,18 @@ __all__ = [
     "ClusterError",
     "ClusterWarning",
 ]
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` made by the caller of this function
+    that points at the first frame outside dscaledgd: the user's own line, however
+    deep in the package the warning is raised."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class InvalidParameterError(ValueError, TypeError):

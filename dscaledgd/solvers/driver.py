@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._interactive import in_notebook, interactive  # noqa: F401  (in_notebook: re-export)
-from ..exceptions import ConvergenceWarning
+from ..exceptions import ConvergenceWarning, user_stacklevel
 from ..result import HISTORY_KEYS, IterationState
 
 __all__ = ["LoopConfig", "LoopOutcome", "Driver"]
@@ -228,7 +228,9 @@ class Driver:
             self.bar.close()
             self.bar = None
         if status in ("max_iter", "diverged"):
-            warnings.warn(f"{self.desc}: {message}", ConvergenceWarning, stacklevel=4)
+            warnings.warn(
+                f"{self.desc}: {message}", ConvergenceWarning, stacklevel=user_stacklevel()
+            )
         history = {k: np.asarray(v, dtype=np.float64) for k, v in self.hist.items()}
         return LoopOutcome(
             state=state,

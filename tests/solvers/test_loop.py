@@ -258,3 +258,19 @@ def test_progress_bar_shows_in_a_jupyter_kernel(monkeypatch):
         monkeypatch.setitem(sys.modules, "IPython", fake)
         assert in_notebook() is expected and show_progress(None) is expected
     assert show_progress(False) is False and show_progress(True) is True
+
+
+def test_convergence_warning_points_at_the_callers_line():
+    """Not at a line inside dscaledgd, however deep the loop that raises it
+    (complete, the estimator, tucker_complete)."""
+    obs, _ = dsg.datasets.make_completion((60, 50), 3, 0.5, random_state=0)
+    T = dsg.TensorObservations.from_array(np.random.default_rng(0).random((8, 7, 6)))
+    calls = [
+        lambda: dsg.complete(obs, 3, max_iter=2, progress=False),
+        lambda: dsg.MatrixCompletion(rank=3, max_iter=2, progress=False).fit(obs),
+        lambda: dsg.tucker_complete(T, (2, 2, 2), max_iter=2, progress=False),
+    ]
+    for call in calls:
+        with pytest.warns(ConvergenceWarning) as rec:
+            call()
+        assert [w.filename for w in rec] == [__file__]
