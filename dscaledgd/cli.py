@@ -1,11 +1,13 @@
 """The ``dscaledgd`` command: arguments → :mod:`dscaledgd.api`, no math.
 
-Subcommands: ``demo``, ``import``, ``split``, ``complete``, ``rpca``, ``predict``
-(:mod:`dscaledgd.cli_matrix`), ``tensor-complete`` (:mod:`dscaledgd.cli_tensor`),
-``evaluate``, ``info``; ``--config job.yaml`` (:mod:`dscaledgd.cli_config`); shared
-helpers in :mod:`dscaledgd.cli_common`.
-Every subcommand has ``--help``; errors print one line to stderr and exit
-with a non-zero code (1 for bad data or parameters, 2 for bad usage).
+Subcommands: ``demo`` (:mod:`dscaledgd.cli_demo`), ``import``, ``split``,
+``complete``, ``rpca`` (:mod:`dscaledgd.cli_matrix`), ``predict``
+(:mod:`dscaledgd.cli_predict`), ``tensor-complete`` (:mod:`dscaledgd.cli_tensor`),
+``sgd`` (:mod:`dscaledgd.cli_sgd`), ``evaluate``, ``info``, ``resume``; ``--config
+job.yaml`` (:mod:`dscaledgd.cli_config`); shared helpers in :mod:`dscaledgd.cli_common`.
+Every subcommand has ``--help`` and ``-v``; errors print one line to stderr and exit
+with a non-zero code (1 for bad data or parameters, 2 for bad usage, with the
+subcommand's usage).
 Outputs are checked before any work: an existing ``--out`` without
 ``--overwrite``, or one in a directory that cannot be written, is refused
 before any data is read or any fit runs.
@@ -18,7 +20,6 @@ import logging
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 
@@ -33,88 +34,13 @@ from .cli_common import (  # noqa: F401  (re-exported: the subcommand modules an
     _write_json,
     check_out,
     respell,
+    respelled,
     run_kwargs,
+    subparser,
     summary,
 )
 
 __all__ = ["main"]
-
-
-# ------------------------------------------------------------------- demo
-def _cmd_demo(args) -> int:
-    from .api import complete
-    from .datasets import make_completion
-    from .engine.cluster import executor_for
-
-    n1, n2 = args.shape
-    print(
-        f"dscaledgd {__version__} demo: complete a {n1}x{n2} rank-{args.rank} matrix with "
-        f"condition number {args.cond:g} from {100 * args.p:.0f}% of its entries"
-    )
-    obs, truth = make_completion(
-        (n1, n2), args.rank, args.p, cond=args.cond, random_state=args.seed
-    )
-    print(f"  {obs}")
-    errors: dict[str, list] = {}
-    results = {}
-    # the demo shows the distributed path: no --scheduler means an embedded LocalCluster
-    kw = _executor_kwargs(args.scheduler, args.scheduler_file) or {"scheduler": "distributed"}
-    embedded = kw.get("scheduler") == "distributed" and "address" not in kw
-    size = {"n_workers": args.workers, "threads_per_worker": 1} if embedded else {}
-    with executor_for(**kw, **size) as ex:
-        if ex.kind == "distributed":
-            print(f"  dashboard: {ex.client.dashboard_link}")
-        run_kw = {"client": ex.client} if ex.kind == "distributed" else {"scheduler": ex.kind}
-        for method in ("scaledgd", "gd"):
-            errs = errors.setdefault(method, [])
-
-            def cb(state, errs=errs):
-                errs.append(truth.relative_error(*state.factors()))
-
-            t0 = time.perf_counter()
-            import warnings
-
-            from .exceptions import ConvergenceWarning
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                res = complete(
-                    obs,
-                    args.rank,
-                    method=method,
-                    max_iter=args.max_iter,
-                    tol=args.tol,
-                    random_state=args.seed,
-                    callback=cb,
-                    progress=False,
-                    **run_kw,
-                )
-            results[method] = (res, time.perf_counter() - t0)
-        if args.out:
-            results["scaledgd"][0].to_zarr(args.out, overwrite=args.overwrite)
-    print()
-    print(f"{'iter':>6} | {'ScaledGD rel. error':>20} | {'GD rel. error':>20}")
-    print("-" * 53)
-    n = max(len(errors["scaledgd"]), len(errors["gd"]))
-
-    def cell(method, k):
-        e = errors[method]
-        return f"{e[k]:20.3e}" if k < len(e) else f"{'(stopped)':>20}"
-
-    for k in range(n):
-        if k < 10 or (k + 1) % args.every == 0 or k == n - 1:
-            print(f"{k + 1:>6} | {cell('scaledgd', k)} | {cell('gd', k)}")
-    print()
-    for method, label in (("scaledgd", "ScaledGD"), ("gd", "GD")):
-        res, secs = results[method]
-        final = errors[method][-1] if errors[method] else float("nan")
-        print(
-            f"{label:>9}: {res.status:<9} after {res.n_iter:4d} iterations in {secs:6.1f} s, "
-            f"final relative error {final:.3e}"
-        )
-    if args.out:
-        print(f"ScaledGD result written to {args.out}")
-    return 0
 
 
 # ----------------------------------------------------------------- import
@@ -154,14 +80,7 @@ def _cmd_import(args) -> int:
                 duplicates=args.duplicates,
             )
         obs.to_zarr(args.out, overwrite=args.overwrite)
-    else:
-        missing = [f"--{k}" for k in ("row", "col", "value") if getattr(args, k) is None]
-        if missing:
-            raise InputDataError(
-                f"Importing a table ({src!r}) needs {', '.join(missing)}: the names of the row "
-                "id, column id and value columns (e.g. --row userId --col movieId --value "
-                "rating)."
-            )
+    else:  # --row, --col and --value were checked as usage (_run)
         Observations.from_csv(
             src,
             args.row,
@@ -177,7 +96,6 @@ def _cmd_import(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------- complete
 # --------------------------------------------------------------- evaluate
 def _cmd_evaluate(args) -> int:
     from .models import Tucker
@@ -309,6 +227,11 @@ def _cmd_resume(args) -> int:
     return main([*argv, *args.options, "--checkpoint", d, "--resume"])
 
 
+VERBOSE_HELP = "log progress and distributed's messages (INFO level)"
+#: where a fit runs without --scheduler (the help's default)
+SCHEDULER_DEFAULT = "$DASK_SCHEDULER_ADDRESS if set, else threads in this process"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dscaledgd",
@@ -320,12 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="JOB.yaml", help="take the command and its options from a YAML file "
         "(options on the command line win)",
     )  # fmt: skip
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO level)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    # not required: without a COMMAND, main prints this help (the list of commands)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def common(sp, out_help, runs=True):
+    def common(sp, out_help, runs=True, scheduler_default=SCHEDULER_DEFAULT):
         """``--out``/``--overwrite``, and for commands that run a fit (``runs``) where it
-        runs: ``--scheduler``, ``--scheduler-file``, ``--wait-for-workers``."""
+        runs: ``--scheduler`` (``scheduler_default``: where it runs without one, for the
+        help), ``--scheduler-file``, ``--wait-for-workers``."""
         if runs:
             sp.add_argument(
                 "--scheduler",
@@ -334,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help="Dask scheduler address (tcp://127.0.0.1:8786), 'threads'/'sync' to run "
                 "without distributed, or 'distributed' for an embedded LocalCluster (default: "
-                "$DASK_SCHEDULER_ADDRESS if set, else threads; 'demo': distributed)",
+                f"{scheduler_default})",
             )
             sp.add_argument(
                 "--scheduler-file",
@@ -355,28 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", metavar="PATH", default=None, help=out_help)
         sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    d = sub.add_parser(
-        "demo",
-        help="ScaledGD vs GD on an ill-conditioned synthetic matrix",
-        description="Complete a synthetic ill-conditioned matrix (kappa=1000) "
-        "with ScaledGD and GD on an embedded LocalCluster, and print their "
-        "relative errors side by side.",
-    )
-    common(d, "also write the ScaledGD result to this Zarr store")
-    d.add_argument("--shape", type=_pair, default=(1500, 1100), metavar="N1,N2")
-    d.add_argument("--rank", type=int, default=8)
-    d.add_argument("--cond", type=float, default=1000.0, help="condition number (default 1000)")
-    d.add_argument("--p", type=float, default=0.25, help="sampling rate (default 0.25)")
-    d.add_argument("--max-iter", type=int, default=150)
-    d.add_argument("--tol", type=float, default=1e-12)
-    d.add_argument(
-        "--workers", type=_positive_int, default=2, help="LocalCluster workers (default 2)"
-    )
-    d.add_argument(
-        "--every", type=_positive_int, default=10, help="print every N-th iteration after 10"
-    )
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=_cmd_demo)
+    from .cli_demo import add_parser as add_demo
+
+    add_demo(sub, common)
 
     i = sub.add_parser(
         "import",
@@ -447,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("path", nargs="?", help="an Observations, TensorObservations or result store")
     common(f, "also write the information as JSON to this path", runs=False)
     f.set_defaults(func=_cmd_info)
+    for sp in sub.choices.values():  # -v after the COMMAND too (SUPPRESS: keeps one before)
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help=VERBOSE_HELP)  # fmt: skip
     return p
 
 
@@ -461,16 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dscaledgd: error: {exc}", file=sys.stderr)
         return 1
     args = parser.parse_args(argv)
+    if args.command is None:  # `dscaledgd` alone: the list of commands, as a usage error
+        parser.print_help(sys.stderr)
+        parser.exit(2, "dscaledgd: error: choose a COMMAND from the list above\n")
     from .storage.checkpoints import CLI_ARGV
 
     argv_token = CLI_ARGV.set({"argv": argv, "cwd": os.getcwd()})  # for dscaledgd resume DIR
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:  # the embedded scheduler logs at INFO in this process
-        for name in ("distributed", "bokeh", "tornado"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    _configure_logging(args)
     import warnings
 
     import dask
@@ -486,19 +392,47 @@ def main(argv: list[str] | None = None) -> int:
         CLI_ARGV.reset(argv_token)
 
 
+def _configure_logging(args) -> None:
+    """INFO with ``-v``, else WARNING: for distributed's loggers too. Importing
+    distributed sets them from dask's ``logging`` config (INFO by default), so that is
+    set first, here and for the worker processes a Nanny starts with this config; the
+    levels are also set directly in case distributed is imported already."""
+    import dask
+
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    dask.config.set({"logging.distributed": "info" if args.verbose else "warning"})
+    if args.verbose:
+        logging.getLogger("distributed").setLevel(logging.INFO)
+        return
+    for name in ("distributed", "bokeh", "tornado"):
+        log = logging.getLogger(name)
+        if log.level < logging.WARNING:  # only raise: tornado's CRITICAL stays
+            log.setLevel(logging.WARNING)
+
+
 def _run(parser, args) -> int:
+    usage = subparser(parser, args.command)
+    flag = "--out"
     if args.command == "import":
         if args.out is None:
-            args.out = args.out_pos
+            args.out, flag = args.out_pos, "OBS.zarr"
         if args.out is None:
-            parser.error("import needs an output store: OBS.zarr or --out PATH")
+            usage.error("an output store is required: OBS.zarr or --out PATH")
+        missing = [f"--{k}" for k in ("row", "col", "value") if getattr(args, k) is None]
+        if missing and not args.source.endswith(".npz"):
+            usage.error(
+                f"importing a table ({args.source!r}) needs {', '.join(missing)}: the names of "
+                "its row id, column id and value columns (e.g. --row userId --col movieId "
+                "--value rating)"
+            )
     if args.command in ("complete", "tensor-complete", "rpca", "sgd") and args.out is None:
-        parser.error(f"{args.command} needs --out RES.zarr")
+        usage.error("the following arguments are required: --out")
     from .exceptions import ClusterError, DivergenceError
 
     try:
         if args.out:  # before any data is read or any fit runs
-            check_out(args.out, args.overwrite)
+            check_out(args.out, args.overwrite, flag)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

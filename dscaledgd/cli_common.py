@@ -58,34 +58,35 @@ def _executor_kwargs(value: str | None, scheduler_file: str | None = None) -> di
     return {"address": value}
 
 
-def check_out(path: str, overwrite: bool) -> None:
-    """Refuse ``--out`` before any work: it exists (without ``--overwrite``), its
-    directory is missing or is a file, or a file cannot be created there."""
+def check_out(path: str, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse an output before any work: it exists (without ``--overwrite``), its
+    directory is missing or is a file, or a file cannot be created there. ``flag`` is
+    how the command line names it (``--out``, or a positional such as ``TRAIN.zarr``)."""
     from .storage.layout import check_output_path
 
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise NotADirectoryError(
-            f"Cannot write --out {path!r}: {parent!r} is a file, not a directory. Choose "
+            f"Cannot write {flag} {path!r}: {parent!r} is a file, not a directory. Choose "
             "another path."
         )
 
     def unwritable(why: str = "") -> str:
         return (
-            f"Cannot write --out {path!r}: the directory {parent!r} is not writable{why}. "
+            f"Cannot write {flag} {path!r}: the directory {parent!r} is not writable{why}. "
             "Choose a writable location."
         )
 
     try:
-        check_output_path(path, overwrite, "--out")
+        check_output_path(path, overwrite, flag)
     except FileExistsError:
         raise FileExistsError(
-            f"The --out path {path!r} already exists. Pass --overwrite to replace it, or "
+            f"The {flag} path {path!r} already exists. Pass --overwrite to replace it, or "
             "choose another path."
         ) from None
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"Cannot write --out {path!r}: the directory {parent!r} does not exist. Create "
+            f"Cannot write {flag} {path!r}: the directory {parent!r} does not exist. Create "
             "it first."
         ) from None
     except PermissionError:
@@ -182,15 +183,32 @@ def respelled(exc: Exception, flags: dict) -> Exception:
         return exc
 
 
+#: the API function a subcommand runs, where its name differs (warnings start with it)
+_API_NAME = {"tensor-complete": "tucker_complete", "sgd": "scaled_sgd"}
+
+
 def _one_line_warning(command: str):
     """A ``warnings.showwarning`` printing ``dscaledgd CMD: Category: message`` on one line
-    (no source file and line, CLI spelling)."""
+    (no source file and line, CLI spelling; the API's own ``complete:`` prefix dropped, as
+    ``dscaledgd complete:`` already says it)."""
+    prefixes = tuple(f"{name}: " for name in {command, _API_NAME.get(command, command)})
 
     def show(message, category, filename, lineno, file=None, line=None):
         text = respell(" ".join(str(message).split()))
+        if text.startswith(prefixes):
+            text = text.split(": ", 1)[1]
         print(f"dscaledgd {command}: {category.__name__}: {text}", file=file or sys.stderr)
 
     return show
+
+
+def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of the subcommand ``command`` (its ``error`` prints its own usage)."""
+    for action in parser._actions:  # the subcommands' action
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict) and command in choices:
+            return choices[command]
+    return parser
 
 
 def _number(text: str, ok, what: str) -> float:

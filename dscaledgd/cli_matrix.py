@@ -3,13 +3,12 @@
 ``dscaledgd import`` builds an Observations store with id maps; ``split`` cuts it
 into train and test stores that share those maps (so ``evaluate`` and ``predict`` by
 original ids work on both); ``complete`` runs the fit the README runs in Python
-(ridge, centring, validation early stopping); ``predict`` writes predictions for
-pairs of original ids to CSV or Parquet.
+(ridge, centring, validation early stopping); ``predict`` (:mod:`.cli_predict`)
+writes predictions for pairs of original ids to CSV or Parquet.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 
 import numpy as np
@@ -24,7 +23,8 @@ CENTER = {"none": False, "mean": True, "biases": "biases"}
 
 
 def add_parsers(sub, common, positive_int) -> None:
-    """Add ``split``, ``complete`` and ``predict`` to the subcommands."""
+    """Add ``split``, ``complete``, ``rpca`` and ``predict`` (:mod:`.cli_predict`) to the
+    subcommands."""
     s = sub.add_parser(
         "split",
         help="split an Observations store into train and test stores (shared id maps)",
@@ -152,34 +152,9 @@ def add_parsers(sub, common, positive_int) -> None:
     solver_options(r)
     r.set_defaults(func=_cmd_rpca)
 
-    p = sub.add_parser(
-        "predict",
-        help="predict entries of a matrix fit for pairs of original ids",
-        description="Read (row id, column id) pairs from a CSV or Parquet file and write "
-        "them with the fit's prediction to CSV or Parquet (by --out's extension).",
-    )
-    p.add_argument("result", metavar="RES.zarr", help="a complete result store")
-    p.add_argument("pairs", metavar="PAIRS", help=".csv or .parquet with the id pairs")
-    p.add_argument("--row", default=None, help="column with the row ids (default: the first)")
-    p.add_argument("--col", default=None, help="column with the column ids (default: the "
-                   "second)")  # fmt: skip
-    p.add_argument(
-        "--by",
-        choices=("id", "index"),
-        default="id",
-        help="original ids from the import (default) or 0-based indices",
-    )
-    p.add_argument(
-        "--cold-start",
-        choices=("nan", "mean", "error"),
-        default="nan",
-        help="for ids never seen in training (default nan)",
-    )
-    p.add_argument(
-        "--out", metavar="PRED.csv", required=True, help="output file, .csv or .parquet (required)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=_cmd_predict)
+    from .cli_predict import add_parser as add_predict
+
+    add_predict(sub)
 
 
 # -------------------------------------------------------------------- split
@@ -187,8 +162,8 @@ def _cmd_split(args) -> int:
     from .cli_common import check_out
     from .storage.observations import Observations
 
-    for path in (args.train, args.test):
-        check_out(path, args.overwrite)
+    for path, name in ((args.train, "TRAIN.zarr"), (args.test, "TEST.zarr")):
+        check_out(path, args.overwrite, name)
     if os.path.abspath(args.train) == os.path.abspath(args.test):
         raise ValueError("TRAIN.zarr and TEST.zarr must be different paths.")
     obs = Observations.open_zarr(args.obs)
@@ -279,102 +254,3 @@ def _cmd_rpca(args) -> int:
     res.to_zarr(args.out, overwrite=args.overwrite)
     print(f"{summary(res)}\nresult written to {args.out} (low rank L, R and sparse S)")
     return 0
-
-
-# ------------------------------------------------------------------ predict
-def _read_pairs(path: str, row: str | None, col: str | None):
-    """``(rows, cols, row name, col name)`` from a CSV or Parquet file (as strings for CSV)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No such input file: PAIRS {path!r}.")
-    if path.endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ImportError(
-                "Reading Parquet needs pyarrow: pip install 'dscaledgd[parquet]'."
-            ) from None
-        table = pq.read_table(path)
-        names = table.column_names
-        row, col = _pick_columns(names, row, col, path)
-        return (np.asarray(table.column(row).to_pylist(), dtype=object),
-                np.asarray(table.column(col).to_pylist(), dtype=object), row, col)  # fmt: skip
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        names = next(reader, None)
-        if names is None:
-            raise ValueError(f"PAIRS {path!r} is empty; expected a header line and id pairs.")
-        row, col = _pick_columns(names, row, col, path)
-        i, j = names.index(row), names.index(col)
-        rows, cols = [], []
-        for line, rec in enumerate(reader, start=2):
-            if len(rec) <= max(i, j):
-                raise ValueError(f"PAIRS {path!r} line {line}: expected {len(names)} fields.")
-            rows.append(rec[i])
-            cols.append(rec[j])
-    return np.asarray(rows, dtype=object), np.asarray(cols, dtype=object), row, col
-
-
-def _pick_columns(names, row, col, path):
-    if len(names) < 2 and (row is None or col is None):
-        raise ValueError(f"PAIRS {path!r} has {len(names)} column(s); it needs two id columns.")
-    row = names[0] if row is None else row
-    col = names[1] if col is None else col
-    for flag, name in (("--row", row), ("--col", col)):
-        if name not in names:
-            raise ValueError(f"{flag} {name!r} is not a column of {path!r} (columns: {names}).")
-    return row, col
-
-
-def _as_ids(values, known):
-    """Original ids in the dtype of the fit's id map (CSV fields are strings)."""
-    kind = np.asarray(known).dtype if known is not None else None
-    if kind is None or kind.kind not in "iuf":
-        return values.astype(str)
-    try:
-        return values.astype(str).astype(np.int64 if kind.kind in "iu" else np.float64)
-    except ValueError as exc:
-        raise ValueError(f"PAIRS: an id is not a number as the fit's ids are ({exc}).") from None
-
-
-def _cmd_predict(args) -> int:
-    from .cli_common import check_out
-    from .result import load_result
-
-    check_out(args.out, args.overwrite)
-    if not args.out.endswith((".csv", ".parquet")):
-        raise ValueError(f"--out {args.out!r} must end in .csv or .parquet.")
-    res = load_result(args.result)
-    rows, cols, rname, cname = _read_pairs(args.pairs, args.row, args.col)
-    if args.by == "id":
-        ids = getattr(res.model, "ids", {}) or {}
-        rows, cols = _as_ids(rows, ids.get("row")), _as_ids(cols, ids.get("col"))
-    else:
-        rows = np.asarray(rows.astype(str).astype(np.float64))
-        cols = np.asarray(cols.astype(str).astype(np.float64))
-    pred = res.predict(rows, cols, by=args.by, cold_start=args.cold_start)
-    _write_predictions(args.out, rname, cname, rows, cols, pred)
-    print(f"{len(pred)} predictions ({int(np.isnan(pred).sum())} NaN) written to {args.out}")
-    return 0
-
-
-def _write_predictions(path, rname, cname, rows, cols, pred) -> None:
-    """Write under a temporary sibling name, then rename: never a half-written file."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
-                       f".{os.path.basename(path)}.tmp-{os.getpid()}")  # fmt: skip
-    try:
-        if path.endswith(".parquet"):
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            table = pa.table({rname: rows.tolist(), cname: cols.tolist(), "prediction": pred})
-            pq.write_table(table, tmp)
-        else:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow([rname, cname, "prediction"])
-                for a, b, v in zip(rows.tolist(), cols.tolist(), pred.tolist()):
-                    w.writerow([a, b, repr(v) if v == v else "nan"])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

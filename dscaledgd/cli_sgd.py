@@ -20,6 +20,11 @@ from .cli_common import fraction, respelled, run_options
 
 __all__ = ["add_parser", "evaluate_samples", "sgd_columns"]
 
+#: where ``sgd`` runs without --scheduler (the help's default)
+SCHEDULER_DEFAULT = (
+    "a .npy runs in this process; files and Zarr arrays on $DASK_SCHEDULER_ADDRESS if set, "
+    "else threads"
+)
 #: API parameter → how the command line spells it
 FLAGS = {
     "rank": "--rank",
@@ -144,7 +149,7 @@ def add_parser(sub, common) -> argparse.ArgumentParser:
         "are streamed to the stratified epochs (docs/scaled-sgd.md).",
     )
     s.add_argument("input", metavar="SAMPLES", help="CSV, Parquet, Zarr array or .npy")
-    common(s, "result store to write (required)")
+    common(s, "result store to write (required)", scheduler_default=SCHEDULER_DEFAULT)
     s.add_argument("--rank", type=int, required=True, help="the rank r of X (d x r)")
     s.add_argument("--loss", choices=("rmse", "1bit", "edm", "bpr"), default="rmse",
                    help="rmse (default), 1bit (y in {0,1}), edm (squared distances) or bpr "

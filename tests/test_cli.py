@@ -72,6 +72,14 @@ def test_every_subcommand_has_help(sub):
     runs = sub in ("demo", "complete", "rpca", "tensor-complete")
     for flag in ("--scheduler ", "--scheduler-file", "--wait-for-workers"):
         assert (flag in out.stdout) is runs, (sub, flag)
+    # -v after the subcommand too, and --scheduler's help states this subcommand's default
+    assert "-v, --verbose" in out.stdout
+    text = " ".join(out.stdout.split())
+    if runs:
+        default = text.split("--scheduler ADDRESS", 2)[-1].split("(default: ", 1)[1]
+        want = "an embedded LocalCluster" if sub == "demo" else "$DASK_SCHEDULER_ADDRESS if set"
+        assert default.startswith(want), default[:80]
+        assert "'demo'" not in default.split(")")[0]
 
 
 def test_round_trip_import_complete_evaluate(tmp_path):
@@ -122,7 +130,8 @@ def test_errors_exit_nonzero_with_one_line(tmp_path):
     assert out.returncode == 1 and "is not a dscaledgd result store" in out.stderr
     out = run("complete", p)  # missing --rank: usage error
     assert out.returncode == 2
-    out = run("import", tmp_path / "x.csv", tmp_path / "o.zarr")
+    table = ["--row", "u", "--col", "m", "--value", "r"]
+    out = run("import", tmp_path / "x.csv", tmp_path / "o.zarr", *table)
     assert out.returncode == 1 and "No such input file" in out.stderr
 
 
@@ -153,9 +162,9 @@ def test_outputs_are_checked_before_any_work(tmp_path, monkeypatch, capsys, argv
     def work(args):
         raise AssertionError("ran before checking --out")
 
-    from dscaledgd import cli_matrix
+    from dscaledgd import cli_demo, cli_matrix
 
-    module = cli_matrix if hasattr(cli_matrix, f"_cmd_{argv[0]}") else cli
+    module = next(m for m in (cli_matrix, cli_demo, cli) if hasattr(m, f"_cmd_{argv[0]}"))
     monkeypatch.setattr(module, f"_cmd_{argv[0]}", work)
     (tmp_path / "out").write_text("{}")
     where = ["--scheduler", "sync"] if argv[0] in ("complete", "demo") else []
@@ -208,7 +217,7 @@ def test_complete_prints_the_returned_iterate(tmp_path, capsys):
     assert printed.startswith("diverged:")
     # the warning is one line in CLI form (no source file and line)
     (warning,) = [ln for ln in captured.err.splitlines() if "Warning" in ln]
-    assert warning.startswith("dscaledgd complete: ConvergenceWarning: complete: diverged")
+    assert warning.startswith("dscaledgd complete: ConvergenceWarning: diverged")
     assert ".py:" not in captured.err
     assert cli.main(["evaluate", out, p]) == 0
     measured = capsys.readouterr().out
@@ -314,7 +323,8 @@ def test_import_split_complete_evaluate_predict_match_the_python_recipe(tmp_path
     assert "--row 'user' is not a column" in capsys.readouterr().err
     pairs.write_text("userId,movieId\nabc,5000\n")
     assert cli.main(["predict", res_p, str(pairs), "--out", str(tmp_path / "y.csv")]) == 1
-    assert "an id is not a number" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "PAIRS" in err and "line 2, column 'userId': 'abc' is not a number" in err
     assert not (tmp_path / "y.csv").exists()
 
 

@@ -122,7 +122,10 @@ def test_missing_samples_and_bad_usage(files, capsys, monkeypatch):
                                                                   ["--out", "r.zarr"]))  # fmt: skip
         assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "--columns: expected 3 names" in err and "sgd needs --out RES.zarr" in err
+    assert (
+        "--columns: expected 3 names" in err
+        and "sgd: error: the following arguments are required: --out" in err
+    )
 
 
 def test_a_result_store_checks_the_held_out_curve(files):

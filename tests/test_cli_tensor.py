@@ -203,14 +203,14 @@ def test_bad_input_exits_1_in_cli_spelling_and_writes_nothing(
         ),
         (["--ranks", "2", "--method", "als"], "argument --method: invalid choice: 'als'"),
         (["--out", "{d}/r.zarr"], "the following arguments are required: --ranks"),
-        (["--ranks", "2"], "tensor-complete needs --out RES.zarr"),
+        (["--ranks", "2"], "tensor-complete: error: the following arguments are required: --out"),
     ],
 )
 def test_bad_usage_exits_2(files, capsys, monkeypatch, extra, match):
     _never_solve(monkeypatch)
     extra = [e.format(d=files) for e in extra]
     if "--out" not in extra:
-        extra += ["--out", str(files / "r.zarr")] if "needs --out" not in match else []
+        extra += ["--out", str(files / "r.zarr")] if "required: --out" not in match else []
     with pytest.raises(SystemExit) as exc:
         cli.main(["tensor-complete", str(files / "Y.npy"), *extra])
     assert exc.value.code == 2
