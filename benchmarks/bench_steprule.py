@@ -9,7 +9,8 @@ rule needs (spectral initialisation excluded: it is the same for all).
 ``--family small`` draws smaller instances instead (n1, n2 in [120, 400], r 3..10,
 p in [0.2, 0.45], κ log-uniform in [1, 100]: the size of the docs' first example),
 where η = 0.7 can settle into a cycle at the edge of stability that the guard does not
-see; ``--compare-stagnation`` adds a column with the default's stagnation restore off.
+see, or contract slowly at that edge; ``--compare-safeguards`` adds a column with the
+default's stagnation restore and stability-edge shrink off.
 
 The bar (issue 2): the default reaches 1e-10 on all 20 with at most 1.5x the
 passes of the best fixed η, and never produces NaN/inf.
@@ -24,7 +25,7 @@ through the library's own loop and engine (see docs/step_rule.md):
   iterate and shrinking η by 0.7 on each blow-up.
 
     python benchmarks/bench_steprule.py [--n 20] [--max-passes 3000] [--rules lm polyak shrink]
-        [--family bench|small] [--compare-stagnation]
+        [--family bench|small] [--compare-safeguards]
 """
 
 from __future__ import annotations
@@ -167,13 +168,14 @@ def draw_small(idx: int):
 
 
 @contextlib.contextmanager
-def no_stagnation_restore():
-    """The default rule as it was before the stagnation restore (completion's
-    ``stagnation_patience`` off), for a side-by-side column."""
+def without_safeguards():
+    """The default rule as it was before the stagnation restore and the stability-edge
+    shrink (completion's ``stagnation_patience`` and ``edge_window`` off), for a
+    side-by-side column."""
     from dscaledgd.engine.completion import CompletionEngine
 
     spec = CompletionEngine.spec
-    CompletionEngine.spec = dataclasses.replace(spec, stagnation_patience=None)
+    CompletionEngine.spec = dataclasses.replace(spec, stagnation_patience=None, edge_window=None)
     try:
         yield
     finally:
@@ -201,9 +203,9 @@ def main():
         help="instance family: 'bench' (600-1000 rows) or 'small' (120-400)",
     )
     ap.add_argument(
-        "--compare-stagnation",
+        "--compare-safeguards",
         action="store_true",
-        help="also run the default without its stagnation restore",
+        help="also run the default without its stagnation restore and edge shrink",
     )
     args = ap.parse_args()
     pick = draw if args.family == "bench" else draw_small
@@ -232,8 +234,8 @@ def main():
         all_finite &= d_finite and all(v[2] for v in fixed.values())
         ratio = d_passes / best if d_passes else float("inf")
         ratios.append(ratio)
-        if args.compare_stagnation:
-            with no_stagnation_restore():
+        if args.compare_safeguards:
+            with without_safeguards():
                 o_passes, o_status, o_finite = passes_to(
                     obs, truth, prm["r"], 1e-10, args.max_passes
                 )
@@ -260,7 +262,7 @@ def main():
                 f"{ratio:.2f}",
                 *(
                     [o_passes if o_passes else o_status, f"{old_ratios[-1]:.2f}"]
-                    if args.compare_stagnation
+                    if args.compare_safeguards
                     else []
                 ),
                 *extra,
@@ -280,7 +282,7 @@ def main():
         "best fixed",
         "default",
         "ratio",
-        *(["no stagnation restore", "ratio"] if args.compare_stagnation else []),
+        *(["without safeguards", "ratio"] if args.compare_safeguards else []),
         *args.rules,
     ]
     fam = (
@@ -291,11 +293,11 @@ def main():
         "in [1, 100]"
     )
     old_line = ""
-    if args.compare_stagnation:
+    if args.compare_safeguards:
         old_ok = sum(np.isfinite(old_ratios))
         old_line = (
-            f" Without the stagnation restore (completion's stagnation_patience off, the "
-            f"rule before it): {old_ok}/{len(rows)} solved, ratio max "
+            f" Without the stagnation restore and the edge shrink (completion's "
+            f"stagnation_patience and edge_window off): {old_ok}/{len(rows)} solved, ratio max "
             f"{max(old_ratios):.2f}, median {np.median(old_ratios):.2f}."
         )
     summary = (

@@ -378,7 +378,12 @@ def choose_rule(params: dict, damping: float, spec, sigma1: float = 1.0):
         return FixedStep(spec.default_eta, damping)
     if spec.default_rule == "guarded":
         return guarded(spec.default_eta, damping)
-    return AdaptiveStep(eta=spec.default_eta, damping=damping, patience=spec.stagnation_patience)
+    return AdaptiveStep(
+        eta=spec.default_eta,
+        damping=damping,
+        patience=spec.stagnation_patience,
+        edge_window=spec.edge_window,
+    )
 
 
 def _reseed(engine, rule, params: dict):

@@ -64,6 +64,7 @@ SPEC = ProblemSpec(
     reseed_coherent=True,
     scales=_scales,
     stagnation_patience=30,
+    edge_window=10,
 )
 
 #: Loss names understood by the kernels, mapped to the kernel's loss code.

@@ -61,6 +61,11 @@ class ProblemSpec:
         iteration is cycling or drifting at the stability edge rather than
         converging (docs/step_rule.md, "Stagnation restore"). ``None``: off
         (problems whose loss changes its definition as they run).
+    edge_window : int or None
+        Under the adaptive rule, shrink ``η`` when this many iterations in a
+        row measure the last step's curvature at the edge of stability
+        (``η c > 1.8``): a linear phase contracting slowly because ``η`` is
+        too large for its stiffest mode. ``None``: off.
     """
 
     name: str
@@ -73,6 +78,7 @@ class ProblemSpec:
     guard_on: str = "factors"
     relative_ridge: float = 0.0
     stagnation_patience: int | None = None
+    edge_window: int | None = None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ behind it. No dask import here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as sla
@@ -328,6 +328,16 @@ class AdaptiveStep(StepRule):
         so the guard does not see it; healthy runs measured so far never went
         more than 5 iterations without a new best while 1% above it
         (docs/step_rule.md).
+    edge_window : int or None, default None
+        Stability-edge shrink (the problem's ``edge_window``; 10 on
+        completion). Each iteration measures the curvature along the last step
+        from the loss it reached: ``η c = 2 (f₊ − f + η S) / (η S)`` with
+        ``S = Σ_k <G_k, G_k P_k>`` (the first-order decrease is ``η S``). A
+        linear phase whose slowest mode sits at the edge of stability has
+        ``η c → 1 + q`` for a contraction ``q`` near 1; healthy runs settle at
+        0.3-0.5. After ``edge_window`` iterations in a row with ``η c >
+        edge_level`` (1.8), ``η`` shrinks by ``eta_shrink`` (not below
+        ``eta_min``), without a restore: the iterate is good, only slow.
     """
 
     name = "adaptive"
@@ -345,15 +355,37 @@ class AdaptiveStep(StepRule):
         max_restores: int = 30,
         patience: int | None = None,
         rise_tol: float = 0.01,
+        edge_window: int | None = None,
+        edge_level: float = 1.8,
     ):
         super().__init__(damping)
         self.eta0, self.c0 = float(eta), float(c)
         self.eta_min, self.eta_shrink, self.c_growth = eta_min, eta_shrink, c_growth
         self.max_restores = max_restores
         self.patience, self.rise_tol, self.since_best = patience, float(rise_tol), 0
+        self.edge_window, self.edge_level = edge_window, float(edge_level)
+        self.at_edge, self.last = 0, None
 
     def start(self, stats) -> None:
         self.eta, self.c, self.restores, self.since_best = self.eta0, self.c0, 0, 0
+        self.at_edge, self.last = 0, None
+
+    def scale(self, stats, step: Step, P: list) -> Step:
+        """The stability-edge shrink (``edge_window``): ``η c`` of the last step from the
+        loss it reached; ``last`` = (loss, S, η) of the previous call."""
+        if self.edge_window is None:
+            return step
+        last, loss = self.last, float(stats.loss)
+        if last is not None and last[1] > 0:
+            f0, s0, eta0 = last
+            edge = 2.0 * (loss - f0 + eta0 * s0) / (eta0 * s0)
+            self.at_edge = self.at_edge + 1 if edge > self.edge_level else 0
+            if self.at_edge >= self.edge_window and self.eta > self.eta_min:
+                self.eta = max(self.eta_min, self.eta * self.eta_shrink)
+                self.at_edge = 0
+                step = replace(step, eta=self.eta)
+        self.last = (loss, scaled_grad_norm2(stats, P), float(step.eta))
+        return step
 
     def propose(self, stats) -> Step:
         mu = self.c**2 * stats.err2 if self.c > 0 else 0.0
@@ -361,6 +393,7 @@ class AdaptiveStep(StepRule):
 
     def recover(self) -> bool:
         self.restores += 1
+        self.at_edge, self.last = 0, None  # the next step starts from a restored point
         if self.restores > self.max_restores:
             return False
         self.c = self.c * self.c_growth if self.c > 0 else 0.0
