@@ -51,7 +51,11 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list:
-    return sorted(set(globals()) | set(__all__))
+    """The public API (``__all__``) and the module's dunders: not the helpers this module
+    imports (``importlib``, ``logging``, ``TYPE_CHECKING``, ``annotations``) nor the
+    submodules loaded so far."""
+    dunders = {n for n in globals() if n.startswith("__") and n.endswith("__")}
+    return sorted(dunders | set(__all__))
 
 
 if TYPE_CHECKING:  # what static analysis and IDEs see

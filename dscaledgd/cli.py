@@ -386,10 +386,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait = getattr(args, "wait_for_workers", 1)
         with dask.config.set({"dscaledgd.wait-for-workers": wait}):
-            return _run(parser, args)
+            code = _run(parser, args)
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, not at exit
+        return code
+    except BrokenPipeError:  # the Python docs' "Note on SIGPIPE": stop quietly
+        _stdout_to_devnull()
+        return 1
     finally:
         warnings.showwarning = shown
         CLI_ARGV.reset(argv_token)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at devnull, so that the flush at exit does not fail on the closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a non-file object
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _configure_logging(args) -> None:
@@ -437,6 +453,8 @@ def _run(parser, args) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader left: main stops quietly
+        raise
     except (
         ValueError,
         TypeError,

@@ -167,7 +167,7 @@ def _never_solve(monkeypatch):
         (["--ranks", "2,2,5"], "--ranks has ranks[2] = 5 above the product of the other"),
         (["--ranks", "2", "--mask", "{d}/nope.npy"], "No such --mask file or store"),
         (["--ranks", "2", "--mask", "{d}/short.npy"], "The mask has shape (20, 18, 15)"),
-        (["--ranks", "2", "--mask", "{d}/int.npy"], "The mask must be boolean"),
+        (["--ranks", "2", "--mask", "{d}/int.npy"], "--mask must be boolean (True = observed)"),
         (["--ranks", "2", "--mask", "{d}/none.npy"], "no observed entry"),
         (["--ranks", "2", "--max-iter", "0"], "--max-iter must be an int in [1, inf]. Got 0."),
         (["--ranks", "2", "--tol", "-1"], "--tol must be a float in (0, inf). Got -1.0."),

@@ -122,7 +122,7 @@ def test_a_batch_outside_the_rows_is_refused_and_changes_nothing(client):
         (lambda I, J, K, Y: (I, J, K, np.where(np.arange(len(Y)) == 2, np.nan, Y)),
          "ScaledSGD.partial_fit: the value of sample 2 is nan, not finite"),
         (lambda I, J, K, Y: (I, J, Y), "ScaledSGD.partial_fit: loss='bpr' takes triplets"),
-        (lambda I, J, K, Y: (I - 5, J, K, Y), "ScaledSGD.partial_fit: a i index is negative"),
+        (lambda I, J, K, Y: (I - 5, J, K, Y), "ScaledSGD.partial_fit: the i indices include a negative value"),
     ],
 )  # fmt: skip
 def test_a_bad_streamed_batch_is_refused_and_changes_nothing(bad, match):

@@ -558,7 +558,7 @@ def _bad_calls(X, Y):
         ),
         "mask not boolean": (
             InputDataError,
-            "The mask must be boolean",
+            "The 'mask' parameter of from_array must be boolean",
             lambda: dict(T=X, mask=mask.astype(np.int8)),
         ),
         "mask with no observed entry": (

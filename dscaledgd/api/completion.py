@@ -23,12 +23,12 @@ from ._core import (
     as_observations,
     check_init,
     check_rank,
-    check_scale,
     collect_params,
     solve,
     warn_empty,
     zero_result,
 )
+from ._scale import check_values
 
 __all__ = ["complete", "complete_oracle", "reference_copy"]
 
@@ -288,8 +288,7 @@ def complete(
             )
         obs = obs.retile(square=True)
     warn_empty(obs.row_counts, obs.col_counts, symmetric)
-    check_scale(func, "the observed values", obs.value_norm2, obs.density)
-    if obs.value_norm2 == 0:
+    if check_values(func, "the observed values", obs, obs.value_norm2, obs.density, obs.nnz):
         params["_ids"] = {"row": obs.row_ids, "col": obs.col_ids}
         return zero_result(obs.shape, rank, params, func, validation)
     where = {"client": client, "address": address, "scheduler": scheduler}

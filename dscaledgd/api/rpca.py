@@ -14,17 +14,18 @@ from ..engine.rpca import RPCAEngine
 from ..exceptions import InputDataError, InvalidParameterError
 from ..problems.sparsify import SPARSIFIERS, Sparsifier, get_sparsifier
 from ..result import SolveResult
+from ..storage.coo import as_real_matrix, check_mask_dtype
 from ._core import (
     METHODS,
     check_init,
     check_rank,
-    check_scale,
     collect_params,
     finalize_blocks,
     solve,
     warn_empty,
     zero_result,
 )
+from ._scale import check_values
 
 __all__ = ["rpca"]
 
@@ -108,7 +109,9 @@ def rpca(
         missing and outliers planted at rate 0.05 before masking: ``alpha=0.05``
         stalls near residual 1e-2, ``alpha=0.075`` converges in 135 iterations.
     mask : array-like of bool, optional
-        ``True`` where observed (alternative to NaN). Infinite entries are
+        ``True`` where observed (alternative to NaN); a boolean dtype, as in
+        :meth:`~dscaledgd.Observations.from_dense` (an integer 0/1 mask is
+        refused: pass ``mask.astype(bool)``). Infinite entries are
         refused (``InputDataError``; for Dask input, checked block by block
         before the first iteration). A row or column with no observed entry
         gives a ``DataWarning``, as in :func:`dscaledgd.complete`; when every
@@ -175,8 +178,17 @@ def rpca(
             f"Y is a Dask array with unknown chunk sizes (shape {Y.shape}), as after boolean "
             "indexing. Call Y.compute_chunk_sizes() first (or Y.rechunk to known chunks)."
         )
+    if hasattr(Y, "dask"):
+        if np.dtype(Y.dtype).kind not in "biuf":
+            raise InputDataError(
+                f"The 'Y' parameter of rpca must hold real numbers; got a Dask array of dtype "
+                f"{Y.dtype}. Pass real numbers, with NaN marking missing entries."
+            )
+    else:
+        Y = as_real_matrix(Y, func, "Y")
     if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
+        mask = np.asarray(mask)
+        check_mask_dtype(mask, func)
         if mask.shape != tuple(Y.shape):
             raise InputDataError(f"The mask has shape {mask.shape} but Y has shape {Y.shape}.")
         Y = np.where(mask, np.asarray(Y, dtype=np.float64), np.nan)
@@ -210,8 +222,9 @@ def rpca(
         engine = RPCAEngine(Y, ex, sparsifier=sp, grid=grid)
         try:
             warn_empty(engine.row_counts, engine.col_counts)
-            check_scale(func, "the observed entries of Y", engine.value_norm2, engine.p)
-            if engine.value_norm2 == 0:  # every observed entry is 0: L Rᵀ = 0 and S = 0
+            what, nnz = "the observed entries of Y", int(np.sum(engine.row_counts))
+            if check_values(func, what, Y, engine.value_norm2, engine.p, nnz):
+                # every observed entry is exactly 0: L Rᵀ = 0 and S = 0
                 res = zero_result(shape, rank, params, func)
                 S = da.zeros(shape, chunks=Y.chunks if hasattr(Y, "chunks") else shape)
                 return dataclasses.replace(res, model=res.model.with_sparse(S))

@@ -12,17 +12,18 @@ from ..engine.sensing import SensingEngine
 from ..exceptions import InputDataError, InvalidParameterError
 from ..problems.sensing import as_operator, l1_error_estimate
 from ..result import SolveResult
+from ..storage.coo import as_real_matrix
 from ._core import (
     COMMON,
     LOSSES,
     METHODS,
     check_init,
     check_rank,
-    check_scale,
     collect_params,
     solve,
     zero_result,
 )
+from ._scale import check_values
 
 __all__ = ["sense"]
 
@@ -199,7 +200,7 @@ def sense(
     """
     func = "sense"
     op = as_operator(operator, shape)
-    y = np.asarray(y, dtype=np.float64)
+    y = as_real_matrix(y, func, "y").astype(np.float64, copy=False)
     if y.ndim != 1 or len(y) != op.m:
         raise InputDataError(
             f"The measurements y have shape {y.shape}, but the operator takes m={op.m} "
@@ -238,8 +239,8 @@ def sense(
         outlier_fraction=outlier_fraction,
     )
     with np.errstate(over="ignore"):
-        check_scale(func, "the measurements y", float(np.dot(y, y)))
-    if not y.any():
+        sumsq = float(np.dot(y, y))
+    if check_values(func, "the measurements y", y, sumsq, 1.0, len(y)):
         return zero_result(op.shape, rank, params, func)
     rng = resolve_rng(random_state)
     with executor_for(client, address=address, scheduler=scheduler) as ex:

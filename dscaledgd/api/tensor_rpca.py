@@ -17,6 +17,7 @@ from ..problems.spec import State
 from ..result import SolveResult
 from ..storage.tensors import TensorObservations
 from ._core import collect_params, solve
+from ._scale import check_values
 from .tucker import CACHES, _check_init, _initial_values, _warn_empty_slices, as_tensor, check_ranks
 
 __all__ = ["tensor_rpca"]
@@ -251,7 +252,7 @@ def tensor_rpca(
     if isinstance(init, str) and init != "spectral":
         check_choice(func, "init", init, ("spectral",))
     init = _check_init(func, init, ranks, T.shape)
-    if T.value_norm2 == 0:
+    if check_values(func, "the observed values", T, T.value_norm2, T.density, T.nnz):
         raise InputDataError(
             f"{func}: every observed value is 0, so the split is X = 0, S = 0. Check the data."
         )

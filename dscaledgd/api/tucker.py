@@ -16,12 +16,12 @@ from ..result import SolveResult
 from ..storage.tensors import TensorObservations
 from ._core import (
     METHODS,
-    check_scale,
     collect_params,
     refuse_auto,
     solve,
     warn_unobserved,
 )
+from ._scale import check_values
 
 __all__ = ["tucker_complete", "as_tensor", "check_ranks"]
 
@@ -249,8 +249,7 @@ def tucker_complete(
     params["init"] = init if isinstance(init, str) else "warm-start"
     params["ranks"] = list(ranks)
     _warn_empty_slices(T, func)
-    check_scale(func, "the observed values", T.value_norm2, T.density)
-    if T.value_norm2 == 0:
+    if check_values(func, "the observed values", T, T.value_norm2, T.density, T.nnz):
         raise InputDataError(
             f"{func}: every observed value is 0, so the fit is X = 0 and no Tucker factors "
             "are defined. Check the data (or the mask)."

@@ -215,7 +215,8 @@ def check_samples(func: str, samples, loss: str, n_rows=None, offset: int = 0):
             raise InputDataError(f"{func}: the {name} indices must be integers. Got {c.dtype}.")
         if np.any(c < 0):
             raise InputDataError(
-                f"{func}: a {name} index is negative ({int(c.min())}); indices start at 0."
+                f"{func}: the {name} indices include a negative value ({int(c.min())}); "
+                "indices start at 0."
             )
     d = int(max(int(c.max()) for c in idx)) + 1
     if n_rows is not None:

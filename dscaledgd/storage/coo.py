@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "as_real_matrix",
     "build_in_memory",
+    "check_mask_dtype",
     "check_shape",
     "check_size",
     "check_tiles",
@@ -219,17 +220,18 @@ def build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) -
         values=vals,
         row_counts=np.bincount(gr, minlength=shape[0]),
         col_counts=np.bincount(gc, minlength=shape[1]),
-        value_norm2=float(vals @ vals),
+        value_norm2=layout.sum_squares(vals),
     )
 
 
-def as_real_matrix(M) -> np.ndarray:
-    """``M`` as a real array; strings, ``None`` and other non-numbers are refused by name."""
+def as_real_matrix(M, func: str = "from_dense", name: str = "M") -> np.ndarray:
+    """``M`` as a real array; strings, ``None`` and other non-numbers are refused by name
+    (``name``, the parameter of ``func`` that holds it)."""
     try:
         arr = np.asarray(M)
     except ValueError as exc:  # ragged nested lists
         raise InputDataError(
-            f"The 'M' parameter of from_dense is not a rectangular array ({exc}). Pass a 2-D "
+            f"The {name!r} parameter of {func} is not a rectangular array ({exc}). Pass a 2-D "
             "array of numbers."
         ) from None
     if arr.dtype.kind in "biuf":
@@ -242,14 +244,37 @@ def as_real_matrix(M) -> np.ndarray:
             return arr.astype(np.float64)
         where = np.unravel_index(k, arr.shape) if arr.ndim else ()
         raise InputDataError(
-            f"The 'M' parameter of from_dense has dtype object and M[{', '.join(map(str, where))}]"
-            f" = {flat[k]!r} is not a real number. {fix}."
+            f"The {name!r} parameter of {func} has dtype object and "
+            f"{name}[{', '.join(map(str, where))}] = {flat[k]!r} is not a real number. {fix}"
+            f"{_frame_hint(M)}."
         )
     raise InputDataError(
-        f"The 'M' parameter of from_dense must hold real numbers; got dtype {arr.dtype} "
+        f"The {name!r} parameter of {func} must hold real numbers; got dtype {arr.dtype} "
         f"({'strings' if arr.dtype.kind in 'US' else 'not real numbers'}). {fix}; parse "
-        "text first (e.g. M.astype(float)), or read a table with Observations.from_csv."
+        f"text first (e.g. {name}.astype(float)), or read a table with Observations.from_csv."
     )
+
+
+def _frame_hint(M) -> str:
+    """For a pandas DataFrame with non-numeric columns: the hint to drop them."""
+    dtypes = getattr(M, "dtypes", None)
+    if dtypes is None or not hasattr(dtypes, "items"):
+        return ""
+    bad = [str(c) for c, t in dtypes.items() if getattr(t, "kind", "O") not in "biuf"]
+    if not bad:
+        return ""
+    return f" (non-numeric DataFrame columns: {', '.join(map(repr, bad[:5]))}; drop them)"
+
+
+def check_mask_dtype(mask, func: str) -> None:
+    """Refuse a mask that is not boolean: ``1``/``0``, weights or counts are not guessed at."""
+    dtype = np.dtype(mask.dtype)
+    if dtype.kind != "b":
+        raise InputDataError(
+            f"The 'mask' parameter of {func} must be boolean (True = observed); got dtype "
+            f"{dtype}. Convert it with mask.astype(bool) after checking it holds only 0 and 1 "
+            "(or pass mask != 0)."
+        )
 
 
 def _is_real(x) -> bool:

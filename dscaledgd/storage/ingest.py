@@ -37,6 +37,7 @@ import numpy as np
 
 from ..exceptions import InputDataError
 from . import layout, merge
+from .coo import check_mask_dtype
 from .layout import CHUNK
 
 __all__ = ["coo_from_dask", "dense_from_dask", "ingest_chunks"]
@@ -494,6 +495,7 @@ def _dense_producers(M, mask):
     _check_known_chunks(M, "M")
     if mask is not None:
         mask = da.asarray(mask)
+        check_mask_dtype(mask, "from_dense")
         _check_known_chunks(mask, "mask")
         if mask.shape != M.shape:
             raise InputDataError(

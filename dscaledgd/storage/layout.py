@@ -63,6 +63,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ..exceptions import InputDataError
+
 __all__ = [
     "band_width",
     "CHUNK",
@@ -389,6 +391,29 @@ def meta_digest(meta: dict, tile_ptr) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def sum_squares(values) -> float:
+    """``Σ v²`` of float64 values; ``inf``, without a ``RuntimeWarning``, when it overflows
+    float64: the data is kept, and the solvers refuse it up front with a message that names
+    the scale (``dscaledgd.api._core.check_scale``)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    with np.errstate(over="ignore"):
+        return float(v @ v)
+
+
+def storable_norm2(value_norm2: float) -> float:
+    """``value_norm2`` for a store's attrs; an overflowed (``inf``) one is refused here,
+    before anything is written, rather than read back later as corrupt metadata."""
+    v2 = float(value_norm2)
+    if not np.isfinite(v2):
+        raise InputDataError(
+            "The sum of squares of the observed values overflows float64 (values near "
+            f"{np.sqrt(np.finfo(float).max):.0e} or larger), so a store cannot record it "
+            "('value_norm2') and no solver can fit them. Rescale the data (divide it by a "
+            "constant) and write it again."
+        )
+    return v2
+
+
 def core_attrs(*, shape, nnz, row_bounds, col_bounds, value_norm2, tile_ptr, store_id=None) -> dict:
     """The core ``attrs["dscaledgd"]`` of an Observations store, with identity and digest.
 
@@ -405,7 +430,7 @@ def core_attrs(*, shape, nnz, row_bounds, col_bounds, value_norm2, tile_ptr, sto
         "nnz": int(nnz),
         "row_bounds": [int(x) for x in row_bounds],
         "col_bounds": [int(x) for x in col_bounds],
-        "value_norm2": float(value_norm2),
+        "value_norm2": storable_norm2(value_norm2),
         "store_id": store_id or new_store_id(),
     }
     meta["digest"] = meta_digest(meta, tile_ptr)

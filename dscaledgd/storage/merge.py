@@ -466,7 +466,7 @@ def tile_task(scratch, specs, shape, band, policy, budget, every, out=None):
     def write(key, v):
         lr, lc = decode_key(key, h, band)
         info["n"] += len(v)
-        info["sumsq"] += float(v @ v)
+        info["sumsq"] += layout.sum_squares(v)
         info["rows"] += np.bincount(lr, minlength=h)
         info["cols"] += np.bincount(lc, minlength=w)
         writer.push(lr, lc, v)

@@ -15,7 +15,7 @@ from .._version import __version__
 from ..exceptions import InputDataError, InvalidParameterError
 from . import integrity, layout
 from .chunks import StoreBacked
-from .coo import as_real_matrix, build_in_memory, check_tiles
+from .coo import as_real_matrix, build_in_memory, check_mask_dtype, check_tiles
 from .layout import CHUNK
 
 __all__ = ["Observations"]
@@ -306,7 +306,9 @@ class Observations(StoreBacked):
             NumPy or Dask array.
         mask : array-like of bool, shape (n1, n2), optional
             ``True`` where observed. When given, NaN inside the mask is an
-            error; entries outside the mask are ignored.
+            error; entries outside the mask are ignored. It must have a
+            boolean dtype, as in :meth:`TensorObservations.from_array`: an
+            integer 0/1 mask is refused (pass ``mask.astype(bool)``).
         tiles, **kwargs
             Passed to :meth:`from_coo` (``path``, ``overwrite``). A Dask ``M``
             is imported block by block without being gathered.
@@ -331,7 +333,8 @@ class Observations(StoreBacked):
             obs_mask = ~np.isnan(M.astype(np.float64, copy=False))
             bad = np.isinf(M) & obs_mask
         else:
-            obs_mask = np.asarray(mask, dtype=bool)
+            obs_mask = np.asarray(mask)
+            check_mask_dtype(obs_mask, "from_dense")
             if obs_mask.shape != M.shape:
                 raise InputDataError(
                     f"The mask has shape {obs_mask.shape} but M has shape {M.shape}; they "
@@ -549,7 +552,7 @@ class Observations(StoreBacked):
             values=v,
             row_counts=np.bincount(gr, minlength=self.shape[0]),
             col_counts=np.bincount(gc, minlength=self.shape[1]),
-            value_norm2=float(v @ v),
+            value_norm2=layout.sum_squares(v),
             attrs=self.attrs,
             row_ids=self.row_ids,
             col_ids=self.col_ids,

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..exceptions import DataWarning, InputDataError, InvalidParameterError
 from .chunk_formats import coo_to_dense
+from .coo import check_mask_dtype
 from .tensor_store import ChunkRef, Grid, load_chunk, no_observed_entry
 
 
@@ -106,11 +107,8 @@ class _Source:
                 f"The mask has shape {tuple(m.shape)} but X has shape {self.shape}; they must "
                 "match."
             )
-        if m is not None and np.dtype(m.dtype).kind != "b":
-            raise InputDataError(
-                f"The mask must be boolean (True = observed); got dtype {m.dtype}. Convert it "
-                "with mask.astype(bool) after checking it holds only 0 and 1."
-            )
+        if m is not None:
+            check_mask_dtype(m, "from_array")
         if self.dtype != np.float64:
             warnings.warn(
                 f"X has dtype {self.dtype}; it is converted to float64 and computed in float64.",

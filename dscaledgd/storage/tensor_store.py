@@ -195,7 +195,7 @@ def _chunk_stats(chunk, counts, offset) -> tuple[int, float]:
         index, v, shape = chunk
         for k, (cnt, o) in enumerate(zip(counts, offset)):
             cnt[o : o + shape[k]] += np.bincount(index[:, k], minlength=shape[k])
-    return len(v), float(v @ v)
+    return len(v), layout.sum_squares(v)
 
 
 # ------------------------------------------------------------------ write
@@ -292,7 +292,7 @@ def write_store(path, overwrite, grid, layout_, chunk_iter, *, nnz_bound, source
             "shape": list(grid.shape),
             "chunk_shape": list(grid.chunk_shape),
             "nnz": int(stats["chunk_ptr"][-1]),
-            "value_norm2": stats["value_norm2"],
+            "value_norm2": layout.storable_norm2(stats["value_norm2"]),
             "source_dtype": str(source_dtype),
             "dims": None if dims is None else [str(x) for x in dims],
             "store_id": layout.new_store_id(),

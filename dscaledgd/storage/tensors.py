@@ -229,7 +229,9 @@ class TensorObservations(StoreBacked):
             Integer and float32 data are converted to float64 (DataWarning).
         mask : array-like of bool, optional
             ``True`` where observed (NumPy, Dask or a path). Values outside the
-            mask are ignored; inside it they must be finite.
+            mask are ignored; inside it they must be finite. It must have a
+            boolean dtype, as in :meth:`Observations.from_dense`: an integer 0/1
+            mask is refused (pass ``mask.astype(bool)``).
         chunks : int or tuple, optional
             A regular grid: one size for all modes, a size per mode (``-1``:
             the whole mode) or Dask-style per-mode tuples. Default: a Dask

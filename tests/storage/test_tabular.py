@@ -142,7 +142,7 @@ def test_cli_import_csv(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert out.returncode == 1 and "needs --col, --value" in out.stderr
+    assert out.returncode == 2 and "needs --col, --value" in out.stderr  # a usage error
 
 
 def test_load_movielens_from_shared_data():

@@ -294,7 +294,7 @@ def _no_output(tmp_path) -> None:
 
 BAD_ARRAYS = [
     (lambda X: (X, np.ones((4, 5, 5), bool)), InputDataError, r"mask has shape \(4, 5, 5\)"),
-    (lambda X: (X, np.ones(X.shape, int)), InputDataError, "mask must be boolean"),
+    (lambda X: (X, np.ones(X.shape, int)), InputDataError, "mask. parameter of from_array must be"),
     (lambda X: (np.full(X.shape, np.nan), None), InputDataError, "no observed entry"),
     (lambda X: (X, np.zeros(X.shape, bool)), InputDataError, "no observed entry"),
     (lambda X: (_set(X, (3, 4, 5), np.inf), None), InputDataError, r"X\[3, 4, 5\] = inf"),
