@@ -389,12 +389,28 @@ def main(argv: list[str] | None = None) -> int:
             code = _run(parser, args)
         sys.stdout.flush()  # a reader that left (`| head`) shows here, not at exit
         return code
-    except BrokenPipeError:  # the Python docs' "Note on SIGPIPE": stop quietly
-        _stdout_to_devnull()
+    except BrokenPipeError as exc:
+        if not _stdout_closed():  # a pipe to something else (a subprocess, a socket)
+            print(f"dscaledgd {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+        _stdout_to_devnull()  # the Python docs' "Note on SIGPIPE": stop quietly
         return 1
     finally:
         warnings.showwarning = shown
         CLI_ARGV.reset(argv_token)
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (`| head`): the pipe's write end reports an
+    error or a hang-up to ``poll``."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or not a file: assume it is
+        return True
 
 
 def _stdout_to_devnull() -> None:
@@ -416,7 +432,8 @@ def _configure_logging(args) -> None:
     import dask
 
     level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # force: `resume DIR -v` configures again, from the run's own command line
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     dask.config.set({"logging.distributed": "info" if args.verbose else "warning"})
     if args.verbose:
         logging.getLogger("distributed").setLevel(logging.INFO)

@@ -3,8 +3,8 @@
 ``dscaledgd import`` builds an Observations store with id maps; ``split`` cuts it
 into train and test stores that share those maps (so ``evaluate`` and ``predict`` by
 original ids work on both); ``complete`` runs the fit the README runs in Python
-(ridge, centring, validation early stopping); ``predict`` (:mod:`.cli_predict`)
-writes predictions for pairs of original ids to CSV or Parquet.
+(ridge, centring, validation early stopping). ``predict`` lives in
+:mod:`.cli_predict` (matrix and Tucker results).
 """
 
 from __future__ import annotations

@@ -219,6 +219,7 @@ def _predict_matrix(args, model):
     need = "it needs two id columns (a row id and a column id)"
     table = _read(args.pairs, [("--row", args.row), ("--col", args.col)], need)
     by, cold = args.by or "id", args.cold_start or "nan"
+    ids = getattr(model, "ids", {}) or {}
     if by == "index":
         if args.cold_start is not None:
             raise ValueError(
@@ -227,14 +228,12 @@ def _predict_matrix(args, model):
                 "--cold-start."
             )
         n1, n2 = (int(n) for n in model.shape)
-        ids = getattr(model, "ids", {}) or {}
         fix = "check the columns"
         if ids.get("row") is not None:
             fix += ", or pass --by id for original ids"
         rows = _indices(table, 0, n1, "rows of the fit", fix)
         cols = _indices(table, 1, n2, "columns of the fit", fix)
     else:
-        ids = getattr(model, "ids", {}) or {}
         if ids.get("row") is None or ids.get("col") is None:
             raise ValueError(
                 f"RES.zarr {args.result!r} has no original ids: it was fitted on observations "

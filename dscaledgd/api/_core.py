@@ -27,7 +27,7 @@ from .._validation import (
     validate_params,
 )
 from ..engine.cluster import SCHEDULERS
-from ..exceptions import DataWarning, InputDataError, InvalidParameterError
+from ..exceptions import DataWarning, InputDataError, InvalidParameterError, user_stacklevel
 from ..model_selection import is_auto
 from ..result import HISTORY_KEYS, SolveResult
 from ..solvers import init as inits
@@ -173,17 +173,18 @@ def check_scale(func: str, what: str, sumsq: float, p: float = 1.0) -> None:
         )
 
 
-def warn_empty(row_counts, col_counts, symmetric: bool = False, stacklevel: int = 3):
+def warn_empty(row_counts, col_counts, symmetric: bool = False):
     """The ``DataWarning`` for rows/columns without observations (their factor rows stay 0)."""
     named = [("rows", row_counts), ("columns", col_counts)]
     if symmetric:
         named = [("rows/columns", row_counts + col_counts)]
     note = "Their factor rows stay at zero, so the completed matrix is 0 there."
-    warn_unobserved(named, note, stacklevel)
+    warn_unobserved(named, note)
 
 
-def warn_unobserved(named, note: str, stacklevel: int = 3) -> None:
-    """One ``DataWarning`` per ``(name, counts)`` with a zero count: how many, the first."""
+def warn_unobserved(named, note: str) -> None:
+    """One ``DataWarning`` per ``(name, counts)`` with a zero count: how many, the first
+    (at the user's line, however deep the call)."""
     for name, counts in named:
         empty = np.flatnonzero(np.asarray(counts) == 0)
         if len(empty):
@@ -191,7 +192,7 @@ def warn_unobserved(named, note: str, stacklevel: int = 3) -> None:
                 f"{len(empty)} of {len(counts)} {name} have no observations (first: "
                 f"{int(empty[0])}). {note}",
                 DataWarning,
-                stacklevel=stacklevel + 1,
+                stacklevel=user_stacklevel(),
             )
 
 
@@ -378,11 +379,14 @@ def choose_rule(params: dict, damping: float, spec, sigma1: float = 1.0):
         return FixedStep(spec.default_eta, damping)
     if spec.default_rule == "guarded":
         return guarded(spec.default_eta, damping)
+    # the edge shrink and the stagnation restore watch the data loss: not with a ridge,
+    # whose penalty the loss carries but the measured step curvature does not
+    plain = not np.any(np.asarray(params.get("reg", 0.0)) > 0)
     return AdaptiveStep(
         eta=spec.default_eta,
         damping=damping,
-        patience=spec.stagnation_patience,
-        edge_window=spec.edge_window,
+        patience=spec.stagnation_patience if plain else None,
+        edge_window=spec.edge_window if plain else None,
     )
 
 
@@ -473,7 +477,7 @@ def _solve(engine, rank, rng, params, desc, initial, make_model) -> SolveResult:
             "from the small random start may overshoot. Raise damping, or leave it at None "
             "for the default (a fraction of the smallest of the rank spectral values).",
             DataWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     rule = choose_rule(params, damping, engine.spec, sigma1)
     cfg = LoopConfig(

@@ -185,7 +185,7 @@ def rpca(
                 f"{Y.dtype}. Pass real numbers, with NaN marking missing entries."
             )
     else:
-        Y = as_real_matrix(Y, func, "Y")
+        Y = as_real_matrix(Y, func, "Y", table=False)
     if mask is not None:
         mask = np.asarray(mask)
         check_mask_dtype(mask, func)

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from ..exceptions import ConvergenceWarning
+from ..exceptions import ConvergenceWarning, user_stacklevel
 from ..model_selection import Trial, successive_halving
 from ..problems.sparsify import AdaptiveThreshold, FixedFraction
 
@@ -78,9 +78,9 @@ def tune_sparsifier(rpca, Y, rank: int, kind: str, kw: dict, where: dict):
         key = (w.category, str(w.message))
         if not issubclass(w.category, ConvergenceWarning) and key not in seen:
             seen.add(key)
-            warnings.warn(w.message, stacklevel=4)
+            warnings.warn(w.message, stacklevel=user_stacklevel())
     if res.status in ("max_iter", "diverged"):
-        warnings.warn(f"rpca: {res.message}", ConvergenceWarning, stacklevel=4)
+        warnings.warn(f"rpca: {res.message}", ConvergenceWarning, stacklevel=user_stacklevel())
     res.info["tuning"] = {
         "criterion": "sum |Y - L R^T| / sum |Y| over the observed entries",
         "parameter": name,

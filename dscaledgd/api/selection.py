@@ -28,7 +28,7 @@ import numpy as np
 
 from .._validation import resolve_rng
 from ..engine.cluster import executor_for
-from ..exceptions import ConvergenceWarning, InvalidParameterError
+from ..exceptions import ConvergenceWarning, InvalidParameterError, user_stacklevel
 from ..model_selection import Trial, grid, successive_halving
 from .completion import fit_on, make_engine, reference_copy
 
@@ -273,6 +273,6 @@ def reissue(caught, res, func: str = "complete", winner_only=()) -> None:
         key = (w.category, str(w.message))
         if key not in seen:
             seen.add(key)
-            warnings.warn(w.message, stacklevel=4)
+            warnings.warn(w.message, stacklevel=user_stacklevel())
     if res.status in ("max_iter", "diverged"):
-        warnings.warn(f"{func}: {res.message}", ConvergenceWarning, stacklevel=4)
+        warnings.warn(f"{func}: {res.message}", ConvergenceWarning, stacklevel=user_stacklevel())

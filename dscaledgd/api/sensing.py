@@ -200,7 +200,8 @@ def sense(
     """
     func = "sense"
     op = as_operator(operator, shape)
-    y = as_real_matrix(y, func, "y").astype(np.float64, copy=False)
+    y = as_real_matrix(y, func, "y", kind="1-D array", missing=False, table=False)
+    y = y.astype(np.float64, copy=False)
     if y.ndim != 1 or len(y) != op.m:
         raise InputDataError(
             f"The measurements y have shape {y.shape}, but the operator takes m={op.m} "

@@ -11,7 +11,7 @@ import numpy as np
 from .._validation import NONE, Interval, check_choice, check_param, resolve_rng
 from ..engine.cluster import executor_for
 from ..engine.tensor_rpca import TensorRPCAEngine
-from ..exceptions import DataWarning, InputDataError, InvalidParameterError
+from ..exceptions import DataWarning, InputDataError, InvalidParameterError, user_stacklevel
 from ..problems import tensor_rpca as trp
 from ..problems.spec import State
 from ..result import SolveResult
@@ -330,11 +330,11 @@ def fit_on(engine: TensorRPCAEngine, T, ranks, init, params: dict, rng, func="te
     res.info["threshold"] = {**th, "zeta_returned": zeta}
     for key in ("sparse_fraction", "unexplained_fraction"):
         res.info[key] = float(res.history[key][k])
-    warn_unexplained(res, ranks, func, stacklevel=4)
+    warn_unexplained(res, ranks, func)
     return dataclasses.replace(res, model=_with_sparse(res.model, T, zeta))
 
 
-def warn_unexplained(res, ranks, func: str, stacklevel: int) -> None:
+def warn_unexplained(res, ranks, func: str) -> None:
     """The ``DataWarning`` of a fit that leaves most entries unexplained."""
     frac = res.info["unexplained_fraction"]
     if frac > DENSE_FRACTION:
@@ -344,7 +344,7 @@ def warn_unexplained(res, ranks, func: str, stacklevel: int) -> None:
             f"corruption is too dense, the ranks {ranks} too small, or the noise too large "
             "for a low-rank + sparse split to mean anything. Raise the ranks or check the data.",
             DataWarning,
-            stacklevel=stacklevel,
+            stacklevel=user_stacklevel(),
         )
 
 

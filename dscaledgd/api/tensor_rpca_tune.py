@@ -186,7 +186,7 @@ def tune_tensor_rpca(T, ranks, init, validation, params: dict, tune: str, where:
     res = sel.result
     adaptive = params["sparsifier"] == "adaptive"
     reissue(caught, res, func, winner_only=("unexplained",))
-    warn_unexplained(res, ranks, func, stacklevel=4)
+    warn_unexplained(res, ranks, func)
     th = res.info["threshold"]
     res.info["tuning"] = {
         "method": "successive_halving",

@@ -141,7 +141,7 @@ def _warn_empty_slices(T: TensorObservations, func: str) -> None:
         f"{func}: their factor rows get no gradient, so the completed tensor there comes "
         "from the initialisation only."
     )
-    warn_unobserved(named, note, stacklevel=3)
+    warn_unobserved(named, note)
 
 
 def tucker_complete(

@@ -141,7 +141,7 @@ def run(
         """``(step, P, update)`` of the proposed ``step`` from ``cur``; raises
         GramSolveError."""
         P = precond.matrices(cur.stats, step, ridge=cfg.reg)
-        step = rule.scale(cur.stats, step, P)  # step sizes that need P (ScaledSM)
+        step = rule.scale(cur.stats, step, P)  # step sizes that need P (ScaledSM, Polyak)
         return step, P, make_update(precond, P, cur.stats, cur.state, step, cfg.reg)
 
     try:
@@ -275,20 +275,24 @@ def run(
                     f"{what} stall_tol={cfg.stall_tol:g} for {cfg.patience} iterations; "
                     f"relative residual {cur.stats.residual:.3g}"
                 )
-            stuck = rule.stagnant(cur.stats.loss, best.stats.loss, improved)
-            if stuck is not None and status is None and rule.recover():
+            acted = None  # the rule's look at this step (an edge shrink, a stagnation restore)
+            if status is None and n_iter < cfg.max_iter:
+                acted = rule.accepted(prev.stats, cur.stats, step, P, best.stats.loss, improved)
+            if acted is not None and (acted[0] == "shrunk" or rule.recover()):
+                restore = acted[0] == "restore"
                 drv.event(
                     {
                         "iteration": n_iter,
-                        "event": "restored",
-                        "reason": stuck,
-                        "step_size": step.eta,
+                        "event": "restored" if restore else "step_shrunk",
+                        "reason": acted[1],
+                        "step_size": step.eta if restore else rule.eta,
                         "passes": drv.passes,
                     }
                 )
-                logger.info("stagnation at iteration %d (%s)", n_iter, stuck)
-                cur, quiet = best, 0  # the best accepted iterate and its gradient
-                continue
+                logger.info("%s at iteration %d (%s)", acted[0], n_iter, acted[1])
+                if restore:
+                    cur, quiet = best, 0  # the best accepted iterate and its gradient
+                    continue
             if reseed is not None and status is None and n_iter < cfg.max_iter:
                 # (never at the last iteration: a fresh re-seed would be what is returned)
                 due = checkpoint is not None and checkpoint.due(n_iter, cfg.max_iter)

@@ -24,7 +24,7 @@ behind it. No dask import here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
@@ -223,10 +223,11 @@ class StepRule:
     ``propose(stats)`` gives the step before the preconditioner is known,
     ``scale(stats, step, P)`` may set ``η`` from it (ScaledSM), ``recover()``
     after a guard restore says whether to go on (``False``: the run ends
-    ``"diverged"``). ``loss_blowup`` and ``norm_blowup`` are the guard's
-    thresholds, ``stall_on_step`` makes the stall rule watch the relative
-    step instead of the loss, and ``c`` is the adaptive damping's constant
-    (0 when there is none; the re-seed uses it).
+    ``"diverged"``), ``accepted(...)`` sees each accepted step (the adaptive
+    rule's stability-edge shrink and stagnation restore). ``loss_blowup`` and
+    ``norm_blowup`` are the guard's thresholds, ``stall_on_step`` makes the
+    stall rule watch the relative step instead of the loss, and ``c`` is the
+    adaptive damping's constant (0 when there is none; the re-seed uses it).
     """
 
     name = "rule"
@@ -250,9 +251,11 @@ class StepRule:
     def recover(self) -> bool:
         return False
 
-    def stagnant(self, loss: float, best_loss: float, improved: bool) -> str | None:
-        """After each accepted iteration: a reason to restore the best iterate, or
-        ``None``. Only :class:`AdaptiveStep` with a ``patience`` gives one."""
+    def accepted(self, prev, cur, step: Step, P: list, best_loss: float, improved: bool):
+        """After each accepted step from ``prev`` to ``cur`` (their stats, the step and
+        its preconditioners ``P``): ``None``, ``("shrunk", reason)`` when the rule has
+        shrunk its step, or ``("restore", reason)`` to restore the best iterate. Only
+        :class:`AdaptiveStep` with ``edge_window`` or ``patience`` acts."""
         return None
 
 
@@ -320,8 +323,9 @@ class AdaptiveStep(StepRule):
     patience : int or None, default None
         Stagnation restore (the problem's ``stagnation_patience``; 30 on
         completion): when ``patience`` iterations in a row bring no new best
-        loss and the loss sits more than ``rise_tol`` (1%) above the best, the
-        loop restores the best iterate and recovers as after a guard restore.
+        loss while the loss sits more than ``rise_tol`` (1%) above the best, the
+        loop restores the best iterate and recovers as after a guard restore
+        (never at the last iteration, nor once ``max_restores`` are spent).
         On small, sparsely sampled completion instances ``η = 0.7`` can settle
         into a cycle or a slow drift at the edge of stability, with the loss
         10-15x (or only 10%) above its best and far below the initial loss,
@@ -337,7 +341,14 @@ class AdaptiveStep(StepRule):
         ``η c → 1 + q`` for a contraction ``q`` near 1; healthy runs settle at
         0.3-0.5. After ``edge_window`` iterations in a row with ``η c >
         edge_level`` (1.8), ``η`` shrinks by ``eta_shrink`` (not below
-        ``eta_min``), without a restore: the iterate is good, only slow.
+        ``eta_min``), without a restore: the iterate is good, only slow. The
+        loop records it as a ``"step_shrunk"`` event. Measured on accepted
+        steps only (:meth:`accepted`, from the point the step left), so a
+        re-seed or a restore is never read as a step.
+
+    With a ridge (``reg > 0``) both are left off by ``complete``: the loss
+    carries the penalty but ``S`` only the data gradient, so ``η c`` reads 2
+    at the regularised optimum.
     """
 
     name = "adaptive"
@@ -364,28 +375,11 @@ class AdaptiveStep(StepRule):
         self.max_restores = max_restores
         self.patience, self.rise_tol, self.since_best = patience, float(rise_tol), 0
         self.edge_window, self.edge_level = edge_window, float(edge_level)
-        self.at_edge, self.last = 0, None
+        self.at_edge = 0
 
     def start(self, stats) -> None:
         self.eta, self.c, self.restores, self.since_best = self.eta0, self.c0, 0, 0
-        self.at_edge, self.last = 0, None
-
-    def scale(self, stats, step: Step, P: list) -> Step:
-        """The stability-edge shrink (``edge_window``): ``η c`` of the last step from the
-        loss it reached; ``last`` = (loss, S, η) of the previous call."""
-        if self.edge_window is None:
-            return step
-        last, loss = self.last, float(stats.loss)
-        if last is not None and last[1] > 0:
-            f0, s0, eta0 = last
-            edge = 2.0 * (loss - f0 + eta0 * s0) / (eta0 * s0)
-            self.at_edge = self.at_edge + 1 if edge > self.edge_level else 0
-            if self.at_edge >= self.edge_window and self.eta > self.eta_min:
-                self.eta = max(self.eta_min, self.eta * self.eta_shrink)
-                self.at_edge = 0
-                step = replace(step, eta=self.eta)
-        self.last = (loss, scaled_grad_norm2(stats, P), float(step.eta))
-        return step
+        self.at_edge = 0
 
     def propose(self, stats) -> Step:
         mu = self.c**2 * stats.err2 if self.c > 0 else 0.0
@@ -393,23 +387,35 @@ class AdaptiveStep(StepRule):
 
     def recover(self) -> bool:
         self.restores += 1
-        self.at_edge, self.last = 0, None  # the next step starts from a restored point
+        self.at_edge = 0  # the next step starts from a restored point
         if self.restores > self.max_restores:
             return False
         self.c = self.c * self.c_growth if self.c > 0 else 0.0
         self.eta = max(self.eta_min, self.eta * self.eta_shrink)
         return True
 
-    def stagnant(self, loss: float, best_loss: float, improved: bool) -> str | None:
-        self.since_best = 0 if improved else self.since_best + 1
-        if self.patience is None or self.since_best < self.patience:
+    def accepted(self, prev, cur, step: Step, P: list, best_loss: float, improved: bool):
+        if self.edge_window is not None:
+            s0 = scaled_grad_norm2(prev, P)  # the step's first-order decrease is η s0
+            edge = 2.0 * (cur.loss - prev.loss + step.eta * s0) / (step.eta * s0) if s0 > 0 else 0.0
+            self.at_edge = self.at_edge + 1 if edge > self.edge_level else 0
+            if self.at_edge >= self.edge_window and self.eta > self.eta_min:
+                old, self.at_edge = self.eta, 0
+                self.eta = max(self.eta_min, self.eta * self.eta_shrink)
+                return "shrunk", (
+                    f"{self.edge_window} steps in a row with eta*c > {self.edge_level:g} "
+                    f"(the stability edge; last {edge:.3g}): step {old:g} -> {self.eta:g}"
+                )
+        if self.patience is None:
             return None
-        if loss <= (1.0 + self.rise_tol) * best_loss:
+        above = cur.loss > (1.0 + self.rise_tol) * best_loss
+        self.since_best = self.since_best + 1 if above and not improved else 0
+        if self.since_best < self.patience or self.restores >= self.max_restores:
             return None
         self.since_best = 0
-        return (
-            f"no new best loss for {self.patience} iterations; loss {loss:.3g} > "
-            f"{1 + self.rise_tol:g} x best {best_loss:.3g}"
+        return "restore", (
+            f"no new best loss for {self.patience} iterations, the loss more than "
+            f"{self.rise_tol:.0%} above the best (loss {cur.loss:.3g}, best {best_loss:.3g})"
         )
 
 

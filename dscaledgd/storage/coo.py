@@ -224,19 +224,33 @@ def build_in_memory(rows, cols, values, shape, tiles, duplicates, bounds=None) -
     )
 
 
-def as_real_matrix(M, func: str = "from_dense", name: str = "M") -> np.ndarray:
+def as_real_matrix(
+    M,
+    func: str = "from_dense",
+    name: str = "M",
+    *,
+    kind: str = "2-D array",
+    missing=True,
+    table=True,
+) -> np.ndarray:
     """``M`` as a real array; strings, ``None`` and other non-numbers are refused by name
-    (``name``, the parameter of ``func`` that holds it)."""
+    (``name``, the parameter of ``func`` that holds it). ``kind`` is what it should be,
+    ``missing`` whether NaN marks missing entries there, ``table`` whether to point at
+    ``Observations.from_csv``."""
     try:
         arr = np.asarray(M)
     except ValueError as exc:  # ragged nested lists
         raise InputDataError(
-            f"The {name!r} parameter of {func} is not a rectangular array ({exc}). Pass a 2-D "
-            "array of numbers."
+            f"The {name!r} parameter of {func} is not a rectangular array ({exc}). Pass a "
+            f"{kind} of numbers."
         ) from None
     if arr.dtype.kind in "biuf":
         return arr
-    fix = "Pass real numbers, with NaN (not None or '') marking missing entries"
+    fix = (
+        "Pass real numbers, with NaN (not None or '') marking missing entries"
+        if missing
+        else "Pass real numbers only (no None, '' or NaN)"
+    )
     if arr.dtype.kind == "O":  # per element: numpy would turn None into NaN silently
         flat = arr.ravel()
         k = next((k for k, x in enumerate(flat) if not _is_real(x)), None)
@@ -248,10 +262,11 @@ def as_real_matrix(M, func: str = "from_dense", name: str = "M") -> np.ndarray:
             f"{name}[{', '.join(map(str, where))}] = {flat[k]!r} is not a real number. {fix}"
             f"{_frame_hint(M)}."
         )
+    how = ", or read a table with Observations.from_csv" if table else ""
     raise InputDataError(
         f"The {name!r} parameter of {func} must hold real numbers; got dtype {arr.dtype} "
         f"({'strings' if arr.dtype.kind in 'US' else 'not real numbers'}). {fix}; parse "
-        f"text first (e.g. {name}.astype(float)), or read a table with Observations.from_csv."
+        f"text first (e.g. {name}.astype(float)){how}."
     )
 
 

@@ -394,7 +394,7 @@ def meta_digest(meta: dict, tile_ptr) -> str:
 def sum_squares(values) -> float:
     """``Σ v²`` of float64 values; ``inf``, without a ``RuntimeWarning``, when it overflows
     float64: the data is kept, and the solvers refuse it up front with a message that names
-    the scale (``dscaledgd.api._core.check_scale``)."""
+    the scale (``dscaledgd.api._scale.check_values``)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     with np.errstate(over="ignore"):
         return float(v @ v)

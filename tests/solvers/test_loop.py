@@ -269,6 +269,7 @@ def test_convergence_warning_points_at_the_callers_line():
         lambda: dsg.complete(obs, 3, max_iter=2, progress=False),
         lambda: dsg.MatrixCompletion(rank=3, max_iter=2, progress=False).fit(obs),
         lambda: dsg.tucker_complete(T, (2, 2, 2), max_iter=2, progress=False),
+        lambda: dsg.MatrixCompletion(rank="auto", max_iter=3, progress=False).fit(obs),
     ]
     for call in calls:
         with pytest.warns(ConvergenceWarning) as rec:
