@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 
 import dask.array as da
 import numpy as np
@@ -185,3 +186,33 @@ def test_info_into_a_closed_pipe_stops_quietly():
     finally:
         os.close(w)
     assert out.stderr == "" and out.returncode == 1
+
+
+def test_a_broken_pipe_elsewhere_is_reported(monkeypatch, capfd):
+    """Only stdout's own broken pipe is quiet: one to a subprocess or a socket is an error."""
+    from dscaledgd import cli
+
+    def broken(parser, args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_run", broken)
+    assert cli.main(["info"]) == 1
+    assert "dscaledgd info: error: [Errno 32] Broken pipe" in capfd.readouterr().err
+
+
+def test_verbose_after_the_subcommand_reconfigures_logging():
+    """`resume DIR -v` configures logging a second time, from the run's own command line."""
+    import logging
+
+    from dscaledgd import cli
+
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        cli._configure_logging(types.SimpleNamespace(verbose=False))
+        assert not logging.getLogger("dscaledgd").isEnabledFor(logging.INFO)
+        cli._configure_logging(types.SimpleNamespace(verbose=True))
+        assert logging.getLogger("dscaledgd").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
