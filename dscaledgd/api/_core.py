@@ -27,7 +27,7 @@ from .._validation import (
     validate_params,
 )
 from ..engine.cluster import SCHEDULERS
-from ..exceptions import DataWarning, InputDataError, InvalidParameterError, user_stacklevel
+from ..exceptions import DataWarning, InvalidParameterError, user_stacklevel
 from ..model_selection import is_auto
 from ..result import HISTORY_KEYS, SolveResult
 from ..solvers import init as inits
@@ -44,7 +44,6 @@ __all__ = [
     "as_observations",
     "check_rank",
     "check_init",
-    "check_scale",
     "warn_empty",
     "zero_result",
     "checkpoints_for",
@@ -161,16 +160,6 @@ def as_observations(obs, func: str, name: str = "obs") -> Observations:
         f"Observations Zarr store. Got {type(obs).__name__}. Build one with "
         "Observations.from_coo or Observations.from_dense."
     )
-
-
-def check_scale(func: str, what: str, sumsq: float, p: float = 1.0) -> None:
-    """Refuse data whose squares overflow float64 (the loss would be ``inf``)."""
-    if not np.isfinite(sumsq / p):
-        raise InputDataError(
-            f"{func}: the sum of squares of {what} overflows float64 (values near "
-            f"{np.sqrt(np.finfo(float).max):.0e} or larger), so the loss cannot be computed. "
-            "Rescale the data (divide it by a constant) and scale the result back."
-        )
 
 
 def warn_empty(row_counts, col_counts, symmetric: bool = False):

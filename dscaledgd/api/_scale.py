@@ -14,14 +14,23 @@ import math
 import numpy as np
 
 from ..exceptions import InputDataError
-from ._core import check_scale
 
-__all__ = ["SMALLEST_MEAN_SQUARE", "check_values", "max_abs"]
+__all__ = ["SMALLEST_MEAN_SQUARE", "check_scale", "check_values", "max_abs"]
 
 #: The smallest mean square of the observed values accepted: squares below
 #: ``tiny / eps`` (about 1e-292) keep fewer than 53 bits once the residual is
 #: ``eps`` of them, so a fit there stops early at a poor accuracy.
 SMALLEST_MEAN_SQUARE = float(np.finfo(np.float64).tiny / np.finfo(np.float64).eps)
+
+
+def check_scale(func: str, what: str, sumsq: float, p: float = 1.0) -> None:
+    """Refuse data whose squares overflow float64 (the loss would be ``inf``)."""
+    if not np.isfinite(sumsq / p):
+        raise InputDataError(
+            f"{func}: the sum of squares of {what} overflows float64 (values near "
+            f"{np.sqrt(np.finfo(float).max):.0e} or larger), so the loss cannot be computed. "
+            "Rescale the data (divide it by a constant) and scale the result back."
+        )
 
 
 def check_values(func: str, what: str, data, sumsq: float, p: float, nnz: int) -> bool:

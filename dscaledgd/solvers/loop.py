@@ -243,8 +243,7 @@ def run(
             best_before = best.stats.loss
             prev, cur = cur, new
             n_iter += 1
-            improved = cur.stats.loss < best.stats.loss
-            if improved:
+            if cur.stats.loss < best.stats.loss:
                 best = cur
             cur.k = drv.record(cur.stats, step)
             drv.progress(cur.stats, step)
@@ -277,7 +276,7 @@ def run(
                 )
             acted = None  # the rule's look at this step (an edge shrink, a stagnation restore)
             if status is None and n_iter < cfg.max_iter:
-                acted = rule.accepted(prev.stats, cur.stats, step, P, best.stats.loss, improved)
+                acted = rule.accepted(prev.stats, cur.stats, step, P, best.stats.loss)
             if acted is not None and (acted[0] == "shrunk" or rule.recover()):
                 restore = acted[0] == "restore"
                 drv.event(

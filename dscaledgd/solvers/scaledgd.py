@@ -251,11 +251,12 @@ class StepRule:
     def recover(self) -> bool:
         return False
 
-    def accepted(self, prev, cur, step: Step, P: list, best_loss: float, improved: bool):
+    def accepted(self, prev, cur, step: Step, P: list, best_loss: float):
         """After each accepted step from ``prev`` to ``cur`` (their stats, the step and
-        its preconditioners ``P``): ``None``, ``("shrunk", reason)`` when the rule has
-        shrunk its step, or ``("restore", reason)`` to restore the best iterate. Only
-        :class:`AdaptiveStep` with ``edge_window`` or ``patience`` acts."""
+        its preconditioners ``P``; ``best_loss`` already counts ``cur``): ``None``,
+        ``("shrunk", reason)`` when the rule has shrunk its step, or ``("restore",
+        reason)`` to restore the best iterate. Only :class:`AdaptiveStep` with
+        ``edge_window`` or ``patience`` acts."""
         return None
 
 
@@ -394,7 +395,7 @@ class AdaptiveStep(StepRule):
         self.eta = max(self.eta_min, self.eta * self.eta_shrink)
         return True
 
-    def accepted(self, prev, cur, step: Step, P: list, best_loss: float, improved: bool):
+    def accepted(self, prev, cur, step: Step, P: list, best_loss: float):
         if self.edge_window is not None:
             s0 = scaled_grad_norm2(prev, P)  # the step's first-order decrease is η s0
             edge = 2.0 * (cur.loss - prev.loss + step.eta * s0) / (step.eta * s0) if s0 > 0 else 0.0
@@ -408,8 +409,9 @@ class AdaptiveStep(StepRule):
                 )
         if self.patience is None:
             return None
+        # a new best has cur.loss == best_loss: never "above", so it starts the count again
         above = cur.loss > (1.0 + self.rise_tol) * best_loss
-        self.since_best = self.since_best + 1 if above and not improved else 0
+        self.since_best = self.since_best + 1 if above else 0
         if self.since_best < self.patience or self.restores >= self.max_restores:
             return None
         self.since_best = 0

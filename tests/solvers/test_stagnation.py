@@ -107,7 +107,7 @@ def _steps(rule, edges, f=1.0, best=None, eta=None):
     for e in edges:
         step = Step(eta or rule.eta, 0.0)
         f1 = f - step.eta + e * step.eta / 2
-        said.append(rule.accepted(_stats(f), _stats(f1), step, [np.eye(1)], best or f1, True))
+        said.append(rule.accepted(_stats(f), _stats(f1), step, [np.eye(1)], best or f1))
         f = f1
     return said, f
 
@@ -138,10 +138,10 @@ def test_stagnation_counts_steps_above_the_best_without_a_new_best():
     rule.start(None)
     P, step = [np.eye(1)], Step(0.7, 0.0)
 
-    def see(loss, best, improved=False):
-        return rule.accepted(_stats(loss), _stats(loss), step, P, best, improved)
+    def see(loss, best):
+        return rule.accepted(_stats(loss), _stats(loss), step, P, best)
 
-    assert see(1.0, 1.0, improved=True) is None
+    assert see(1.0, 1.0) is None  # a new best: its loss is the best loss
     assert see(1.5, 1.0) is None and see(1.5, 1.0) is None
     what, why = see(1.5, 1.0)  # the third in a row, 50% above the best
     assert what == "restore"
